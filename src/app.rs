@@ -1,0 +1,133 @@
+//! Wiring: build the first snapshot, bind the listener, start the background tasks,
+//! and shut down in order on SIGTERM/SIGINT (stop accepting, let in-flight requests
+//! finish up to `shutdown_timeout`, close keep-alives, flush logs). [`start`] returns a
+//! handle so tests drive a real proxy on port 0 in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::access_log::AccessLogger;
+use crate::config::Config;
+use crate::proxy::listener::{self, ConnLimits};
+use crate::proxy::Proxy;
+use crate::snapshot::{Snapshot, SnapshotCell};
+
+/// A running proxy.
+pub struct Running {
+    /// Where the data listener is bound (port 0 in the config gives a free port).
+    pub data_addr: SocketAddr,
+    pub state: Arc<SnapshotCell>,
+    logger: Arc<AccessLogger>,
+    shutdown: watch::Sender<bool>,
+    serve: JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+impl Running {
+    /// Current snapshot (for tests and the admin API).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load_full()
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `shutdown_timeout`,
+    /// then returns. Returns whether every connection drained in time.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.shutdown.send(true);
+        let mut serve = self.serve;
+        let drained = tokio::time::timeout(self.shutdown_timeout, &mut serve)
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timeout passed with requests in flight; closing them");
+            serve.abort();
+        }
+        self.logger.flush();
+        drained
+    }
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR` (a restarted sidecar rebinds at once).
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    sock.listen(1024)?;
+    let std: std::net::TcpListener = sock.into();
+    Ok(TcpListener::from_std(std)?)
+}
+
+/// Builds and starts a proxy for `config` (whose text hashed to `version`).
+pub async fn start(config: Config, version: String) -> anyhow::Result<Running> {
+    let limits = ConnLimits::from(&config.listener);
+    let shutdown_timeout = config.listener.shutdown_timeout;
+    let addr = config.listener.address;
+    let snap = Snapshot::build(config, version, None)?;
+    snap.start_background().await;
+    let listener = bind(addr)?;
+    let data_addr = listener.local_addr()?;
+    let state = Arc::new(ArcSwap::from_pointee(snap));
+    let logger = AccessLogger::new();
+    logger.spawn_flusher();
+    let proxy = Arc::new(Proxy {
+        state: state.clone(),
+        logger: logger.clone(),
+    });
+    let (tx, rx) = watch::channel(false);
+    let serve = tokio::spawn(listener::serve(listener, proxy, limits, rx));
+    tracing::info!(address = %data_addr, "fusebox listening");
+    Ok(Running {
+        data_addr,
+        state,
+        logger,
+        shutdown: tx,
+        serve,
+        shutdown_timeout,
+    })
+}
+
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: Config, version: String) -> anyhow::Result<()> {
+    let running = start(config, version).await?;
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received; draining");
+    let drained = running.shutdown().await;
+    tracing::info!(drained, "fusebox stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

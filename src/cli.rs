@@ -1,0 +1,79 @@
+//! Command line (clap): `fusebox [run] --config PATH`, `fusebox validate --config PATH`,
+//! `fusebox demo`, `fusebox demo-upstream`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fusebox",
+    version,
+    about = "Sidecar reverse proxy for AI and vision services: per-host circuit breakers, \
+             retries with budgets, deadlines, pooled keep-alive and correlation IDs.",
+    long_about = None,
+    after_help = "With no subcommand, fusebox runs: with --config (or FUSEBOX_CONFIG) it serves \
+                  that file, otherwise the embedded default config.\n\
+                  Examples:\n  fusebox demo\n  fusebox --config config/fusebox.toml\n  \
+                  fusebox validate --config config/fusebox.toml"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve traffic with a config file (the default command).
+    Run(RunArgs),
+    /// Check a config file; exits 1 with file:line:column of every problem.
+    Validate(ValidateArgs),
+    /// Start two demo upstreams (one healthy, one flaky) behind a proxy and print curl
+    /// commands that show retries and a breaker opening.
+    Demo(DemoArgs),
+    /// Run one demo vision upstream (for compose files and experiments).
+    DemoUpstream(DemoUpstreamArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Config file (TOML). Without it the embedded default config is served.
+    #[arg(long, short = 'c', env = "FUSEBOX_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Config file to check.
+    #[arg(long, short = 'c', env = "FUSEBOX_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the demo proxy.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the demo proxy's admin listener.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Share of requests the flaky upstream fails with 503.
+    #[arg(long, default_value_t = 0.5)]
+    pub fail_rate: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoUpstreamArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+    /// Share of requests answered with 503 (0.0 - 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Name reported in responses.
+    #[arg(long, default_value = "yolo")]
+    pub name: String,
+}

@@ -1,0 +1,71 @@
+//! `${NAME}` and `${NAME:-default}` in string values, replaced from the environment.
+//!
+//! - `${NAME}`: the variable's value (empty if set but empty); unset is an error naming it.
+//! - `${NAME:-default}`: the value when set and non-empty, otherwise `default` (taken
+//!   literally up to the first `}`: no nesting).
+//! - `$$` is an escaped `$` (so `$${HOME}` is the literal text `${HOME}`); any other `$`
+//!   is left as it is. Substituted values are not scanned again.
+//! - `NAME` is `[A-Za-z_][A-Za-z0-9_]*`; anything else, or a `${` without its `}`, is an
+//!   error.
+
+/// Where variables are looked up: the process environment in production, a map in tests.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment (`None` for unset or non-UTF-8 variables).
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Replaces every `${...}` in `text`. The error says which variable and why.
+pub fn interpolate(text: &str, env: Env<'_>) -> Result<String, String> {
+    if !text.contains('$') {
+        return Ok(text.to_owned());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err(format!(
+                    "unterminated \"${{\" in {text:?} (write \"$${{\" for a literal \"${{\")"
+                ));
+            };
+            out.push_str(&expand(&body[..end], env)?);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn expand(inner: &str, env: Env<'_>) -> Result<String, String> {
+    let (name, default) = match inner.split_once(":-") {
+        Some((name, default)) => (name, Some(default)),
+        None => (inner, None),
+    };
+    let valid = name.chars().enumerate().all(|(i, c)| {
+        c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+    });
+    if name.is_empty() || !valid {
+        return Err(format!(
+            "invalid environment variable reference \"${{{inner}}}\" \
+             (expected ${{NAME}} or ${{NAME:-default}})"
+        ));
+    }
+    match (env(name), default) {
+        (Some(value), Some(default)) if value.is_empty() => Ok(default.to_owned()),
+        (Some(value), _) => Ok(value),
+        (None, Some(default)) => Ok(default.to_owned()),
+        (None, None) => Err(format!(
+            "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+        )),
+    }
+}

@@ -1,0 +1,226 @@
+//! How a bad file is reported: every semantic problem collected, each located at the
+//! right line and column, syntax and type errors located by toml's span.
+
+use super::error::line_col;
+use super::tests::{parse_env, MINIMAL};
+use super::*;
+
+fn problems(text: &str) -> Vec<Problem> {
+    problems_env(text, &[])
+}
+
+fn problems_env(text: &str, vars: &[(&str, &str)]) -> Vec<Problem> {
+    match parse_env(text, vars) {
+        Ok(_) => panic!("expected an invalid config:\n{text}"),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+/// The single problem of `text`, which must mention `needle`.
+fn one(text: &str, needle: &str) -> Problem {
+    let ps = problems(text);
+    assert_eq!(ps.len(), 1, "expected one problem, got {ps:#?}");
+    assert!(ps[0].message.contains(needle), "{:?} does not mention {needle:?}", ps[0].message);
+    ps[0].clone()
+}
+
+/// `MINIMAL` plus `extra` appended to its route, which must give one problem.
+fn route_problem(extra: &str, needle: &str) -> Problem {
+    one(&format!("{MINIMAL}{extra}\n"), needle)
+}
+
+/// `MINIMAL` with `extra` appended to upstream `a`.
+fn upstream_problem(extra: &str, needle: &str) -> Problem {
+    let text = MINIMAL.replacen("\n\n[[routes]]", &format!("\n{extra}\n\n[[routes]]"), 1);
+    one(&text, needle)
+}
+
+#[test]
+fn line_and_column_are_one_based_and_count_characters() {
+    let text = "ab\ncdé\nf";
+    assert_eq!(line_col(text, 0), (1, 1));
+    assert_eq!(line_col(text, 3), (2, 1));
+    assert_eq!(line_col(text, 8), (3, 1)); // after the two-byte é
+    assert_eq!(line_col(text, 7), (2, 4));
+    assert_eq!(line_col(text, 999), (3, 2));
+}
+
+#[test]
+fn unknown_key_is_refused_at_the_key() {
+    let text = "[listener]\naddress = \"0.0.0.0:8080\"\n  max_conections = 5\n";
+    let p = one(text, "unknown field `max_conections`");
+    assert_eq!((p.file.as_str(), p.line, p.column), ("t.toml", 3, 3));
+    assert!(p.message.starts_with("listener.max_conections: "), "{}", p.message);
+    assert!(p.message.contains("max_connections"), "lists the allowed keys");
+    assert_eq!(p.to_string(), format!("t.toml:3:3: {}", p.message));
+}
+
+#[test]
+fn unknown_key_in_an_inline_table_inside_an_array() {
+    let text = "[upstreams.a]\nendpoints = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", wieght = 2 }]\n";
+    let p = one(text, "unknown field `wieght`");
+    assert_eq!(p.line, 2);
+    assert!(p.column >= 29 && p.column <= 58, "column {} is within the inline table", p.column);
+}
+
+#[test]
+fn type_error_is_located_at_the_value() {
+    let text = "[listener]\nmax_connections = \"many\"\n";
+    let p = one(text, "invalid type: string \"many\"");
+    assert_eq!((p.line, p.column), (2, 19));
+    assert!(p.message.starts_with("listener.max_connections: "), "{}", p.message);
+
+    let p = one("[listener]\nidle_timeout = true\n", "expected a duration");
+    assert_eq!((p.line, p.column), (2, 16));
+    let p = one("[listener]\nmax_request_body = 1.5\n", "expected a size");
+    assert_eq!((p.line, p.column), (2, 20));
+}
+
+#[test]
+fn syntax_error_is_located_and_on_one_line() {
+    let p = one("[listener]\naddress = \"0.0.0.0:8080\n", "");
+    assert_eq!(p.line, 2);
+    assert!(!p.to_string().contains('\n'));
+}
+
+#[test]
+fn semantic_error_is_located_at_the_value() {
+    let text = r#"[upstreams.yolo]
+endpoints = ["127.0.0.1:9001"]
+
+[upstreams.ocr]
+endpoints = ["127.0.0.1:9003"]
+
+[[routes]]
+path_prefix = "/a"
+upstream = "yolo"
+
+[[routes]]
+path_prefix = "/b"
+upstream  = "yolo2"
+"#;
+    let p = one(text, "unknown upstream");
+    assert_eq!(
+        p.to_string(),
+        "t.toml:13:13: routes[1].upstream: unknown upstream \"yolo2\"; expected one of: yolo, ocr"
+    );
+}
+
+#[test]
+fn an_absent_key_is_reported_at_its_table() {
+    let text = "[upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n\n[[routes]]\nname = \"x\"\npath_prefix = \"/\"\n";
+    let p = one(text, "missing `upstream`");
+    assert_eq!((p.line, p.column), (4, 1));
+    assert!(p.message.starts_with("routes[0]: "));
+
+    let p = one("[upstreams.a]\nprotocol = \"http1\"\n", "missing `endpoints`");
+    assert_eq!((p.line, p.column), (1, 1));
+}
+
+#[test]
+fn every_problem_is_reported_in_file_order() {
+    let text = r#"[listener]
+max_connections = 0
+
+[upstreams.a]
+endpoints = []
+protocol = "http3"
+
+[[routes]]
+name = "x"
+path_prefix = "detect"
+upstream = "b"
+
+[[routes]]
+name = "x"
+upstream = "a"
+"#;
+    let ps = problems(text);
+    let got: Vec<(usize, &str)> = ps.iter().map(|p| (p.line, p.message.as_str())).collect();
+    let expect: [(usize, &str); 6] = [
+        (2, "listener.max_connections: must be at least 1, got 0"),
+        (5, "upstreams.a.endpoints: an upstream needs at least one endpoint"),
+        (6, "upstreams.a.protocol: unknown protocol \"http3\"; expected one of: http1, h2c, https, h2"),
+        (10, "routes[0].path_prefix: \"detect\" must start with `/`"),
+        (11, "routes[0].upstream: unknown upstream \"b\"; expected one of: a"),
+        (13, "routes[1]: a route needs at least one match field: host, path_prefix, methods or headers"),
+    ];
+    assert_eq!(got[..6], expect, "{got:#?}");
+    assert_eq!(got[6], (14, "routes[1].name: duplicate route name \"x\" (also used by routes[0])"));
+    assert_eq!(got.len(), 7);
+    let shown = ConfigError::Invalid(ps).to_string();
+    assert_eq!(shown.lines().count(), 7);
+    assert!(shown.starts_with("t.toml:2:19: listener.max_connections"), "{shown}");
+}
+
+#[test]
+fn unset_variable_is_named_and_located() {
+    let text = "[listener]\naddress = \"0.0.0.0:${PORT}\"\n";
+    let p = one(text, "environment variable PORT is not set");
+    assert_eq!((p.line, p.column), (2, 11));
+}
+
+#[test]
+fn admin_token_rules() {
+    one("[admin]\naddress = \"0.0.0.0:9901\"\n", "token_env");
+    let p = one("[admin]\ntoken_env = \"TOK\"\n", "TOK is not set");
+    assert_eq!((p.line, p.column), (2, 13));
+    let ps = problems_env("[admin]\ntoken_env = \"TOK\"\n", &[("TOK", "")]);
+    assert!(ps[0].message.contains("TOK is empty"), "{ps:?}");
+    assert!(parse_env("[admin]\naddress = \"[::1]:9901\"\n", &[]).is_ok());
+    one("[listener]\naddress = \"127.0.0.1:9901\"\n", "also the listener's address");
+}
+
+#[test]
+fn bad_route_values_are_refused() {
+    route_problem("methods = [\"FETCH\"]", "unknown method \"FETCH\"; expected one of: GET");
+    route_problem("headers = { \"bad header\" = \"x\" }", "invalid header name");
+    route_problem("headers = { \"X-A\" = \"caf\u{e9}\" }", "invalid header value");
+    route_problem("strip_prefix = \"detect\"", "must start with `/`");
+    route_problem("host = \"a.*.com\"", "wildcard");
+    route_problem("host = \"a.local:8080\"", "must not include a port");
+    route_problem("timeout = \"0s\"", "routes[0].timeout: must be greater than 0");
+    route_problem("timeout = -1", "negative duration");
+    route_problem("name = \"\"", "routes[0].name: must not be empty");
+    route_problem("fault = { abort_percent = 120.0 }", "between 0 and 100, got 120");
+    route_problem("fault = { abort_status = 42 }", "42 is not an HTTP status code");
+    route_problem("rate_limit = { requests_per_second = 0 }", "must be greater than 0");
+    route_problem("rate_limit = { key = \"cookie:x\" }", "expected one of: global, client_ip, header:NAME");
+    route_problem("concurrency = { max_in_flight = 0 }", "must be at least 1");
+    route_problem("retry = { max_delay = \"10ms\" }", "max_delay (10ms) must be at least base_delay (500ms)");
+    route_problem("circuit_breaker = { request_volume_threshold = 5 }", "has no effect without `window`");
+    route_problem("circuit_breaker = { partition_by = \"X-Camera\" }", "expected \"header:NAME\"");
+}
+
+#[test]
+fn bad_upstream_values_are_refused() {
+    upstream_problem("load_balancing = \"fastest\"", "expected one of: round_robin, least_request, random, weighted");
+    upstream_problem("endpoints = [\"127.0.0.1:1\", \"127.0.0.1:1\"]", "duplicate endpoint");
+    upstream_problem("endpoints = [{ address = \"127.0.0.1:1\", weight = 0 }]", "endpoints[0].weight: must be at least 1");
+    upstream_problem("endpoints = [{ weight = 2 }]", "missing `address`");
+    upstream_problem("pool = { max_connections_per_host = -3 }", "must be at least 1, got -3");
+    upstream_problem("timeouts = { connect = 0 }", "must be greater than 0");
+    upstream_problem("circuit_breaker = { failure_threshold = 0 }", "at least 1");
+    upstream_problem("circuit_breaker = { failure_status_codes = [500, 700] }", "failure_status_codes[1]: 700 is not");
+    upstream_problem("circuit_breaker = { window = \"10s\", error_threshold_percentage = 150 }", "between 0 and 100");
+    upstream_problem("circuit_breaker = { max_recovery_timeout = \"1s\" }", "must be at least recovery_timeout (30s)");
+    upstream_problem("retry = { budget_percent = -1 }", "between 0 and 100");
+    upstream_problem("retry = { max_replay_body = \"4 parsecs\" }", "unknown size unit");
+    upstream_problem("retry = { max_replay_body = -1 }", "negative size");
+    upstream_problem("health_check = { path = \"health\" }", "must start with `/`");
+    upstream_problem("fallback = { upstream = \"nope\" }", "unknown upstream \"nope\"; expected one of: a");
+    upstream_problem("fallback = { upstream = \"a\" }", "cannot be its own fallback");
+    upstream_problem("fallback = { upstream = \"a\", body = \"{}\" }", "not both");
+    upstream_problem("tls = { ca = \"x\" }", "needs protocol");
+    upstream_problem("protocol = \"h2\"\ntls = { client_cert = \"c\" }", "give both or neither");
+}
+
+#[test]
+fn upstream_without_endpoints_and_bad_names_are_refused() {
+    let text = "[upstreams.\"a/b\"]\nendpoints = [\"127.0.0.1:1\"]\n";
+    let p = one(text, "may only hold letters");
+    assert!(p.message.starts_with("upstreams.\"a/b\": "), "{}", p.message);
+    assert_eq!((p.line, p.column), (1, 1));
+    let p = upstream_problem("", "");
+    drop(p);
+}

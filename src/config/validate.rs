@@ -1,0 +1,383 @@
+//! File mirror -> `Config` of valid values. Each check records its problem with the TOML
+//! path and goes on with a default, so one pass reports everything wrong; `Config` is
+//! returned only when nothing was. Upstream policies live in `policy.rs`, routes in
+//! `routes.rs`; this file has the top-level tables and the shared helpers (`Ctx`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use super::defaults::*;
+use super::env::{interpolate, Env};
+use super::error::Path;
+use super::file::*;
+use super::types::*;
+use super::{policy, routes, units};
+
+/// Validates a whole file. `Err` holds every problem found, by TOML path.
+pub fn validate(
+    file: &FileConfig,
+    env: Env<'_>,
+    source: Option<PathBuf>,
+) -> Result<Config, Vec<(Path, String)>> {
+    let mut cx = Ctx {
+        env,
+        problems: Vec::new(),
+    };
+    let root = Path::default();
+    let service = ServiceConfig {
+        name: cx.nonempty(&root.key("service").key("name"), file.service.name.as_ref(), DEFAULT_SERVICE_NAME),
+    };
+    let listener = listener(&mut cx, &file.listener, &root.key("listener"));
+    let admin = admin(&mut cx, &file.admin, &root.key("admin"));
+    if admin.address == listener.address && admin.address.port() != 0 {
+        let msg = format!("{} is also the listener's address", admin.address);
+        cx.problem(&root.key("admin").key("address"), msg);
+    }
+    let lp = root.key("logging");
+    let logging = LoggingConfig {
+        format: cx.choice(
+            &lp.key("format"),
+            "log format",
+            file.logging.format.as_ref(),
+            DEFAULT_LOG_FORMAT,
+            &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+        ),
+        level: cx.nonempty(&lp.key("level"), file.logging.level.as_ref(), DEFAULT_LOG_LEVEL),
+        access_log: file.logging.access_log.unwrap_or(DEFAULT_ACCESS_LOG),
+    };
+    let pp = root.key("correlation").key("propagate");
+    let propagate = file.correlation.propagate.iter().flatten().enumerate();
+    let propagate = propagate
+        .filter_map(|(i, name)| cx.header_name(&pp.idx(i), name))
+        .collect();
+
+    let names: Vec<&str> = file.upstreams.0.iter().map(|(n, _)| n.as_str()).collect();
+    let mut upstreams = BTreeMap::new();
+    for (name, up) in &file.upstreams.0 {
+        let path = root.key("upstreams").key(name);
+        let config = upstream(&mut cx, name, up, &names, &path);
+        upstreams.insert(name.clone(), config);
+    }
+    let routes = routes::routes(&mut cx, &file.routes, &upstreams, &names, &root.key("routes"));
+
+    if !cx.problems.is_empty() {
+        return Err(cx.problems);
+    }
+    Ok(Config {
+        service,
+        listener,
+        admin,
+        logging,
+        correlation: CorrelationConfig { propagate },
+        upstreams,
+        routes,
+        source,
+    })
+}
+
+fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
+    let tls = f.tls.as_ref().map(|t| {
+        let tp = p.key("tls");
+        let cert = cx.required_string(&tp, "cert", t.cert.as_ref());
+        let key = cx.required_string(&tp, "key", t.key.as_ref());
+        let client_ca = cx.opt_string(&tp.key("client_ca"), t.client_ca.as_ref());
+        ListenerTls {
+            cert: cert.unwrap_or_default().into(),
+            key: key.unwrap_or_default().into(),
+            client_ca: client_ca.map(PathBuf::from),
+        }
+    });
+    let max_header_bytes = cx.size(&p.key("max_header_bytes"), f.max_header_bytes.as_ref(), DEFAULT_MAX_HEADER_BYTES as u64, false);
+    ListenerConfig {
+        address: cx.socket_addr(&p.key("address"), f.address.as_ref(), DEFAULT_LISTENER_ADDRESS),
+        tls,
+        max_connections: cx.int(&p.key("max_connections"), f.max_connections, DEFAULT_MAX_CONNECTIONS, 1),
+        header_read_timeout: cx.duration(&p.key("header_read_timeout"), f.header_read_timeout.as_ref(), DEFAULT_HEADER_READ_TIMEOUT, false),
+        idle_timeout: cx.duration(&p.key("idle_timeout"), f.idle_timeout.as_ref(), DEFAULT_LISTENER_IDLE_TIMEOUT, false),
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+        max_request_body: cx.size(&p.key("max_request_body"), f.max_request_body.as_ref(), DEFAULT_MAX_REQUEST_BODY, false),
+        shutdown_timeout: cx.duration(&p.key("shutdown_timeout"), f.shutdown_timeout.as_ref(), DEFAULT_SHUTDOWN_TIMEOUT, false),
+    }
+}
+
+fn admin(cx: &mut Ctx, f: &AdminFile, p: &Path) -> AdminConfig {
+    let address = cx.socket_addr(&p.key("address"), f.address.as_ref(), DEFAULT_ADMIN_ADDRESS);
+    let tp = p.key("token_env");
+    let token_env = cx.opt_string(&tp, f.token_env.as_ref());
+    let mut token = None;
+    match &token_env {
+        Some(name) => match (cx.env)(name) {
+            Some(value) if !value.trim().is_empty() => token = Some(value),
+            Some(_) => cx.problem(&tp, format!("environment variable {name} is empty; it must hold the admin token")),
+            None => cx.problem(&tp, format!("environment variable {name} is not set; it must hold the admin token")),
+        },
+        None if f.token_env.is_none() && !address.ip().is_loopback() => cx.problem(
+            &p.key("address"),
+            format!("{address} is not a loopback address, so `token_env` must name the variable holding the admin token"),
+        ),
+        None => {}
+    }
+    AdminConfig {
+        address,
+        token_env,
+        token,
+    }
+}
+
+fn upstream(cx: &mut Ctx, name: &str, f: &UpstreamFile, names: &[&str], p: &Path) -> UpstreamConfig {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        cx.problem(p, format!("upstream name {name:?} may only hold letters, digits, `_`, `-` and `.` (it appears in admin URLs and metric labels)"));
+    }
+    let protocol = cx.choice(
+        &p.key("protocol"),
+        "protocol",
+        f.protocol.as_ref(),
+        DEFAULT_PROTOCOL,
+        &[("http1", Protocol::Http1), ("h2c", Protocol::H2c), ("https", Protocol::Https), ("h2", Protocol::H2)],
+    );
+    let tls = f.tls.as_ref().map(|t| policy::upstream_tls(cx, t, protocol, &p.key("tls")));
+    let fallback = f.fallback.as_ref().and_then(|fb| policy::fallback(cx, fb, name, names, &p.key("fallback")));
+    let circuit_breaker = policy::breaker(cx, &f.circuit_breaker, &BreakerConfig::default(), &p.key("circuit_breaker"));
+    UpstreamConfig {
+        name: name.to_owned(),
+        endpoints: endpoints(cx, f.endpoints.as_deref(), p),
+        protocol,
+        load_balancing: cx.choice(
+            &p.key("load_balancing"),
+            "load balancing",
+            f.load_balancing.as_ref(),
+            DEFAULT_LOAD_BALANCING,
+            &[
+                ("round_robin", LoadBalancing::RoundRobin),
+                ("least_request", LoadBalancing::LeastRequest),
+                ("random", LoadBalancing::Random),
+                ("weighted", LoadBalancing::Weighted),
+            ],
+        ),
+        dns_refresh: cx.duration(&p.key("dns_refresh"), f.dns_refresh.as_ref(), DEFAULT_DNS_REFRESH, false),
+        slow_start: cx.duration(&p.key("slow_start"), f.slow_start.as_ref(), DEFAULT_SLOW_START, true),
+        pool: policy::pool(cx, &f.pool, &p.key("pool")),
+        timeouts: policy::timeouts(cx, &f.timeouts, &p.key("timeouts")),
+        circuit_breaker,
+        retry: policy::retry(cx, &f.retry, &RetryConfig::default(), &p.key("retry")),
+        health_check: f.health_check.as_ref().map(|h| policy::health_check(cx, h, &p.key("health_check"))),
+        fallback,
+        tls,
+    }
+}
+
+fn endpoints(cx: &mut Ctx, list: Option<&[EndpointFile]>, p: &Path) -> Vec<EndpointConfig> {
+    let Some(list) = list else {
+        cx.problem(p, "missing `endpoints`: an upstream needs at least one \"host:port\"");
+        return Vec::new();
+    };
+    let ep = p.key("endpoints");
+    if list.is_empty() {
+        cx.problem(&ep, "an upstream needs at least one endpoint");
+    }
+    let mut out: Vec<EndpointConfig> = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        let path = ep.idx(i);
+        let (raw, weight) = match e {
+            EndpointFile::Address(a) => (Some(a), None),
+            EndpointFile::Table(t) => (t.address.as_ref(), t.weight),
+        };
+        let weight = cx.int(&path.key("weight"), weight, DEFAULT_ENDPOINT_WEIGHT, 1);
+        let Some(raw) = raw else {
+            cx.problem(&path, "missing `address` (\"host:port\")");
+            continue;
+        };
+        let addr_path = match e {
+            EndpointFile::Address(_) => path.clone(),
+            EndpointFile::Table(_) => path.key("address"),
+        };
+        let Some(text) = cx.string(&addr_path, raw) else { continue };
+        match units::parse_endpoint(&text) {
+            Ok(address) if out.iter().any(|o| o.address == address) => {
+                cx.problem(&addr_path, format!("duplicate endpoint {address}"));
+            }
+            Ok(address) => out.push(EndpointConfig { address, weight }),
+            Err(msg) => cx.problem(&addr_path, msg),
+        }
+    }
+    out
+}
+
+/// Validation state: where variables come from and the problems found so far. Every
+/// helper records its own problem and returns a fallback so checking can go on.
+pub struct Ctx<'a> {
+    pub env: Env<'a>,
+    pub problems: Vec<(Path, String)>,
+}
+
+impl Ctx<'_> {
+    pub fn problem(&mut self, path: &Path, message: impl Into<String>) {
+        self.problems.push((path.clone(), message.into()));
+    }
+
+    /// A string value with `${VAR}` replaced; `None` (problem recorded) if that fails.
+    pub fn string(&mut self, path: &Path, raw: &str) -> Option<String> {
+        interpolate(raw, self.env)
+            .map_err(|msg| self.problem(path, msg))
+            .ok()
+    }
+
+    pub fn opt_string(&mut self, path: &Path, raw: Option<&String>) -> Option<String> {
+        raw.and_then(|r| self.string(path, r))
+    }
+
+    /// A string that must be present and not empty: `table` is the enclosing table.
+    pub fn required_string(&mut self, table: &Path, key: &str, raw: Option<&String>) -> Option<String> {
+        let Some(raw) = raw else {
+            self.problem(table, format!("missing `{key}`"));
+            return None;
+        };
+        let value = self.string(&table.key(key), raw)?;
+        if value.trim().is_empty() {
+            self.problem(&table.key(key), "must not be empty");
+            return None;
+        }
+        Some(value)
+    }
+
+    /// A string that may be absent (default) but not empty.
+    pub fn nonempty(&mut self, path: &Path, raw: Option<&String>, default: &str) -> String {
+        match self.opt_string(path, raw) {
+            Some(s) if s.trim().is_empty() => {
+                self.problem(path, "must not be empty");
+                default.to_owned()
+            }
+            Some(s) => s,
+            None => default.to_owned(),
+        }
+    }
+
+    pub fn opt_duration(&mut self, path: &Path, v: Option<&DurationValue>, zero_ok: bool) -> Option<Duration> {
+        let parsed = match v? {
+            DurationValue::Seconds(s) => units::duration_from_secs(*s),
+            DurationValue::Text(t) => units::parse_duration(&self.string(path, t)?),
+        };
+        match parsed {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.problem(path, "must be greater than 0");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(msg) => {
+                self.problem(path, msg);
+                None
+            }
+        }
+    }
+
+    pub fn duration(&mut self, path: &Path, v: Option<&DurationValue>, default: Duration, zero_ok: bool) -> Duration {
+        self.opt_duration(path, v, zero_ok).unwrap_or(default)
+    }
+
+    pub fn size(&mut self, path: &Path, v: Option<&SizeValue>, default: u64, zero_ok: bool) -> u64 {
+        let parsed = match v {
+            None => return default,
+            Some(SizeValue::Bytes(n)) => u64::try_from(*n).map_err(|_| format!("negative size {n} is not allowed")),
+            Some(SizeValue::Text(t)) => match self.string(path, t) {
+                Some(t) => units::parse_size(&t),
+                None => return default,
+            },
+        };
+        match parsed {
+            Ok(0) if !zero_ok => self.problem(path, "must be greater than 0"),
+            Ok(n) => return n,
+            Err(msg) => self.problem(path, msg),
+        }
+        default
+    }
+
+    /// An integer of at least `min`, fitting `T`.
+    pub fn int<T: TryFrom<i64> + Copy>(&mut self, path: &Path, v: Option<i64>, default: T, min: i64) -> T {
+        let Some(v) = v else { return default };
+        if v < min {
+            let msg = match min {
+                1 => format!("must be at least 1, got {v}"),
+                _ => format!("must be at least {min}, got {v}"),
+            };
+            self.problem(path, msg);
+            return default;
+        }
+        T::try_from(v).unwrap_or_else(|_| {
+            self.problem(path, format!("{v} is too large"));
+            default
+        })
+    }
+
+    /// A percentage in `0..=100`.
+    pub fn percent(&mut self, path: &Path, v: Option<f64>, default: f64) -> f64 {
+        match v {
+            None => default,
+            Some(p) if p.is_finite() && (0.0..=100.0).contains(&p) => p,
+            Some(p) => {
+                self.problem(path, format!("must be a percentage between 0 and 100, got {p}"));
+                default
+            }
+        }
+    }
+
+    pub fn status(&mut self, path: &Path, v: i64) -> Option<StatusCode> {
+        match u16::try_from(v).ok().filter(|c| (100..=599).contains(c)) {
+            Some(code) => StatusCode::from_u16(code).ok(),
+            None => {
+                self.problem(path, format!("{v} is not an HTTP status code (100..=599)"));
+                None
+            }
+        }
+    }
+
+    pub fn status_codes(&mut self, path: &Path, v: Option<&Vec<i64>>, default: &[u16]) -> Vec<u16> {
+        let Some(list) = v else { return default.to_vec() };
+        let codes = list.iter().enumerate();
+        codes
+            .filter_map(|(i, c)| self.status(&path.idx(i), *c).map(|s| s.as_u16()))
+            .collect()
+    }
+
+    /// One of a fixed set of names (case-insensitive); the error lists them.
+    pub fn choice<T: Copy>(&mut self, path: &Path, what: &str, v: Option<&String>, default: T, options: &[(&str, T)]) -> T {
+        let Some(s) = self.opt_string(path, v) else { return default };
+        if let Some((_, t)) = options.iter().find(|(n, _)| n.eq_ignore_ascii_case(s.trim())) {
+            return *t;
+        }
+        let allowed: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        self.problem(path, format!("unknown {what} {s:?}; expected one of: {}", allowed.join(", ")));
+        default
+    }
+
+    pub fn socket_addr(&mut self, path: &Path, v: Option<&String>, default: SocketAddr) -> SocketAddr {
+        let Some(s) = self.opt_string(path, v) else { return default };
+        s.trim().parse().unwrap_or_else(|_| {
+            let msg = format!("invalid address {s:?}; expected IP:port such as \"0.0.0.0:8080\" or \"[::1]:8080\"");
+            self.problem(path, msg);
+            default
+        })
+    }
+
+    pub fn header_name(&mut self, path: &Path, raw: &str) -> Option<HeaderName> {
+        HeaderName::from_bytes(raw.trim().as_bytes())
+            .map_err(|_| self.problem(path, format!("invalid header name {raw:?}")))
+            .ok()
+    }
+
+    pub fn header_value(&mut self, path: &Path, raw: &str) -> Option<HeaderValue> {
+        let value = self.string(path, raw)?;
+        HeaderValue::from_str(&value)
+            .map_err(|_| self.problem(path, format!("invalid header value {value:?}: only visible ASCII, space and tab are allowed")))
+            .ok()
+    }
+
+    /// `"header:NAME"` -> the header name; `None` (nothing recorded) for other forms.
+    pub fn header_key(&mut self, path: &Path, s: &str) -> Option<Option<HeaderName>> {
+        let name = s.strip_prefix("header:")?;
+        Some(self.header_name(path, name))
+    }
+}

@@ -1,0 +1,89 @@
+//! The `fusebox` binary: parse the command line, load the config, init logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fusebox::cli::{Cli, Command};
+use fusebox::{app, config, demo, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    match command {
+        Command::Validate(a) => match load_with_text(&a.config) {
+            Ok((cfg, _)) => {
+                println!(
+                    "{}: ok ({} upstreams, {} routes)",
+                    a.config.display(),
+                    cfg.upstreams.len(),
+                    cfg.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run(a) => {
+            let (cfg, text) = match &a.config {
+                Some(path) => match load_with_text(path) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                },
+                None => (config::embedded_default(), config::DEFAULT_CONFIG_TOML.to_string()),
+            };
+            telemetry::init(&cfg.logging);
+            if a.config.is_none() {
+                tracing::info!("no --config given: serving the embedded default config");
+            }
+            let version = config::content_hash(&text);
+            exit(runtime().and_then(|rt| rt.block_on(app::run(cfg, version))))
+        }
+        Command::Demo(a) => exit(runtime().and_then(|rt| rt.block_on(demo::run(a)))),
+        Command::DemoUpstream(a) => {
+            exit(runtime().and_then(|rt| rt.block_on(demo::run_upstream(a))))
+        }
+    }
+}
+
+/// Reads and validates a config file, returning the text too (its hash is the version).
+fn load_with_text(path: &std::path::Path) -> Result<(config::Config, String), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg = config::parse(&text, &path.display().to_string(), Some(path.to_path_buf()))
+        .map_err(|e| e.to_string())?;
+    Ok((cfg, text))
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fusebox: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One worker thread per core this process may run on (`taskset` counts), or
+/// `FUSEBOX_WORKER_THREADS`. On one core a current-thread runtime avoids cross-thread
+/// wake-ups entirely.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let threads = std::env::var("FUSEBOX_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    Ok(rt)
+}

@@ -1,0 +1,276 @@
+//! The route table, built once per config and read per request without locks.
+//!
+//! Specificity (DESIGN.md): exact host > wildcard host > no host, then the longest path
+//! prefix, then method and header constraints; ties go to the earlier route. Path
+//! prefixes match whole segments: `/detect` matches `/detect` and `/detect/batch`, not
+//! `/detection` (a prefix ending in `/` is the same as one without).
+//!
+//! Lookup: routes are grouped by host (a hash map for exact hosts, a list of wildcard
+//! suffixes longest first, one group for no host); inside a group a hash map from prefix
+//! to candidates. A request walks its own path's segment prefixes from the longest, so
+//! the cost depends on the path's depth, not on the number of routes.
+
+use std::collections::HashMap;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use crate::config::{HostMatch, RouteConfig};
+
+#[derive(Debug)]
+struct Candidate {
+    index: usize,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Candidate {
+    fn matches(&self, method: &Method, headers: &HeaderMap) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && self
+                .headers
+                .iter()
+                .all(|(n, v)| headers.get_all(n).iter().any(|hv| hv == v))
+    }
+
+    fn constraint_count(&self) -> usize {
+        usize::from(!self.methods.is_empty()) + self.headers.len()
+    }
+}
+
+/// Routes of one host group, by normalised prefix.
+#[derive(Debug, Default)]
+struct Group {
+    by_prefix: HashMap<Box<str>, Vec<Candidate>>,
+}
+
+impl Group {
+    fn insert(&mut self, prefix: &str, c: Candidate) {
+        let list = self.by_prefix.entry(prefix.into()).or_default();
+        list.push(c);
+        // More constraints first; the sort is stable, so file order breaks ties.
+        list.sort_by_key(|c| std::cmp::Reverse(c.constraint_count()));
+    }
+
+    fn find(&self, path: &str, method: &Method, headers: &HeaderMap) -> Option<usize> {
+        if self.by_prefix.is_empty() {
+            return None;
+        }
+        let mut end = path.len();
+        loop {
+            let candidate = if end == 0 { "/" } else { &path[..end] };
+            if let Some(list) = self.by_prefix.get(candidate) {
+                if let Some(c) = list.iter().find(|c| c.matches(method, headers)) {
+                    return Some(c.index);
+                }
+            }
+            if end == 0 {
+                return None;
+            }
+            // Next shorter prefix: cut at the previous '/'.
+            end = path[..end].rfind('/').unwrap_or(0);
+        }
+    }
+}
+
+/// The compiled route table.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<Box<str>, Group>,
+    /// (suffix such as `.example.com`, group), longest suffix first.
+    wildcard: Vec<(Box<str>, Group)>,
+    any_host: Group,
+}
+
+/// `/detect/` and `/detect` are the same prefix; `/` stays `/`.
+fn normalise_prefix(p: &str) -> &str {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        "/"
+    } else {
+        t
+    }
+}
+
+impl Router {
+    pub fn build(routes: &[RouteConfig]) -> Router {
+        let mut r = Router::default();
+        for (index, route) in routes.iter().enumerate() {
+            let c = Candidate {
+                index,
+                methods: route.methods.clone(),
+                headers: route.headers.clone(),
+            };
+            let prefix = normalise_prefix(&route.path_prefix);
+            match &route.host {
+                None => r.any_host.insert(prefix, c),
+                Some(HostMatch::Exact(h)) => r
+                    .exact
+                    .entry(h.to_ascii_lowercase().into())
+                    .or_default()
+                    .insert(prefix, c),
+                Some(HostMatch::Suffix(s)) => {
+                    let s = s.to_ascii_lowercase();
+                    match r.wildcard.iter_mut().find(|(k, _)| **k == *s) {
+                        Some((_, g)) => g.insert(prefix, c),
+                        None => {
+                            let mut g = Group::default();
+                            g.insert(prefix, c);
+                            r.wildcard.push((s.into(), g));
+                        }
+                    }
+                }
+            }
+        }
+        r.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        r
+    }
+
+    /// The index (into the config's routes) of the route for this request.
+    pub fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<usize> {
+        let path = match uri.path() {
+            "" => "/",
+            p => p,
+        };
+        // Strip one trailing '/' so `/detect/` tries `/detect` first.
+        let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+        let path = if path.is_empty() { "/" } else { path };
+        if let Some(host) = request_host(uri, headers) {
+            let mut buf = [0u8; 256];
+            if let Some(host) = lowercase(host, &mut buf) {
+                if let Some(g) = self.exact.get(host) {
+                    if let Some(i) = g.find(path, method, headers) {
+                        return Some(i);
+                    }
+                }
+                for (suffix, g) in &self.wildcard {
+                    if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                        if let Some(i) = g.find(path, method, headers) {
+                            return Some(i);
+                        }
+                    }
+                }
+            }
+        }
+        self.any_host.find(path, method, headers)
+    }
+}
+
+/// The request's host without port: the URI authority (HTTP/2, absolute form) or `Host`.
+pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let raw = match uri.host() {
+        Some(h) => h,
+        None => {
+            let h = headers.get(http::header::HOST)?.to_str().ok()?;
+            if let Some(rest) = h.strip_prefix('[') {
+                return rest.split(']').next();
+            }
+            h.rsplit_once(':').map_or(h, |(host, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    host
+                } else {
+                    h
+                }
+            })
+        }
+    };
+    Some(raw)
+}
+
+fn lowercase<'b>(s: &'b str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
+    if !s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(s);
+    }
+    let n = s.len();
+    if n > buf.len() {
+        return None;
+    }
+    buf[..n].copy_from_slice(s.as_bytes());
+    buf[..n].make_ascii_lowercase();
+    std::str::from_utf8(&buf[..n]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    pub(crate) fn route(name: &str, host: Option<HostMatch>, prefix: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            host,
+            path_prefix: prefix.into(),
+            methods: vec![],
+            headers: vec![],
+            upstream: "u".into(),
+            timeout: Duration::from_secs(30),
+            strip_prefix: None,
+            rate_limit: None,
+            concurrency: None,
+            fault: None,
+            retry: None,
+            circuit_breaker: None,
+            propagate_deadline: false,
+        }
+    }
+
+    fn find(r: &Router, method: Method, uri: &str, host: Option<&str>, hdrs: &[(&str, &str)]) -> Option<usize> {
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert("host", host.parse().unwrap());
+        }
+        for (k, v) in hdrs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        r.find(&method, &uri.parse().unwrap(), &h)
+    }
+
+    #[test]
+    fn longest_prefix_wins_by_segment() {
+        let routes = vec![route("root", None, "/"), route("d", None, "/detect"), route("db", None, "/detect/batch/")];
+        let r = Router::build(&routes);
+        assert_eq!(find(&r, Method::GET, "/detect", None, &[]), Some(1));
+        assert_eq!(find(&r, Method::GET, "/detect/", None, &[]), Some(1));
+        assert_eq!(find(&r, Method::GET, "/detect/x?q=1", None, &[]), Some(1));
+        assert_eq!(find(&r, Method::GET, "/detect/batch/7", None, &[]), Some(2));
+        assert_eq!(find(&r, Method::GET, "/detection", None, &[]), Some(0));
+        assert_eq!(find(&r, Method::GET, "/", None, &[]), Some(0));
+    }
+
+    #[test]
+    fn host_rank_beats_prefix_length() {
+        let routes = vec![
+            route("none", None, "/detect"),
+            route("wild", Some(HostMatch::Suffix(".local".into())), "/"),
+            route("exact", Some(HostMatch::Exact("yolo.local".into())), "/"),
+        ];
+        let r = Router::build(&routes);
+        assert_eq!(find(&r, Method::GET, "/detect", Some("YOLO.local:8080"), &[]), Some(2));
+        assert_eq!(find(&r, Method::GET, "/detect", Some("ocr.local"), &[]), Some(1));
+        assert_eq!(find(&r, Method::GET, "/detect", Some("other"), &[]), Some(0));
+        assert_eq!(find(&r, Method::GET, "/x", Some("other"), &[]), None);
+        // "local" itself is not under "*.local"
+        assert_eq!(find(&r, Method::GET, "/x", Some("local"), &[]), None);
+    }
+
+    #[test]
+    fn constraints_then_file_order() {
+        let mut post = route("post", None, "/detect");
+        post.methods = vec![Method::POST];
+        let mut org = route("org", None, "/detect");
+        org.headers = vec![(HeaderName::from_static("x-org-id"), HeaderValue::from_static("org123"))];
+        let plain = route("plain", None, "/detect");
+        let plain2 = route("plain2", None, "/detect");
+        let r = Router::build(&[plain, post, org, plain2]);
+        assert_eq!(find(&r, Method::POST, "/detect", None, &[]), Some(1));
+        assert_eq!(find(&r, Method::GET, "/detect", None, &[("x-org-id", "org123")]), Some(2));
+        assert_eq!(find(&r, Method::GET, "/detect", None, &[]), Some(0));
+    }
+
+    #[test]
+    fn method_mismatch_falls_back_to_shorter_prefix() {
+        let mut post = route("post", None, "/detect");
+        post.methods = vec![Method::POST];
+        let r = Router::build(&[route("root", None, "/"), post]);
+        assert_eq!(find(&r, Method::GET, "/detect", None, &[]), Some(0));
+    }
+}

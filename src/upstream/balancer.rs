@@ -1,0 +1,107 @@
+//! Endpoint choice per attempt: round_robin, least_request (power of two choices on the
+//! in-flight count), random and weighted. Every policy skips endpoints that cannot take a
+//! request now (breaker open, failing health checks) and, on a retry, prefers one not yet
+//! tried. Lock-free: one atomic counter per upstream and the endpoints' own atomics.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rand::Rng;
+
+use super::Endpoint;
+use crate::config::LoadBalancing;
+
+/// Which endpoints (by index modulo 64) an attempt loop already tried.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn add(&mut self, i: usize) {
+        self.0 |= 1 << (i % 64);
+    }
+    pub fn has(&self, i: usize) -> bool {
+        self.0 & (1 << (i % 64)) != 0
+    }
+}
+
+#[derive(Debug)]
+pub struct Balancer {
+    policy: LoadBalancing,
+    next: AtomicUsize,
+}
+
+impl Balancer {
+    pub fn new(policy: LoadBalancing) -> Self {
+        Balancer {
+            policy,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The index of the endpoint for the next attempt, or `None` when no endpoint can
+    /// take a request. `ok(ep)` says whether an endpoint may be picked now.
+    pub fn pick(
+        &self,
+        eps: &[Arc<Endpoint>],
+        tried: Tried,
+        ok: impl Fn(&Endpoint) -> bool,
+    ) -> Option<usize> {
+        let n = eps.len();
+        if n == 0 {
+            return None;
+        }
+        // First pass prefers endpoints not yet tried; the second takes any that admits.
+        for allow_tried in [false, true] {
+            let usable = |i: usize| (allow_tried || !tried.has(i)) && ok(&eps[i]);
+            let found = match self.policy {
+                LoadBalancing::RoundRobin => {
+                    let start = self.next.fetch_add(1, Ordering::Relaxed);
+                    scan(n, start, &usable)
+                }
+                LoadBalancing::Random => scan(n, rand::thread_rng().gen_range(0..n), &usable),
+                LoadBalancing::LeastRequest => least_request(eps, &usable),
+                LoadBalancing::Weighted => {
+                    let total: usize = eps.iter().map(|e| e.weight as usize).sum();
+                    let mut k = self.next.fetch_add(1, Ordering::Relaxed) % total.max(1);
+                    let mut start = 0;
+                    for (i, e) in eps.iter().enumerate() {
+                        if k < e.weight as usize {
+                            start = i;
+                            break;
+                        }
+                        k -= e.weight as usize;
+                    }
+                    scan(n, start, &usable)
+                }
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+}
+
+fn scan(n: usize, start: usize, usable: &impl Fn(usize) -> bool) -> Option<usize> {
+    (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+}
+
+/// Power of two choices: two distinct random endpoints, the one with fewer requests in
+/// flight wins. When either sample is unusable, fall back to a full scan for the least
+/// loaded usable endpoint (rare: only while breakers are open).
+fn least_request(eps: &[Arc<Endpoint>], usable: &impl Fn(usize) -> bool) -> Option<usize> {
+    let n = eps.len();
+    if n == 1 {
+        return usable(0).then_some(0);
+    }
+    let mut rng = rand::thread_rng();
+    let a = rng.gen_range(0..n);
+    let b = (a + rng.gen_range(1..n)) % n;
+    if usable(a) && usable(b) {
+        let (la, lb) = (eps[a].in_flight(), eps[b].in_flight());
+        return Some(if lb < la { b } else { a });
+    }
+    (0..n)
+        .filter(|&i| usable(i))
+        .min_by_key(|&i| eps[i].in_flight())
+}
