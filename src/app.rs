@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::AccessLogger;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::listener::{self, ConnLimits};
 use crate::proxy::Proxy;
 use crate::snapshot::{Snapshot, SnapshotCell};
@@ -75,7 +76,8 @@ pub async fn start(config: Config, version: String) -> anyhow::Result<Running> {
     let limits = ConnLimits::from(&config.listener);
     let shutdown_timeout = config.listener.shutdown_timeout;
     let addr = config.listener.address;
-    let snap = Snapshot::build(config, version, None)?;
+    let metrics = Metrics::new();
+    let snap = Snapshot::build(config, version, None, &metrics)?;
     snap.start_background().await;
     let listener = bind(addr)?;
     let data_addr = listener.local_addr()?;

@@ -45,6 +45,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
 pub mod snapshot;
 pub mod telemetry;

@@ -9,17 +9,39 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use crate::config::{Config, Protocol, RouteConfig};
+use crate::config::{Config, FallbackConfig, Protocol, RetryConfig, RouteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::correlate::HeaderPolicy;
+use crate::proxy::forward::RetryPolicy;
 use crate::proxy::route::Router;
+use crate::upstream::retry::Backoff;
 use crate::upstream::Upstream;
 
-/// A route with its upstream resolved (per request: read only).
+/// The upstream a route falls back to, with its own retry policy.
+#[derive(Debug)]
+pub struct FallbackRoute {
+    pub upstream: Arc<Upstream>,
+    pub retry: RetryPolicy,
+}
+
+/// A route with everything it needs resolved (per request: read only).
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
     pub cfg: RouteConfig,
     pub upstream: Arc<Upstream>,
+    /// The route's retry table merged over the upstream's.
+    pub retry: RetryPolicy,
+    pub fallback: Option<FallbackRoute>,
+    pub metrics: RouteMetrics,
+}
+
+fn policy(cfg: &RetryConfig, owner: &str) -> Result<RetryPolicy, BuildError> {
+    let backoff = Backoff::from_config(cfg).map_err(|e| BuildError::Retry(owner.to_string(), e.to_string()))?;
+    Ok(RetryPolicy {
+        cfg: cfg.clone(),
+        backoff,
+    })
 }
 
 /// One config, built.
@@ -33,6 +55,7 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub headers: HeaderPolicy,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +64,8 @@ pub enum BuildError {
     Unsupported(String, Protocol),
     #[error("route '{0}' names unknown upstream '{1}'")]
     UnknownUpstream(String, String),
+    #[error("{0}: retry policy: {1}")]
+    Retry(String, String),
     #[error("service.name is not a valid header value")]
     ServiceName,
 }
@@ -52,6 +77,7 @@ impl Snapshot {
         config: Config,
         version: String,
         previous: Option<&Snapshot>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, BuildError> {
         let mut upstreams = HashMap::new();
         for (name, ucfg) in &config.upstreams {
@@ -59,7 +85,7 @@ impl Snapshot {
                 return Err(BuildError::Unsupported(name.clone(), ucfg.protocol));
             }
             let prev = previous.and_then(|p| p.upstreams.get(name)).map(|u| &**u);
-            upstreams.insert(name.clone(), Arc::new(Upstream::build(ucfg, prev)));
+            upstreams.insert(name.clone(), Arc::new(Upstream::build(ucfg, prev, metrics)));
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
@@ -67,10 +93,24 @@ impl Snapshot {
             let up = upstreams
                 .get(&r.upstream)
                 .ok_or_else(|| BuildError::UnknownUpstream(r.name.clone(), r.upstream.clone()))?;
+            let retry = policy(r.retry.as_ref().unwrap_or(&up.cfg.retry), &r.name)?;
+            let fallback = match &up.cfg.fallback {
+                Some(FallbackConfig::Upstream(name)) => match upstreams.get(name) {
+                    Some(fb) => Some(FallbackRoute {
+                        upstream: fb.clone(),
+                        retry: policy(&fb.cfg.retry, name)?,
+                    }),
+                    None => return Err(BuildError::UnknownUpstream(r.name.clone(), name.clone())),
+                },
+                _ => None,
+            };
             routes.push(Route {
                 name: r.name.as_str().into(),
+                metrics: RouteMetrics::new(metrics, &r.name, &r.upstream),
                 cfg: r.clone(),
                 upstream: up.clone(),
+                retry,
+                fallback,
             });
         }
         let router = Router::build(&config.routes);
@@ -87,6 +127,7 @@ impl Snapshot {
             routes,
             upstreams,
             version,
+            metrics: metrics.clone(),
             config: Arc::new(config),
         })
     }
@@ -96,6 +137,7 @@ impl Snapshot {
         for up in self.upstreams.values() {
             up.refresh_dns().await;
             up.spawn_dns_refresher();
+            up.spawn_health_checks();
         }
     }
 }

@@ -51,9 +51,10 @@ fn expand(inner: &str, env: Env<'_>) -> Result<String, String> {
         Some((name, default)) => (name, Some(default)),
         None => (inner, None),
     };
-    let valid = name.chars().enumerate().all(|(i, c)| {
-        c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
-    });
+    let valid = name
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
     if name.is_empty() || !valid {
         return Err(format!(
             "invalid environment variable reference \"${{{inner}}}\" \
@@ -67,5 +68,38 @@ fn expand(inner: &str, env: Env<'_>) -> Result<String, String> {
         (None, None) => Err(format!(
             "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_with_and_without_default_and_escapes() {
+        let env = |n: &str| match n {
+            "PORT" => Some("9100".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(
+            interpolate("0.0.0.0:${PORT}", &env).unwrap(),
+            "0.0.0.0:9100"
+        );
+        assert_eq!(interpolate("${MISSING:-8080}", &env).unwrap(), "8080");
+        assert_eq!(interpolate("${PORT:-8080}", &env).unwrap(), "9100");
+        assert_eq!(interpolate("${EMPTY:-x}", &env).unwrap(), "x");
+        assert_eq!(interpolate("a${EMPTY}b", &env).unwrap(), "ab");
+        assert_eq!(
+            interpolate("cost: $5, $$${PORT}, $${PORT}", &env).unwrap(),
+            "cost: $5, $9100, ${PORT}"
+        );
+        assert!(interpolate("${MISSING}", &env)
+            .unwrap_err()
+            .contains("MISSING is not set"));
+        assert!(interpolate("${PORT", &env)
+            .unwrap_err()
+            .contains("unterminated"));
+        assert!(interpolate("${1X}", &env).unwrap_err().contains("invalid"));
     }
 }

@@ -22,7 +22,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -119,7 +123,7 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub fn from_toml(text: &str, origin: &str, err: &toml::de::Error) -> Problem {
     let offset = err.span().map_or(0, |s| s.start);
     let (line, column) = line_col(text, offset);
-    let message = err.message().trim().replace('\n', "; ");
+    let message = reword(&err.message().trim().replace('\n', "; "));
     let path = ImDocument::parse(text)
         .ok()
         .and_then(|doc| err.span().and_then(|s| path_at(doc.as_table(), s.start)));
@@ -133,6 +137,24 @@ pub fn from_toml(text: &str, origin: &str, err: &toml::de::Error) -> Problem {
         column,
         message,
     }
+}
+
+/// serde's names for what was expected, in the file's words (`i64` -> an integer,
+/// `struct ListenerFile` -> a table).
+fn reword(message: &str) -> String {
+    let mut out = message
+        .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table");
+    while let Some(at) = out.find("expected struct ") {
+        let name_start = at + "expected struct ".len();
+        let name_end = out[name_start..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(out.len(), |n| name_start + n);
+        out.replace_range(at..name_end, "expected a table");
+    }
+    out
 }
 
 /// Semantic problems, each located by looking its path up in the file; sorted in file
@@ -239,7 +261,9 @@ fn find(node: Node<'_>, offset: usize, path: &mut Path) -> bool {
     let contains = |s: Option<Range<usize>>| s.is_some_and(|s| s.contains(&offset));
     if let Some(table) = node.table_like() {
         for (key, _) in table.iter() {
-            let Some((k, item)) = table.get_key_value(key) else { continue };
+            let Some((k, item)) = table.get_key_value(key) else {
+                continue;
+            };
             path.0.push(Seg::Key(key.to_owned()));
             if find(Node::Item(item), offset, path) || contains(k.span()) || contains(item.span()) {
                 return true;

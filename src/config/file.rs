@@ -312,9 +312,7 @@ impl<'de> Deserialize<'de> for EndpointFile {
         impl<'de> Visitor<'de> for V {
             type Value = EndpointFile;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(
-                    "an endpoint: \"host:port\" or { address = \"host:port\", weight = N }",
-                )
+                f.write_str("an endpoint: \"host:port\" or { address = \"host:port\", weight = N }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Ok(EndpointFile::Address(v.to_owned()))

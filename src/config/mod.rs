@@ -2,6 +2,7 @@
 //!
 //! - `file.rs`: serde mirror of the file (unknown keys refused, every key optional)
 //! - `validate.rs`, `policy.rs`, `routes.rs`: mirror -> `Config`, every problem collected
+//!   (`ctx.rs`: the per-value helpers they share)
 //! - `units.rs` (durations, sizes, addresses), `env.rs` (`${VAR}` interpolation)
 //! - `error.rs`: `ConfigError`, each problem located as `FILE:LINE:COL: message`
 //! - `defaults.rs`: every default as a named constant
@@ -10,6 +11,7 @@
 //! Loaded at start-up and on every reload, never per request. See
 //! `docs/configuration.md` for the file format.
 
+mod ctx;
 mod defaults;
 mod env;
 mod error;

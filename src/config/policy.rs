@@ -7,18 +7,33 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use super::ctx::Ctx;
 use super::defaults::*;
 use super::error::Path;
 use super::file::*;
 use super::types::*;
-use super::validate::Ctx;
 
 pub fn pool(cx: &mut Ctx, f: &PoolFile, p: &Path) -> PoolConfig {
     let d = PoolConfig::default();
     PoolConfig {
-        max_connections_per_host: cx.int(&p.key("max_connections_per_host"), f.max_connections_per_host, d.max_connections_per_host, 1),
-        max_idle_per_host: cx.int(&p.key("max_idle_per_host"), f.max_idle_per_host, d.max_idle_per_host, 0),
-        idle_timeout: cx.duration(&p.key("idle_timeout"), f.idle_timeout.as_ref(), d.idle_timeout, false),
+        max_connections_per_host: cx.int(
+            &p.key("max_connections_per_host"),
+            f.max_connections_per_host,
+            d.max_connections_per_host,
+            1,
+        ),
+        max_idle_per_host: cx.int(
+            &p.key("max_idle_per_host"),
+            f.max_idle_per_host,
+            d.max_idle_per_host,
+            0,
+        ),
+        idle_timeout: cx.duration(
+            &p.key("idle_timeout"),
+            f.idle_timeout.as_ref(),
+            d.idle_timeout,
+            false,
+        ),
     }
 }
 
@@ -33,11 +48,31 @@ pub fn timeouts(cx: &mut Ctx, f: &TimeoutsFile, p: &Path) -> TimeoutsConfig {
 
 /// `f` over `base`: each key written replaces the base's value.
 pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) -> BreakerConfig {
-    let recovery_timeout = cx.duration(&p.key("recovery_timeout"), f.recovery_timeout.as_ref(), base.recovery_timeout, false);
-    let max_recovery_timeout = cx.duration(&p.key("max_recovery_timeout"), f.max_recovery_timeout.as_ref(), base.max_recovery_timeout, false);
-    if max_recovery_timeout < recovery_timeout && (f.recovery_timeout.is_some() || f.max_recovery_timeout.is_some()) {
-        let key = if f.max_recovery_timeout.is_some() { "max_recovery_timeout" } else { "recovery_timeout" };
-        let msg = format!("max_recovery_timeout ({}) must be at least recovery_timeout ({})", show(max_recovery_timeout), show(recovery_timeout));
+    let recovery_timeout = cx.duration(
+        &p.key("recovery_timeout"),
+        f.recovery_timeout.as_ref(),
+        base.recovery_timeout,
+        false,
+    );
+    let max_recovery_timeout = cx.duration(
+        &p.key("max_recovery_timeout"),
+        f.max_recovery_timeout.as_ref(),
+        base.max_recovery_timeout,
+        false,
+    );
+    if max_recovery_timeout < recovery_timeout
+        && (f.recovery_timeout.is_some() || f.max_recovery_timeout.is_some())
+    {
+        let key = if f.max_recovery_timeout.is_some() {
+            "max_recovery_timeout"
+        } else {
+            "recovery_timeout"
+        };
+        let msg = format!(
+            "max_recovery_timeout ({}) must be at least recovery_timeout ({})",
+            show(max_recovery_timeout),
+            show(recovery_timeout)
+        );
         cx.problem(&p.key(key), msg);
     }
 
@@ -46,17 +81,24 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
     let error_rate = match window.or(base_rate.map(|e| e.window)) {
         Some(window) => {
             let etp = p.key("error_threshold_percentage");
-            let default_pct = base_rate.map_or(DEFAULT_ERROR_THRESHOLD_PERCENTAGE, |e| e.error_threshold_percentage);
+            let default_pct = base_rate.map_or(DEFAULT_ERROR_THRESHOLD_PERCENTAGE, |e| {
+                e.error_threshold_percentage
+            });
             let pct = cx.percent(&etp, f.error_threshold_percentage, default_pct);
             if f.error_threshold_percentage == Some(0.0) {
-                cx.problem(&etp, "must be greater than 0 (0 would open on the first failure)");
+                cx.problem(
+                    &etp,
+                    "must be greater than 0 (0 would open on the first failure)",
+                );
             }
             Some(ErrorRateConfig {
                 window,
                 request_volume_threshold: cx.int(
                     &p.key("request_volume_threshold"),
                     f.request_volume_threshold,
-                    base_rate.map_or(DEFAULT_REQUEST_VOLUME_THRESHOLD, |e| e.request_volume_threshold),
+                    base_rate.map_or(DEFAULT_REQUEST_VOLUME_THRESHOLD, |e| {
+                        e.request_volume_threshold
+                    }),
                     1,
                 ),
                 error_threshold_percentage: pct,
@@ -64,16 +106,40 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
         }
         None => {
             if f.window.is_none() {
-                needs(cx, p, "request_volume_threshold", f.request_volume_threshold.is_some(), "window");
-                needs(cx, p, "error_threshold_percentage", f.error_threshold_percentage.is_some(), "window");
+                needs(
+                    cx,
+                    p,
+                    "request_volume_threshold",
+                    f.request_volume_threshold.is_some(),
+                    "window",
+                );
+                needs(
+                    cx,
+                    p,
+                    "error_threshold_percentage",
+                    f.error_threshold_percentage.is_some(),
+                    "window",
+                );
             }
             None
         }
     };
 
-    let slow_call_duration = cx.opt_duration(&p.key("slow_call_duration"), f.slow_call_duration.as_ref(), false).or(base.slow_call_duration);
+    let slow_call_duration = cx
+        .opt_duration(
+            &p.key("slow_call_duration"),
+            f.slow_call_duration.as_ref(),
+            false,
+        )
+        .or(base.slow_call_duration);
     if slow_call_duration.is_none() && f.slow_call_duration.is_none() {
-        needs(cx, p, "slow_call_rate_threshold", f.slow_call_rate_threshold.is_some(), "slow_call_duration");
+        needs(
+            cx,
+            p,
+            "slow_call_rate_threshold",
+            f.slow_call_rate_threshold.is_some(),
+            "slow_call_duration",
+        );
     }
 
     let pb = p.key("partition_by");
@@ -82,35 +148,84 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
         Some(s) => match cx.header_key(&pb, &s) {
             Some(name) => name.map(PartitionKey::Header),
             None => {
-                cx.problem(&pb, format!("unknown partition key {s:?}; expected \"header:NAME\""));
+                cx.problem(
+                    &pb,
+                    format!("unknown partition key {s:?}; expected \"header:NAME\""),
+                );
                 None
             }
         },
     };
 
     BreakerConfig {
-        failure_threshold: cx.int(&p.key("failure_threshold"), f.failure_threshold, base.failure_threshold, 1),
+        failure_threshold: cx.int(
+            &p.key("failure_threshold"),
+            f.failure_threshold,
+            base.failure_threshold,
+            1,
+        ),
         recovery_timeout,
-        success_threshold: cx.int(&p.key("success_threshold"), f.success_threshold, base.success_threshold, 1),
-        half_open_max_requests: cx.int(&p.key("half_open_max_requests"), f.half_open_max_requests, base.half_open_max_requests, 1),
+        success_threshold: cx.int(
+            &p.key("success_threshold"),
+            f.success_threshold,
+            base.success_threshold,
+            1,
+        ),
+        half_open_max_requests: cx.int(
+            &p.key("half_open_max_requests"),
+            f.half_open_max_requests,
+            base.half_open_max_requests,
+            1,
+        ),
         max_recovery_timeout,
-        failure_status_codes: cx.status_codes(&p.key("failure_status_codes"), f.failure_status_codes.as_ref(), &base.failure_status_codes),
+        failure_status_codes: cx.status_codes(
+            &p.key("failure_status_codes"),
+            f.failure_status_codes.as_ref(),
+            &base.failure_status_codes,
+        ),
         error_rate,
         slow_call_duration,
-        slow_call_rate_threshold: cx.percent(&p.key("slow_call_rate_threshold"), f.slow_call_rate_threshold, base.slow_call_rate_threshold),
+        slow_call_rate_threshold: cx.percent(
+            &p.key("slow_call_rate_threshold"),
+            f.slow_call_rate_threshold,
+            base.slow_call_rate_threshold,
+        ),
         partition_by,
-        max_partitions: cx.int(&p.key("max_partitions"), f.max_partitions, base.max_partitions, 1),
+        max_partitions: cx.int(
+            &p.key("max_partitions"),
+            f.max_partitions,
+            base.max_partitions,
+            1,
+        ),
         jitter: f.jitter.unwrap_or(base.jitter),
     }
 }
 
 /// `f` over `base`: each key written replaces the base's value.
 pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> RetryConfig {
-    let base_delay = cx.duration(&p.key("base_delay"), f.base_delay.as_ref(), base.base_delay, true);
-    let max_delay = cx.duration(&p.key("max_delay"), f.max_delay.as_ref(), base.max_delay, true);
+    let base_delay = cx.duration(
+        &p.key("base_delay"),
+        f.base_delay.as_ref(),
+        base.base_delay,
+        true,
+    );
+    let max_delay = cx.duration(
+        &p.key("max_delay"),
+        f.max_delay.as_ref(),
+        base.max_delay,
+        true,
+    );
     if max_delay < base_delay && (f.base_delay.is_some() || f.max_delay.is_some()) {
-        let key = if f.max_delay.is_some() { "max_delay" } else { "base_delay" };
-        let msg = format!("max_delay ({}) must be at least base_delay ({})", show(max_delay), show(base_delay));
+        let key = if f.max_delay.is_some() {
+            "max_delay"
+        } else {
+            "base_delay"
+        };
+        let msg = format!(
+            "max_delay ({}) must be at least base_delay ({})",
+            show(max_delay),
+            show(base_delay)
+        );
         cx.problem(&p.key(key), msg);
     }
     RetryConfig {
@@ -118,11 +233,29 @@ pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> Retry
         base_delay,
         max_delay,
         jitter: f.jitter.unwrap_or(base.jitter),
-        retry_status_codes: cx.status_codes(&p.key("retry_status_codes"), f.retry_status_codes.as_ref(), &base.retry_status_codes),
+        retry_status_codes: cx.status_codes(
+            &p.key("retry_status_codes"),
+            f.retry_status_codes.as_ref(),
+            &base.retry_status_codes,
+        ),
         retry_non_idempotent: f.retry_non_idempotent.unwrap_or(base.retry_non_idempotent),
-        max_replay_body: cx.size(&p.key("max_replay_body"), f.max_replay_body.as_ref(), base.max_replay_body, true),
-        budget_percent: cx.percent(&p.key("budget_percent"), f.budget_percent, base.budget_percent),
-        budget_min_per_second: cx.int(&p.key("budget_min_per_second"), f.budget_min_per_second, base.budget_min_per_second, 0),
+        max_replay_body: cx.size(
+            &p.key("max_replay_body"),
+            f.max_replay_body.as_ref(),
+            base.max_replay_body,
+            true,
+        ),
+        budget_percent: cx.percent(
+            &p.key("budget_percent"),
+            f.budget_percent,
+            base.budget_percent,
+        ),
+        budget_min_per_second: cx.int(
+            &p.key("budget_min_per_second"),
+            f.budget_min_per_second,
+            base.budget_min_per_second,
+            0,
+        ),
     }
 }
 
@@ -133,15 +266,41 @@ pub fn health_check(cx: &mut Ctx, f: &HealthCheckFile, p: &Path) -> HealthCheckC
     }
     HealthCheckConfig {
         path,
-        interval: cx.duration(&p.key("interval"), f.interval.as_ref(), DEFAULT_HEALTH_CHECK_INTERVAL, false),
-        timeout: cx.duration(&p.key("timeout"), f.timeout.as_ref(), DEFAULT_HEALTH_CHECK_TIMEOUT, false),
-        unhealthy_threshold: cx.int(&p.key("unhealthy_threshold"), f.unhealthy_threshold, DEFAULT_UNHEALTHY_THRESHOLD, 1),
-        healthy_threshold: cx.int(&p.key("healthy_threshold"), f.healthy_threshold, DEFAULT_HEALTHY_THRESHOLD, 1),
+        interval: cx.duration(
+            &p.key("interval"),
+            f.interval.as_ref(),
+            DEFAULT_HEALTH_CHECK_INTERVAL,
+            false,
+        ),
+        timeout: cx.duration(
+            &p.key("timeout"),
+            f.timeout.as_ref(),
+            DEFAULT_HEALTH_CHECK_TIMEOUT,
+            false,
+        ),
+        unhealthy_threshold: cx.int(
+            &p.key("unhealthy_threshold"),
+            f.unhealthy_threshold,
+            DEFAULT_UNHEALTHY_THRESHOLD,
+            1,
+        ),
+        healthy_threshold: cx.int(
+            &p.key("healthy_threshold"),
+            f.healthy_threshold,
+            DEFAULT_HEALTHY_THRESHOLD,
+            1,
+        ),
     }
 }
 
 /// A static answer or another upstream (`names` = every upstream, in file order).
-pub fn fallback(cx: &mut Ctx, f: &FallbackFile, own: &str, names: &[&str], p: &Path) -> Option<FallbackConfig> {
+pub fn fallback(
+    cx: &mut Ctx,
+    f: &FallbackFile,
+    own: &str,
+    names: &[&str],
+    p: &Path,
+) -> Option<FallbackConfig> {
     if let Some(raw) = &f.upstream {
         let up = p.key("upstream");
         if f.status.is_some() || f.content_type.is_some() || f.body.is_some() {
@@ -164,7 +323,9 @@ pub fn fallback(cx: &mut Ctx, f: &FallbackFile, own: &str, names: &[&str], p: &P
         Some(ct) => cx.header_value(&p.key("content_type"), ct)?,
         None => HeaderValue::from_static(DEFAULT_FALLBACK_CONTENT_TYPE),
     };
-    let body = cx.opt_string(&p.key("body"), f.body.as_ref()).unwrap_or_default();
+    let body = cx
+        .opt_string(&p.key("body"), f.body.as_ref())
+        .unwrap_or_default();
     Some(FallbackConfig::Static {
         status,
         content_type,
@@ -172,14 +333,22 @@ pub fn fallback(cx: &mut Ctx, f: &FallbackFile, own: &str, names: &[&str], p: &P
     })
 }
 
-pub fn upstream_tls(cx: &mut Ctx, f: &UpstreamTlsFile, protocol: Protocol, p: &Path) -> UpstreamTls {
+pub fn upstream_tls(
+    cx: &mut Ctx,
+    f: &UpstreamTlsFile,
+    protocol: Protocol,
+    p: &Path,
+) -> UpstreamTls {
     if !matches!(protocol, Protocol::Https | Protocol::H2) {
         cx.problem(p, "a `tls` table needs protocol \"https\" or \"h2\"");
     }
     let client_cert = cx.opt_string(&p.key("client_cert"), f.client_cert.as_ref());
     let client_key = cx.opt_string(&p.key("client_key"), f.client_key.as_ref());
     if f.client_cert.is_some() != f.client_key.is_some() {
-        cx.problem(p, "`client_cert` and `client_key` go together: give both or neither");
+        cx.problem(
+            p,
+            "`client_cert` and `client_key` go together: give both or neither",
+        );
     }
     let server_name = cx.opt_string(&p.key("server_name"), f.server_name.as_ref());
     if server_name.as_ref().is_some_and(|s| s.trim().is_empty()) {
@@ -203,7 +372,9 @@ pub fn rate_limit(cx: &mut Ctx, f: &RateLimitFile, p: &Path) -> RateLimitConfig 
         }
         None => DEFAULT_RATE_LIMIT_RPS,
     };
-    let default_burst = (rps * DEFAULT_RATE_LIMIT_BURST_SECONDS).ceil().clamp(1.0, u32::MAX as f64) as u32;
+    let default_burst = (rps * DEFAULT_RATE_LIMIT_BURST_SECONDS)
+        .ceil()
+        .clamp(1.0, u32::MAX as f64) as u32;
     let kp = p.key("key");
     let key = match cx.opt_string(&kp, f.key.as_ref()) {
         None => RateLimitKey::Global,
@@ -221,15 +392,30 @@ pub fn rate_limit(cx: &mut Ctx, f: &RateLimitFile, p: &Path) -> RateLimitConfig 
         requests_per_second: rps,
         burst: cx.int(&p.key("burst"), f.burst, default_burst, 1),
         key,
-        max_keys: cx.int(&p.key("max_keys"), f.max_keys, DEFAULT_RATE_LIMIT_MAX_KEYS, 1),
+        max_keys: cx.int(
+            &p.key("max_keys"),
+            f.max_keys,
+            DEFAULT_RATE_LIMIT_MAX_KEYS,
+            1,
+        ),
     }
 }
 
 pub fn concurrency(cx: &mut Ctx, f: &ConcurrencyFile, p: &Path) -> ConcurrencyConfig {
     ConcurrencyConfig {
-        max_in_flight: cx.int(&p.key("max_in_flight"), f.max_in_flight, DEFAULT_MAX_IN_FLIGHT, 1),
+        max_in_flight: cx.int(
+            &p.key("max_in_flight"),
+            f.max_in_flight,
+            DEFAULT_MAX_IN_FLIGHT,
+            1,
+        ),
         max_queue: cx.int(&p.key("max_queue"), f.max_queue, DEFAULT_MAX_QUEUE, 0),
-        queue_timeout: cx.duration(&p.key("queue_timeout"), f.queue_timeout.as_ref(), DEFAULT_QUEUE_TIMEOUT, false),
+        queue_timeout: cx.duration(
+            &p.key("queue_timeout"),
+            f.queue_timeout.as_ref(),
+            DEFAULT_QUEUE_TIMEOUT,
+            false,
+        ),
     }
 }
 
@@ -241,9 +427,17 @@ pub fn fault(cx: &mut Ctx, f: &FaultFile, p: &Path) -> FaultConfig {
         .or_else(|| http::StatusCode::from_u16(DEFAULT_FAULT_ABORT_STATUS).ok())
         .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
     FaultConfig {
-        abort_percent: cx.percent(&p.key("abort_percent"), f.abort_percent, DEFAULT_FAULT_ABORT_PERCENT),
+        abort_percent: cx.percent(
+            &p.key("abort_percent"),
+            f.abort_percent,
+            DEFAULT_FAULT_ABORT_PERCENT,
+        ),
         abort_status,
-        delay_percent: cx.percent(&p.key("delay_percent"), f.delay_percent, DEFAULT_FAULT_DELAY_PERCENT),
+        delay_percent: cx.percent(
+            &p.key("delay_percent"),
+            f.delay_percent,
+            DEFAULT_FAULT_DELAY_PERCENT,
+        ),
         delay: cx.duration(&p.key("delay"), f.delay.as_ref(), DEFAULT_FAULT_DELAY, true),
     }
 }
@@ -251,16 +445,24 @@ pub fn fault(cx: &mut Ctx, f: &FaultFile, p: &Path) -> FaultConfig {
 /// `unknown upstream "x"; expected one of: a, b`.
 pub fn unknown_upstream(name: &str, names: &[&str]) -> String {
     if names.is_empty() {
-        format!("unknown upstream {name:?}; no upstreams are defined (add an [upstreams.{name}] table)")
+        format!(
+            "unknown upstream {name:?}; no upstreams are defined (add an [upstreams.{name}] table)"
+        )
     } else {
-        format!("unknown upstream {name:?}; expected one of: {}", names.join(", "))
+        format!(
+            "unknown upstream {name:?}; expected one of: {}",
+            names.join(", ")
+        )
     }
 }
 
 /// Records that `key` was written without the key that turns its mode on.
 fn needs(cx: &mut Ctx, p: &Path, key: &str, given: bool, mode_key: &str) {
     if given {
-        cx.problem(&p.key(key), format!("has no effect without `{mode_key}`, which turns this mode on"));
+        cx.problem(
+            &p.key(key),
+            format!("has no effect without `{mode_key}`, which turns this mode on"),
+        );
     }
 }
 

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use http::Method;
 
+use super::ctx::Ctx;
 use super::defaults::*;
 use super::error::Path;
 use super::file::RouteFile;
 use super::policy;
 use super::types::*;
 use super::units;
-use super::validate::Ctx;
 
 /// Methods a route may name (upper-cased before the check).
 const METHODS: &[&str] = &[
@@ -29,10 +29,17 @@ pub fn routes(
     let mut out = Vec::with_capacity(files.len());
     for (i, f) in files.iter().enumerate() {
         let rp = p.idx(i);
-        let name_path = if f.name.is_some() { rp.key("name") } else { rp.clone() };
+        let name_path = if f.name.is_some() {
+            rp.key("name")
+        } else {
+            rp.clone()
+        };
         let name = cx.nonempty(&rp.key("name"), f.name.as_ref(), &format!("route-{i}"));
         if let Some(first) = seen.get(&name) {
-            cx.problem(&name_path, format!("duplicate route name {name:?} (also used by routes[{first}])"));
+            cx.problem(
+                &name_path,
+                format!("duplicate route name {name:?} (also used by routes[{first}])"),
+            );
         } else {
             seen.insert(name.clone(), i);
         }
@@ -52,10 +59,16 @@ fn route(
     let has_methods = f.methods.as_ref().is_some_and(|m| !m.is_empty());
     let has_headers = f.headers.as_ref().is_some_and(|h| !h.0.is_empty());
     if f.host.is_none() && f.path_prefix.is_none() && !has_methods && !has_headers {
-        cx.problem(p, "a route needs at least one match field: host, path_prefix, methods or headers");
+        cx.problem(
+            p,
+            "a route needs at least one match field: host, path_prefix, methods or headers",
+        );
     }
 
-    let host = f.host.as_ref().and_then(|raw| host(cx, &p.key("host"), raw));
+    let host = f
+        .host
+        .as_ref()
+        .and_then(|raw| host(cx, &p.key("host"), raw));
     let pp = p.key("path_prefix");
     let path_prefix = cx.nonempty(&pp, f.path_prefix.as_ref(), "/");
     if !path_prefix.starts_with('/') {
@@ -69,7 +82,9 @@ fn route(
 
     let mp = p.key("methods");
     let methods = f.methods.iter().flatten().enumerate();
-    let methods = methods.filter_map(|(i, m)| method(cx, &mp.idx(i), m)).collect();
+    let methods = methods
+        .filter_map(|(i, m)| method(cx, &mp.idx(i), m))
+        .collect();
     let hp = p.key("headers");
     let mut headers = Vec::new();
     for (key, value) in f.headers.iter().flat_map(|h| &h.0) {
@@ -81,21 +96,29 @@ fn route(
     }
 
     let up_path = p.key("upstream");
-    let upstream = match cx.opt_string(&up_path, f.upstream.as_ref()) {
-        Some(u) => u,
+    let upstream = match &f.upstream {
         None => {
-            if f.upstream.is_none() {
-                cx.problem(p, "missing `upstream`: the name of an [upstreams.NAME] table");
-            }
+            cx.problem(
+                p,
+                "missing `upstream`: the name of an [upstreams.NAME] table",
+            );
             String::new()
         }
+        Some(raw) => match cx.string(&up_path, raw) {
+            Some(name) => {
+                if !upstreams.contains_key(&name) {
+                    cx.problem(&up_path, policy::unknown_upstream(&name, names));
+                }
+                name
+            }
+            None => String::new(),
+        },
     };
     let target = upstreams.get(&upstream);
-    if target.is_none() && f.upstream.is_some() && !upstream.is_empty() {
-        cx.problem(&up_path, policy::unknown_upstream(&upstream, names));
-    }
     let base_retry = target.map(|u| u.retry.clone()).unwrap_or_default();
-    let base_breaker = target.map(|u| u.circuit_breaker.clone()).unwrap_or_default();
+    let base_breaker = target
+        .map(|u| u.circuit_breaker.clone())
+        .unwrap_or_default();
 
     RouteConfig {
         name,
@@ -104,12 +127,29 @@ fn route(
         methods,
         headers,
         upstream,
-        timeout: cx.duration(&p.key("timeout"), f.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT, false),
+        timeout: cx.duration(
+            &p.key("timeout"),
+            f.timeout.as_ref(),
+            DEFAULT_ROUTE_TIMEOUT,
+            false,
+        ),
         strip_prefix,
-        rate_limit: f.rate_limit.as_ref().map(|r| policy::rate_limit(cx, r, &p.key("rate_limit"))),
-        concurrency: f.concurrency.as_ref().map(|c| policy::concurrency(cx, c, &p.key("concurrency"))),
-        fault: f.fault.as_ref().map(|x| policy::fault(cx, x, &p.key("fault"))),
-        retry: f.retry.as_ref().map(|r| policy::retry(cx, r, &base_retry, &p.key("retry"))),
+        rate_limit: f
+            .rate_limit
+            .as_ref()
+            .map(|r| policy::rate_limit(cx, r, &p.key("rate_limit"))),
+        concurrency: f
+            .concurrency
+            .as_ref()
+            .map(|c| policy::concurrency(cx, c, &p.key("concurrency"))),
+        fault: f
+            .fault
+            .as_ref()
+            .map(|x| policy::fault(cx, x, &p.key("fault"))),
+        retry: f
+            .retry
+            .as_ref()
+            .map(|r| policy::retry(cx, r, &base_retry, &p.key("retry"))),
         circuit_breaker: f
             .circuit_breaker
             .as_ref()
@@ -126,7 +166,9 @@ fn host(cx: &mut Ctx, path: &Path, raw: &str) -> Option<HostMatch> {
         None => (h.as_str(), HostMatch::Exact(h.clone())),
     };
     let check = if checked.contains('*') {
-        Err(format!("{h:?}: a wildcard is only allowed as the whole first label, as in \"*.example.com\""))
+        Err(format!(
+            "{h:?}: a wildcard is only allowed as the whole first label, as in \"*.example.com\""
+        ))
     } else {
         units::check_route_host(checked)
     };
@@ -137,7 +179,13 @@ fn host(cx: &mut Ctx, path: &Path, raw: &str) -> Option<HostMatch> {
 fn method(cx: &mut Ctx, path: &Path, raw: &str) -> Option<Method> {
     let m = cx.string(path, raw)?.trim().to_ascii_uppercase();
     if !METHODS.contains(&m.as_str()) {
-        cx.problem(path, format!("unknown method {raw:?}; expected one of: {}", METHODS.join(", ")));
+        cx.problem(
+            path,
+            format!(
+                "unknown method {raw:?}; expected one of: {}",
+                METHODS.join(", ")
+            ),
+        );
         return None;
     }
     Method::from_bytes(m.as_bytes()).ok()

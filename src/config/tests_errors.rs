@@ -20,7 +20,11 @@ fn problems_env(text: &str, vars: &[(&str, &str)]) -> Vec<Problem> {
 fn one(text: &str, needle: &str) -> Problem {
     let ps = problems(text);
     assert_eq!(ps.len(), 1, "expected one problem, got {ps:#?}");
-    assert!(ps[0].message.contains(needle), "{:?} does not mention {needle:?}", ps[0].message);
+    assert!(
+        ps[0].message.contains(needle),
+        "{:?} does not mention {needle:?}",
+        ps[0].message
+    );
     ps[0].clone()
 }
 
@@ -33,6 +37,11 @@ fn route_problem(extra: &str, needle: &str) -> Problem {
 fn upstream_problem(extra: &str, needle: &str) -> Problem {
     let text = MINIMAL.replacen("\n\n[[routes]]", &format!("\n{extra}\n\n[[routes]]"), 1);
     one(&text, needle)
+}
+
+/// An upstream `a` whose only key is `extra` (no routes).
+fn endpoint_problem(extra: &str, needle: &str) -> Problem {
+    one(&format!("[upstreams.a]\n{extra}\n"), needle)
 }
 
 #[test]
@@ -50,17 +59,29 @@ fn unknown_key_is_refused_at_the_key() {
     let text = "[listener]\naddress = \"0.0.0.0:8080\"\n  max_conections = 5\n";
     let p = one(text, "unknown field `max_conections`");
     assert_eq!((p.file.as_str(), p.line, p.column), ("t.toml", 3, 3));
-    assert!(p.message.starts_with("listener.max_conections: "), "{}", p.message);
-    assert!(p.message.contains("max_connections"), "lists the allowed keys");
+    assert!(
+        p.message.starts_with("listener.max_conections: "),
+        "{}",
+        p.message
+    );
+    assert!(
+        p.message.contains("max_connections"),
+        "lists the allowed keys"
+    );
     assert_eq!(p.to_string(), format!("t.toml:3:3: {}", p.message));
 }
 
 #[test]
 fn unknown_key_in_an_inline_table_inside_an_array() {
-    let text = "[upstreams.a]\nendpoints = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", wieght = 2 }]\n";
+    let text =
+        "[upstreams.a]\nendpoints = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", wieght = 2 }]\n";
     let p = one(text, "unknown field `wieght`");
-    assert_eq!(p.line, 2);
-    assert!(p.column >= 29 && p.column <= 58, "column {} is within the inline table", p.column);
+    assert_eq!((p.line, p.column), (2, 56));
+    assert!(
+        p.message.starts_with("upstreams.a.endpoints[1].wieght: "),
+        "{}",
+        p.message
+    );
 }
 
 #[test]
@@ -68,7 +89,11 @@ fn type_error_is_located_at_the_value() {
     let text = "[listener]\nmax_connections = \"many\"\n";
     let p = one(text, "invalid type: string \"many\"");
     assert_eq!((p.line, p.column), (2, 19));
-    assert!(p.message.starts_with("listener.max_connections: "), "{}", p.message);
+    assert!(
+        p.message.starts_with("listener.max_connections: "),
+        "{}",
+        p.message
+    );
 
     let p = one("[listener]\nidle_timeout = true\n", "expected a duration");
     assert_eq!((p.line, p.column), (2, 16));
@@ -113,7 +138,10 @@ fn an_absent_key_is_reported_at_its_table() {
     assert_eq!((p.line, p.column), (4, 1));
     assert!(p.message.starts_with("routes[0]: "));
 
-    let p = one("[upstreams.a]\nprotocol = \"http1\"\n", "missing `endpoints`");
+    let p = one(
+        "[upstreams.a]\nprotocol = \"http1\"\n",
+        "missing `endpoints`",
+    );
     assert_eq!((p.line, p.column), (1, 1));
 }
 
@@ -146,11 +174,20 @@ upstream = "a"
         (13, "routes[1]: a route needs at least one match field: host, path_prefix, methods or headers"),
     ];
     assert_eq!(got[..6], expect, "{got:#?}");
-    assert_eq!(got[6], (14, "routes[1].name: duplicate route name \"x\" (also used by routes[0])"));
+    assert_eq!(
+        got[6],
+        (
+            14,
+            "routes[1].name: duplicate route name \"x\" (also used by routes[0])"
+        )
+    );
     assert_eq!(got.len(), 7);
     let shown = ConfigError::Invalid(ps).to_string();
     assert_eq!(shown.lines().count(), 7);
-    assert!(shown.starts_with("t.toml:2:19: listener.max_connections"), "{shown}");
+    assert!(
+        shown.starts_with("t.toml:2:19: listener.max_connections"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -168,59 +205,170 @@ fn admin_token_rules() {
     let ps = problems_env("[admin]\ntoken_env = \"TOK\"\n", &[("TOK", "")]);
     assert!(ps[0].message.contains("TOK is empty"), "{ps:?}");
     assert!(parse_env("[admin]\naddress = \"[::1]:9901\"\n", &[]).is_ok());
-    one("[listener]\naddress = \"127.0.0.1:9901\"\n", "also the listener's address");
+    one(
+        "[listener]\naddress = \"127.0.0.1:9901\"\n",
+        "also the listener's address",
+    );
 }
 
 #[test]
 fn bad_route_values_are_refused() {
-    route_problem("methods = [\"FETCH\"]", "unknown method \"FETCH\"; expected one of: GET");
-    route_problem("headers = { \"bad header\" = \"x\" }", "invalid header name");
-    route_problem("headers = { \"X-A\" = \"caf\u{e9}\" }", "invalid header value");
+    route_problem(
+        "methods = [\"FETCH\"]",
+        "unknown method \"FETCH\"; expected one of: GET",
+    );
+    route_problem(
+        "headers = { \"bad header\" = \"x\" }",
+        "invalid header name",
+    );
+    route_problem(
+        "headers = { \"X-A\" = \"a\\u0001b\" }",
+        "invalid header value",
+    );
     route_problem("strip_prefix = \"detect\"", "must start with `/`");
     route_problem("host = \"a.*.com\"", "wildcard");
     route_problem("host = \"a.local:8080\"", "must not include a port");
-    route_problem("timeout = \"0s\"", "routes[0].timeout: must be greater than 0");
+    route_problem(
+        "timeout = \"0s\"",
+        "routes[0].timeout: must be greater than 0",
+    );
     route_problem("timeout = -1", "negative duration");
     route_problem("name = \"\"", "routes[0].name: must not be empty");
-    route_problem("fault = { abort_percent = 120.0 }", "between 0 and 100, got 120");
-    route_problem("fault = { abort_status = 42 }", "42 is not an HTTP status code");
-    route_problem("rate_limit = { requests_per_second = 0 }", "must be greater than 0");
-    route_problem("rate_limit = { key = \"cookie:x\" }", "expected one of: global, client_ip, header:NAME");
+    route_problem(
+        "fault = { abort_percent = 120.0 }",
+        "between 0 and 100, got 120",
+    );
+    route_problem(
+        "fault = { abort_status = 42 }",
+        "42 is not an HTTP status code",
+    );
+    route_problem(
+        "rate_limit = { requests_per_second = 0 }",
+        "must be greater than 0",
+    );
+    route_problem(
+        "rate_limit = { key = \"cookie:x\" }",
+        "expected one of: global, client_ip, header:NAME",
+    );
     route_problem("concurrency = { max_in_flight = 0 }", "must be at least 1");
-    route_problem("retry = { max_delay = \"10ms\" }", "max_delay (10ms) must be at least base_delay (500ms)");
-    route_problem("circuit_breaker = { request_volume_threshold = 5 }", "has no effect without `window`");
-    route_problem("circuit_breaker = { partition_by = \"X-Camera\" }", "expected \"header:NAME\"");
+    route_problem(
+        "retry = { max_delay = \"10ms\" }",
+        "max_delay (10ms) must be at least base_delay (500ms)",
+    );
+    route_problem(
+        "circuit_breaker = { request_volume_threshold = 5 }",
+        "has no effect without `window`",
+    );
+    route_problem(
+        "circuit_breaker = { partition_by = \"X-Camera\" }",
+        "expected \"header:NAME\"",
+    );
 }
 
 #[test]
 fn bad_upstream_values_are_refused() {
-    upstream_problem("load_balancing = \"fastest\"", "expected one of: round_robin, least_request, random, weighted");
-    upstream_problem("endpoints = [\"127.0.0.1:1\", \"127.0.0.1:1\"]", "duplicate endpoint");
-    upstream_problem("endpoints = [{ address = \"127.0.0.1:1\", weight = 0 }]", "endpoints[0].weight: must be at least 1");
-    upstream_problem("endpoints = [{ weight = 2 }]", "missing `address`");
-    upstream_problem("pool = { max_connections_per_host = -3 }", "must be at least 1, got -3");
+    upstream_problem(
+        "load_balancing = \"fastest\"",
+        "expected one of: round_robin, least_request, random, weighted",
+    );
+    endpoint_problem(
+        "endpoints = [\"127.0.0.1:1\", \"127.0.0.1:1\"]",
+        "duplicate endpoint",
+    );
+    endpoint_problem(
+        "endpoints = [{ address = \"127.0.0.1:1\", weight = 0 }]",
+        "endpoints[0].weight: must be at least 1",
+    );
+    endpoint_problem("endpoints = [{ weight = 2 }]", "missing `address`");
+    upstream_problem(
+        "pool = { max_connections_per_host = -3 }",
+        "must be at least 1, got -3",
+    );
     upstream_problem("timeouts = { connect = 0 }", "must be greater than 0");
     upstream_problem("circuit_breaker = { failure_threshold = 0 }", "at least 1");
-    upstream_problem("circuit_breaker = { failure_status_codes = [500, 700] }", "failure_status_codes[1]: 700 is not");
-    upstream_problem("circuit_breaker = { window = \"10s\", error_threshold_percentage = 150 }", "between 0 and 100");
-    upstream_problem("circuit_breaker = { max_recovery_timeout = \"1s\" }", "must be at least recovery_timeout (30s)");
+    upstream_problem(
+        "circuit_breaker = { failure_status_codes = [500, 700] }",
+        "failure_status_codes[1]: 700 is not",
+    );
+    upstream_problem(
+        "circuit_breaker = { window = \"10s\", error_threshold_percentage = 150 }",
+        "between 0 and 100",
+    );
+    upstream_problem(
+        "circuit_breaker = { max_recovery_timeout = \"1s\" }",
+        "must be at least recovery_timeout (30s)",
+    );
     upstream_problem("retry = { budget_percent = -1 }", "between 0 and 100");
-    upstream_problem("retry = { max_replay_body = \"4 parsecs\" }", "unknown size unit");
+    upstream_problem(
+        "retry = { max_replay_body = \"4 parsecs\" }",
+        "unknown size unit",
+    );
     upstream_problem("retry = { max_replay_body = -1 }", "negative size");
-    upstream_problem("health_check = { path = \"health\" }", "must start with `/`");
-    upstream_problem("fallback = { upstream = \"nope\" }", "unknown upstream \"nope\"; expected one of: a");
-    upstream_problem("fallback = { upstream = \"a\" }", "cannot be its own fallback");
+    upstream_problem(
+        "health_check = { path = \"health\" }",
+        "must start with `/`",
+    );
+    upstream_problem(
+        "fallback = { upstream = \"nope\" }",
+        "unknown upstream \"nope\"; expected one of: a",
+    );
+    upstream_problem(
+        "fallback = { upstream = \"a\" }",
+        "cannot be its own fallback",
+    );
     upstream_problem("fallback = { upstream = \"a\", body = \"{}\" }", "not both");
     upstream_problem("tls = { ca = \"x\" }", "needs protocol");
-    upstream_problem("protocol = \"h2\"\ntls = { client_cert = \"c\" }", "give both or neither");
+    upstream_problem(
+        "protocol = \"h2\"\ntls = { client_cert = \"c\" }",
+        "give both or neither",
+    );
 }
 
 #[test]
 fn upstream_without_endpoints_and_bad_names_are_refused() {
     let text = "[upstreams.\"a/b\"]\nendpoints = [\"127.0.0.1:1\"]\n";
     let p = one(text, "may only hold letters");
-    assert!(p.message.starts_with("upstreams.\"a/b\": "), "{}", p.message);
+    assert!(
+        p.message.starts_with("upstreams.\"a/b\": "),
+        "{}",
+        p.message
+    );
     assert_eq!((p.line, p.column), (1, 1));
-    let p = upstream_problem("", "");
-    drop(p);
+}
+
+#[test]
+fn an_empty_upstream_name_is_unknown() {
+    route_problem_replacing(
+        "upstream = \"a\"",
+        "upstream = \"\"",
+        "unknown upstream \"\"",
+    );
+}
+
+/// `MINIMAL` with `from` replaced by `to`, which must give one problem.
+fn route_problem_replacing(from: &str, to: &str, needle: &str) -> Problem {
+    one(&MINIMAL.replace(from, to), needle)
+}
+
+#[test]
+fn truncated_and_garbled_files_give_errors_not_panics() {
+    // Every prefix of the example (cut at char boundaries) and a few byte swaps must
+    // come back as Ok or located problems, never a panic or an out-of-range position.
+    let text = DEFAULT_CONFIG_TOML;
+    let cuts = (0..text.len())
+        .step_by(5)
+        .filter(|&i| text.is_char_boundary(i));
+    let variants = cuts.map(|i| text[..i].to_string()).chain(
+        ["=", "[", "\"", "0", "-"]
+            .iter()
+            .map(|s| text.replace(" = ", &format!(" {s} "))),
+    );
+    for variant in variants {
+        if let Err(e) = parse_env(&variant, &[]) {
+            let lines = variant.lines().count().max(1);
+            for p in e.problems() {
+                assert!(p.line >= 1 && p.line <= lines + 1 && p.column >= 1, "{p}");
+            }
+        }
+    }
 }

@@ -24,7 +24,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "duration {text:?} has no unit; write \"{t}s\" or the number {t} without quotes"
         ));
     }
-    humantime::parse_duration(t).map_err(|e| format!("invalid duration {text:?} ({e}); {DURATION_HINT}"))
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); {DURATION_HINT}"))
 }
 
 /// A plain number of seconds (`30`, `0.25`).
@@ -105,10 +106,14 @@ pub fn parse_endpoint(text: &str) -> Result<EndpointAddr, String> {
         return Ok(EndpointAddr::Socket(addr));
     }
     if t.parse::<IpAddr>().is_ok() || t.starts_with('[') && t.ends_with(']') {
-        return Err(format!("endpoint {text:?} has no port; expected \"host:port\""));
+        return Err(format!(
+            "endpoint {text:?} has no port; expected \"host:port\""
+        ));
     }
     let Some((host, port)) = t.rsplit_once(':') else {
-        return Err(format!("endpoint {text:?} has no port; expected \"host:port\""));
+        return Err(format!(
+            "endpoint {text:?} has no port; expected \"host:port\""
+        ));
     };
     if host.contains(':') {
         return Err(format!(
@@ -163,4 +168,68 @@ pub fn check_route_host(host: &str) -> Result<(), String> {
         ));
     }
     check_dns_name(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_fractions_and_refuse_the_rest() {
+        let secs = Duration::from_secs;
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(secs(3600)));
+        assert_eq!(parse_duration("1m 30s"), Ok(secs(90)));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes_take_1024_and_1000_based_units() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512KB"), Ok(512_000));
+        assert_eq!(parse_size("100B"), Ok(100));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("1.5 MiB"), Ok(3 << 19));
+        assert_eq!(parse_size("2mib"), Ok(2 << 20));
+        assert!(parse_size("4 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn endpoints_are_socket_addresses_or_dns_names() {
+        let sock = |s: &str| EndpointAddr::Socket(s.parse().unwrap());
+        assert_eq!(parse_endpoint("127.0.0.1:9001"), Ok(sock("127.0.0.1:9001")));
+        assert_eq!(parse_endpoint("[::1]:9001"), Ok(sock("[::1]:9001")));
+        let dns = EndpointAddr::Dns {
+            host: "yolo.default.svc".into(),
+            port: 80,
+        };
+        assert_eq!(parse_endpoint("YOLO.default.svc:80"), Ok(dns));
+        for bad in [
+            "127.0.0.1",
+            "yolo",
+            "yolo:0",
+            "127.0.0.1:0",
+            "yolo:http",
+            "::1:80",
+            "http://yolo:80",
+            "yo lo:80",
+            ":80",
+            "[::1]",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad} should be refused");
+        }
+    }
 }

@@ -1,17 +1,14 @@
 //! File mirror -> `Config` of valid values. Each check records its problem with the TOML
 //! path and goes on with a default, so one pass reports everything wrong; `Config` is
 //! returned only when nothing was. Upstream policies live in `policy.rs`, routes in
-//! `routes.rs`; this file has the top-level tables and the shared helpers (`Ctx`).
+//! `routes.rs`, the value helpers in `ctx.rs`; this file has the top-level tables.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, StatusCode};
-
+use super::ctx::Ctx;
 use super::defaults::*;
-use super::env::{interpolate, Env};
+use super::env::Env;
 use super::error::Path;
 use super::file::*;
 use super::types::*;
@@ -29,7 +26,11 @@ pub fn validate(
     };
     let root = Path::default();
     let service = ServiceConfig {
-        name: cx.nonempty(&root.key("service").key("name"), file.service.name.as_ref(), DEFAULT_SERVICE_NAME),
+        name: cx.nonempty(
+            &root.key("service").key("name"),
+            file.service.name.as_ref(),
+            DEFAULT_SERVICE_NAME,
+        ),
     };
     let listener = listener(&mut cx, &file.listener, &root.key("listener"));
     let admin = admin(&mut cx, &file.admin, &root.key("admin"));
@@ -46,13 +47,20 @@ pub fn validate(
             DEFAULT_LOG_FORMAT,
             &[("json", LogFormat::Json), ("text", LogFormat::Text)],
         ),
-        level: cx.nonempty(&lp.key("level"), file.logging.level.as_ref(), DEFAULT_LOG_LEVEL),
+        level: cx.nonempty(
+            &lp.key("level"),
+            file.logging.level.as_ref(),
+            DEFAULT_LOG_LEVEL,
+        ),
         access_log: file.logging.access_log.unwrap_or(DEFAULT_ACCESS_LOG),
     };
     let pp = root.key("correlation").key("propagate");
     let propagate = file.correlation.propagate.iter().flatten().enumerate();
     let propagate = propagate
-        .filter_map(|(i, name)| cx.header_name(&pp.idx(i), name))
+        .filter_map(|(i, raw)| {
+            let name = cx.string(&pp.idx(i), raw)?;
+            cx.header_name(&pp.idx(i), &name)
+        })
         .collect();
 
     let names: Vec<&str> = file.upstreams.0.iter().map(|(n, _)| n.as_str()).collect();
@@ -62,7 +70,13 @@ pub fn validate(
         let config = upstream(&mut cx, name, up, &names, &path);
         upstreams.insert(name.clone(), config);
     }
-    let routes = routes::routes(&mut cx, &file.routes, &upstreams, &names, &root.key("routes"));
+    let routes = routes::routes(
+        &mut cx,
+        &file.routes,
+        &upstreams,
+        &names,
+        &root.key("routes"),
+    );
 
     if !cx.problems.is_empty() {
         return Err(cx.problems);
@@ -91,16 +105,50 @@ fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
             client_ca: client_ca.map(PathBuf::from),
         }
     });
-    let max_header_bytes = cx.size(&p.key("max_header_bytes"), f.max_header_bytes.as_ref(), DEFAULT_MAX_HEADER_BYTES as u64, false);
+    let max_header_bytes = cx.size(
+        &p.key("max_header_bytes"),
+        f.max_header_bytes.as_ref(),
+        DEFAULT_MAX_HEADER_BYTES as u64,
+        false,
+    );
     ListenerConfig {
-        address: cx.socket_addr(&p.key("address"), f.address.as_ref(), DEFAULT_LISTENER_ADDRESS),
+        address: cx.socket_addr(
+            &p.key("address"),
+            f.address.as_ref(),
+            DEFAULT_LISTENER_ADDRESS,
+        ),
         tls,
-        max_connections: cx.int(&p.key("max_connections"), f.max_connections, DEFAULT_MAX_CONNECTIONS, 1),
-        header_read_timeout: cx.duration(&p.key("header_read_timeout"), f.header_read_timeout.as_ref(), DEFAULT_HEADER_READ_TIMEOUT, false),
-        idle_timeout: cx.duration(&p.key("idle_timeout"), f.idle_timeout.as_ref(), DEFAULT_LISTENER_IDLE_TIMEOUT, false),
+        max_connections: cx.int(
+            &p.key("max_connections"),
+            f.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            1,
+        ),
+        header_read_timeout: cx.duration(
+            &p.key("header_read_timeout"),
+            f.header_read_timeout.as_ref(),
+            DEFAULT_HEADER_READ_TIMEOUT,
+            false,
+        ),
+        idle_timeout: cx.duration(
+            &p.key("idle_timeout"),
+            f.idle_timeout.as_ref(),
+            DEFAULT_LISTENER_IDLE_TIMEOUT,
+            false,
+        ),
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
-        max_request_body: cx.size(&p.key("max_request_body"), f.max_request_body.as_ref(), DEFAULT_MAX_REQUEST_BODY, false),
-        shutdown_timeout: cx.duration(&p.key("shutdown_timeout"), f.shutdown_timeout.as_ref(), DEFAULT_SHUTDOWN_TIMEOUT, false),
+        max_request_body: cx.size(
+            &p.key("max_request_body"),
+            f.max_request_body.as_ref(),
+            DEFAULT_MAX_REQUEST_BODY,
+            false,
+        ),
+        shutdown_timeout: cx.duration(
+            &p.key("shutdown_timeout"),
+            f.shutdown_timeout.as_ref(),
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            false,
+        ),
     }
 }
 
@@ -128,8 +176,18 @@ fn admin(cx: &mut Ctx, f: &AdminFile, p: &Path) -> AdminConfig {
     }
 }
 
-fn upstream(cx: &mut Ctx, name: &str, f: &UpstreamFile, names: &[&str], p: &Path) -> UpstreamConfig {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+fn upstream(
+    cx: &mut Ctx,
+    name: &str,
+    f: &UpstreamFile,
+    names: &[&str],
+    p: &Path,
+) -> UpstreamConfig {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
         cx.problem(p, format!("upstream name {name:?} may only hold letters, digits, `_`, `-` and `.` (it appears in admin URLs and metric labels)"));
     }
     let protocol = cx.choice(
@@ -137,11 +195,27 @@ fn upstream(cx: &mut Ctx, name: &str, f: &UpstreamFile, names: &[&str], p: &Path
         "protocol",
         f.protocol.as_ref(),
         DEFAULT_PROTOCOL,
-        &[("http1", Protocol::Http1), ("h2c", Protocol::H2c), ("https", Protocol::Https), ("h2", Protocol::H2)],
+        &[
+            ("http1", Protocol::Http1),
+            ("h2c", Protocol::H2c),
+            ("https", Protocol::Https),
+            ("h2", Protocol::H2),
+        ],
     );
-    let tls = f.tls.as_ref().map(|t| policy::upstream_tls(cx, t, protocol, &p.key("tls")));
-    let fallback = f.fallback.as_ref().and_then(|fb| policy::fallback(cx, fb, name, names, &p.key("fallback")));
-    let circuit_breaker = policy::breaker(cx, &f.circuit_breaker, &BreakerConfig::default(), &p.key("circuit_breaker"));
+    let tls = f
+        .tls
+        .as_ref()
+        .map(|t| policy::upstream_tls(cx, t, protocol, &p.key("tls")));
+    let fallback = f
+        .fallback
+        .as_ref()
+        .and_then(|fb| policy::fallback(cx, fb, name, names, &p.key("fallback")));
+    let circuit_breaker = policy::breaker(
+        cx,
+        &f.circuit_breaker,
+        &BreakerConfig::default(),
+        &p.key("circuit_breaker"),
+    );
     UpstreamConfig {
         name: name.to_owned(),
         endpoints: endpoints(cx, f.endpoints.as_deref(), p),
@@ -158,13 +232,26 @@ fn upstream(cx: &mut Ctx, name: &str, f: &UpstreamFile, names: &[&str], p: &Path
                 ("weighted", LoadBalancing::Weighted),
             ],
         ),
-        dns_refresh: cx.duration(&p.key("dns_refresh"), f.dns_refresh.as_ref(), DEFAULT_DNS_REFRESH, false),
-        slow_start: cx.duration(&p.key("slow_start"), f.slow_start.as_ref(), DEFAULT_SLOW_START, true),
+        dns_refresh: cx.duration(
+            &p.key("dns_refresh"),
+            f.dns_refresh.as_ref(),
+            DEFAULT_DNS_REFRESH,
+            false,
+        ),
+        slow_start: cx.duration(
+            &p.key("slow_start"),
+            f.slow_start.as_ref(),
+            DEFAULT_SLOW_START,
+            true,
+        ),
         pool: policy::pool(cx, &f.pool, &p.key("pool")),
         timeouts: policy::timeouts(cx, &f.timeouts, &p.key("timeouts")),
         circuit_breaker,
         retry: policy::retry(cx, &f.retry, &RetryConfig::default(), &p.key("retry")),
-        health_check: f.health_check.as_ref().map(|h| policy::health_check(cx, h, &p.key("health_check"))),
+        health_check: f
+            .health_check
+            .as_ref()
+            .map(|h| policy::health_check(cx, h, &p.key("health_check"))),
         fallback,
         tls,
     }
@@ -172,7 +259,10 @@ fn upstream(cx: &mut Ctx, name: &str, f: &UpstreamFile, names: &[&str], p: &Path
 
 fn endpoints(cx: &mut Ctx, list: Option<&[EndpointFile]>, p: &Path) -> Vec<EndpointConfig> {
     let Some(list) = list else {
-        cx.problem(p, "missing `endpoints`: an upstream needs at least one \"host:port\"");
+        cx.problem(
+            p,
+            "missing `endpoints`: an upstream needs at least one \"host:port\"",
+        );
         return Vec::new();
     };
     let ep = p.key("endpoints");
@@ -195,7 +285,9 @@ fn endpoints(cx: &mut Ctx, list: Option<&[EndpointFile]>, p: &Path) -> Vec<Endpo
             EndpointFile::Address(_) => path.clone(),
             EndpointFile::Table(_) => path.key("address"),
         };
-        let Some(text) = cx.string(&addr_path, raw) else { continue };
+        let Some(text) = cx.string(&addr_path, raw) else {
+            continue;
+        };
         match units::parse_endpoint(&text) {
             Ok(address) if out.iter().any(|o| o.address == address) => {
                 cx.problem(&addr_path, format!("duplicate endpoint {address}"));
@@ -205,179 +297,4 @@ fn endpoints(cx: &mut Ctx, list: Option<&[EndpointFile]>, p: &Path) -> Vec<Endpo
         }
     }
     out
-}
-
-/// Validation state: where variables come from and the problems found so far. Every
-/// helper records its own problem and returns a fallback so checking can go on.
-pub struct Ctx<'a> {
-    pub env: Env<'a>,
-    pub problems: Vec<(Path, String)>,
-}
-
-impl Ctx<'_> {
-    pub fn problem(&mut self, path: &Path, message: impl Into<String>) {
-        self.problems.push((path.clone(), message.into()));
-    }
-
-    /// A string value with `${VAR}` replaced; `None` (problem recorded) if that fails.
-    pub fn string(&mut self, path: &Path, raw: &str) -> Option<String> {
-        interpolate(raw, self.env)
-            .map_err(|msg| self.problem(path, msg))
-            .ok()
-    }
-
-    pub fn opt_string(&mut self, path: &Path, raw: Option<&String>) -> Option<String> {
-        raw.and_then(|r| self.string(path, r))
-    }
-
-    /// A string that must be present and not empty: `table` is the enclosing table.
-    pub fn required_string(&mut self, table: &Path, key: &str, raw: Option<&String>) -> Option<String> {
-        let Some(raw) = raw else {
-            self.problem(table, format!("missing `{key}`"));
-            return None;
-        };
-        let value = self.string(&table.key(key), raw)?;
-        if value.trim().is_empty() {
-            self.problem(&table.key(key), "must not be empty");
-            return None;
-        }
-        Some(value)
-    }
-
-    /// A string that may be absent (default) but not empty.
-    pub fn nonempty(&mut self, path: &Path, raw: Option<&String>, default: &str) -> String {
-        match self.opt_string(path, raw) {
-            Some(s) if s.trim().is_empty() => {
-                self.problem(path, "must not be empty");
-                default.to_owned()
-            }
-            Some(s) => s,
-            None => default.to_owned(),
-        }
-    }
-
-    pub fn opt_duration(&mut self, path: &Path, v: Option<&DurationValue>, zero_ok: bool) -> Option<Duration> {
-        let parsed = match v? {
-            DurationValue::Seconds(s) => units::duration_from_secs(*s),
-            DurationValue::Text(t) => units::parse_duration(&self.string(path, t)?),
-        };
-        match parsed {
-            Ok(d) if d.is_zero() && !zero_ok => {
-                self.problem(path, "must be greater than 0");
-                None
-            }
-            Ok(d) => Some(d),
-            Err(msg) => {
-                self.problem(path, msg);
-                None
-            }
-        }
-    }
-
-    pub fn duration(&mut self, path: &Path, v: Option<&DurationValue>, default: Duration, zero_ok: bool) -> Duration {
-        self.opt_duration(path, v, zero_ok).unwrap_or(default)
-    }
-
-    pub fn size(&mut self, path: &Path, v: Option<&SizeValue>, default: u64, zero_ok: bool) -> u64 {
-        let parsed = match v {
-            None => return default,
-            Some(SizeValue::Bytes(n)) => u64::try_from(*n).map_err(|_| format!("negative size {n} is not allowed")),
-            Some(SizeValue::Text(t)) => match self.string(path, t) {
-                Some(t) => units::parse_size(&t),
-                None => return default,
-            },
-        };
-        match parsed {
-            Ok(0) if !zero_ok => self.problem(path, "must be greater than 0"),
-            Ok(n) => return n,
-            Err(msg) => self.problem(path, msg),
-        }
-        default
-    }
-
-    /// An integer of at least `min`, fitting `T`.
-    pub fn int<T: TryFrom<i64> + Copy>(&mut self, path: &Path, v: Option<i64>, default: T, min: i64) -> T {
-        let Some(v) = v else { return default };
-        if v < min {
-            let msg = match min {
-                1 => format!("must be at least 1, got {v}"),
-                _ => format!("must be at least {min}, got {v}"),
-            };
-            self.problem(path, msg);
-            return default;
-        }
-        T::try_from(v).unwrap_or_else(|_| {
-            self.problem(path, format!("{v} is too large"));
-            default
-        })
-    }
-
-    /// A percentage in `0..=100`.
-    pub fn percent(&mut self, path: &Path, v: Option<f64>, default: f64) -> f64 {
-        match v {
-            None => default,
-            Some(p) if p.is_finite() && (0.0..=100.0).contains(&p) => p,
-            Some(p) => {
-                self.problem(path, format!("must be a percentage between 0 and 100, got {p}"));
-                default
-            }
-        }
-    }
-
-    pub fn status(&mut self, path: &Path, v: i64) -> Option<StatusCode> {
-        match u16::try_from(v).ok().filter(|c| (100..=599).contains(c)) {
-            Some(code) => StatusCode::from_u16(code).ok(),
-            None => {
-                self.problem(path, format!("{v} is not an HTTP status code (100..=599)"));
-                None
-            }
-        }
-    }
-
-    pub fn status_codes(&mut self, path: &Path, v: Option<&Vec<i64>>, default: &[u16]) -> Vec<u16> {
-        let Some(list) = v else { return default.to_vec() };
-        let codes = list.iter().enumerate();
-        codes
-            .filter_map(|(i, c)| self.status(&path.idx(i), *c).map(|s| s.as_u16()))
-            .collect()
-    }
-
-    /// One of a fixed set of names (case-insensitive); the error lists them.
-    pub fn choice<T: Copy>(&mut self, path: &Path, what: &str, v: Option<&String>, default: T, options: &[(&str, T)]) -> T {
-        let Some(s) = self.opt_string(path, v) else { return default };
-        if let Some((_, t)) = options.iter().find(|(n, _)| n.eq_ignore_ascii_case(s.trim())) {
-            return *t;
-        }
-        let allowed: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        self.problem(path, format!("unknown {what} {s:?}; expected one of: {}", allowed.join(", ")));
-        default
-    }
-
-    pub fn socket_addr(&mut self, path: &Path, v: Option<&String>, default: SocketAddr) -> SocketAddr {
-        let Some(s) = self.opt_string(path, v) else { return default };
-        s.trim().parse().unwrap_or_else(|_| {
-            let msg = format!("invalid address {s:?}; expected IP:port such as \"0.0.0.0:8080\" or \"[::1]:8080\"");
-            self.problem(path, msg);
-            default
-        })
-    }
-
-    pub fn header_name(&mut self, path: &Path, raw: &str) -> Option<HeaderName> {
-        HeaderName::from_bytes(raw.trim().as_bytes())
-            .map_err(|_| self.problem(path, format!("invalid header name {raw:?}")))
-            .ok()
-    }
-
-    pub fn header_value(&mut self, path: &Path, raw: &str) -> Option<HeaderValue> {
-        let value = self.string(path, raw)?;
-        HeaderValue::from_str(&value)
-            .map_err(|_| self.problem(path, format!("invalid header value {value:?}: only visible ASCII, space and tab are allowed")))
-            .ok()
-    }
-
-    /// `"header:NAME"` -> the header name; `None` (nothing recorded) for other forms.
-    pub fn header_key(&mut self, path: &Path, s: &str) -> Option<Option<HeaderName>> {
-        let name = s.strip_prefix("header:")?;
-        Some(self.header_name(path, name))
-    }
 }

@@ -5,7 +5,6 @@
 //! (or the caller went away). Concrete enums rather than boxed trait objects: no
 //! allocation per frame and no dynamic dispatch on the hot path.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,14 +90,10 @@ impl LimitedIncoming {
 #[derive(Debug)]
 pub enum ReqBody {
     Empty,
-    /// A body held whole (replayable: cloning `Bytes` is a reference count).
+    /// A body held whole (health checks, fixed bodies).
     Full(Option<Bytes>),
-    /// Frames already read (kept while deciding on replay) followed by the rest of the
-    /// caller's stream.
-    Stream {
-        head: VecDeque<Bytes>,
-        rest: Box<LimitedIncoming>,
-    },
+    /// The caller's body, kept for replay while it fits (see [`ReplaySource`]).
+    Replay(ReplayBody),
 }
 
 impl Body for ReqBody {
@@ -112,12 +107,7 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Stream { head, rest } => {
-                if let Some(b) = head.pop_front() {
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
-                }
-                rest.poll_frame_limited(cx)
-            }
+            ReqBody::Replay(r) => r.poll(cx),
         }
     }
 
@@ -125,7 +115,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream { head, rest } => head.is_empty() && rest.is_end_stream(),
+            ReqBody::Replay(_) => false,
         }
     }
 
@@ -133,15 +123,142 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Stream { head, rest } => {
-                let h: u64 = head.iter().map(|b| b.len() as u64).sum();
-                let inner = rest.inner.size_hint();
-                let mut s = SizeHint::new();
-                s.set_lower(inner.lower() + h);
-                if let Some(u) = inner.upper() {
-                    s.set_upper(u + h);
+            ReqBody::Replay(r) => match r.src.declared {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::new(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body superseded by a newer attempt")]
+pub struct Superseded;
+
+/// The caller's body, shared by every attempt of one request. It streams to the first
+/// attempt as it arrives (no store-and-forward delay) while the chunks are kept, up to
+/// `max_replay_body`; a retry replays the kept chunks and then continues reading the
+/// caller's stream. Once more than the cap has been read the chunks are dropped and the
+/// request can no longer be retried; a body that was never read (a connect failure) can
+/// always be. One lock per request, never contended across requests.
+#[derive(Debug)]
+pub struct ReplaySource {
+    state: std::sync::Mutex<ReplayState>,
+    /// The declared `Content-Length`, so each attempt announces the same length.
+    declared: Option<u64>,
+}
+
+#[derive(Debug)]
+struct ReplayState {
+    chunks: Vec<Bytes>,
+    kept: u64,
+    cap: u64,
+    /// Bytes were read and not kept: no replay possible.
+    overflowed: bool,
+    rest: Option<LimitedIncoming>,
+    trailers: Option<http::HeaderMap>,
+    failed: bool,
+    /// Bodies of older attempts stop at once (a late read by an abandoned attempt must
+    /// not steal the stream's waker from the current one).
+    generation: u64,
+}
+
+impl ReplaySource {
+    pub fn new(rest: LimitedIncoming, cap: u64, declared: Option<u64>) -> Arc<ReplaySource> {
+        Arc::new(ReplaySource {
+            state: std::sync::Mutex::new(ReplayState {
+                chunks: Vec::new(),
+                kept: 0,
+                // A declared body over the cap is not kept at all.
+                cap: if declared.is_some_and(|n| n > cap) { 0 } else { cap },
+                overflowed: false,
+                rest: Some(rest),
+                trailers: None,
+                failed: false,
+                generation: 0,
+            }),
+            declared,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether another attempt can send the whole body again.
+    pub fn can_replay(&self) -> bool {
+        let s = self.lock();
+        !s.overflowed && !s.failed
+    }
+
+    /// A body for the next attempt (older attempts' bodies stop).
+    pub fn attempt(self: &Arc<Self>) -> ReplayBody {
+        let mut s = self.lock();
+        s.generation += 1;
+        ReplayBody {
+            src: self.clone(),
+            pos: 0,
+            generation: s.generation,
+            trailers_sent: false,
+        }
+    }
+}
+
+/// One attempt's view of a [`ReplaySource`].
+#[derive(Debug)]
+pub struct ReplayBody {
+    src: Arc<ReplaySource>,
+    pos: usize,
+    generation: u64,
+    trailers_sent: bool,
+}
+
+impl ReplayBody {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut s = self.src.lock();
+        if s.generation != self.generation {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if let Some(c) = s.chunks.get(self.pos) {
+            let c = c.clone();
+            self.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        let Some(rest) = s.rest.as_mut() else {
+            if !self.trailers_sent {
+                self.trailers_sent = true;
+                if let Some(t) = s.trailers.clone() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
-                s
+            }
+            return Poll::Ready(None);
+        };
+        match ready!(rest.poll_frame_limited(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if !s.overflowed && s.kept + n <= s.cap {
+                        s.kept += n;
+                        s.chunks.push(data.clone());
+                        self.pos += 1;
+                    } else {
+                        s.overflowed = true;
+                        s.chunks = Vec::new();
+                        self.pos = 0;
+                    }
+                } else if let Some(t) = frame.trailers_ref() {
+                    s.trailers = Some(t.clone());
+                    self.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                s.failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                s.rest = None;
+                Poll::Ready(None)
             }
         }
     }

@@ -1,19 +1,30 @@
-//! The attempt loop: pick an endpoint, send over its pooled connection with the
-//! per-attempt timeout capped by the route deadline, classify the outcome.
+//! The attempt loop, bounded by the route deadline: pick an endpoint whose breaker
+//! admits (the balancer skips open ones), send over its pooled connection with the
+//! per-attempt timeout capped by the time left, classify the outcome, record it on the
+//! breaker, then retry (policy, budget, backoff, another endpoint) or finish. When no
+//! attempt can succeed, the upstream's fallback answers.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST, RETRY_AFTER};
 use http::uri::{PathAndQuery, Scheme};
-use http::{request, HeaderValue, Response, Uri, Version};
+use http::{request, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
-use super::body::{LimitedIncoming, ReqBody, RespBody};
+use super::body::{LimitedIncoming, ReplaySource, ReqBody, RespBody};
 use super::error::{ErrorCode, ProxyError};
 use crate::access_log::Completion;
-use crate::config::Protocol;
+use crate::config::{FallbackConfig, Protocol, RetryConfig};
 use crate::snapshot::Route;
 use crate::upstream::balancer::Tried;
+use crate::upstream::breaker::Outcome;
+use crate::upstream::retry::{is_idempotent, parse_retry_after, Backoff};
+use crate::upstream::{Endpoint, Upstream};
+
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+static X_FUSEBOX_FALLBACK: http::HeaderName = http::HeaderName::from_static("x-fusebox-fallback");
 
 /// The path and query sent upstream: `strip_prefix` removed when the path starts with
 /// it (an emptied path becomes `/`).
@@ -39,8 +50,41 @@ pub fn upstream_path(uri: &Uri, strip: Option<&str>) -> Result<PathAndQuery, Pro
         .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "path invalid after strip_prefix"))
 }
 
-/// Sends the request to the route's upstream and returns its response, or the typed
-/// error fusebox answers with.
+/// A retry policy with its backoff, valid by construction (built with the snapshot).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub cfg: RetryConfig,
+    pub backoff: Backoff,
+}
+
+/// What the attempt loop needs of the request; reused by every attempt.
+struct Outbound<'a> {
+    method: &'a Method,
+    headers: &'a HeaderMap,
+    pq: &'a PathAndQuery,
+    body: Option<&'a Arc<ReplaySource>>,
+    /// Non-idempotent requests are retried only after connect failures.
+    retry_any_failure: bool,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Response(Response<hyper::body::Incoming>),
+    ConnectFailed(ProxyError),
+    Reset(ProxyError),
+    Timeout { err: ProxyError, deadline: bool },
+}
+
+/// How the loop ended.
+enum LoopEnd {
+    /// An upstream response (success, or the last one when retries ran out).
+    Response(Response<RespBody>),
+    /// No response; `fallback` says whether a fallback may answer instead.
+    Error { err: ProxyError, fallback: bool },
+}
+
+/// Sends the request to the route's upstream and returns its response, a fallback
+/// answer, or the typed error fusebox answers with.
 pub async fn send(
     route: &Route,
     mut parts: request::Parts,
@@ -59,83 +103,334 @@ pub async fn send(
             }
         }
     }
-    parts.version = match up.cfg.protocol {
-        Protocol::H2c | Protocol::H2 => Version::HTTP_2,
-        _ => Version::HTTP_11,
+    let source = (!body.is_end_stream()).then(|| {
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        ReplaySource::new(body, route.retry.cfg.max_replay_body, declared)
+    });
+    let out = Outbound {
+        method: &parts.method,
+        headers: &parts.headers,
+        pq: &pq,
+        body: source.as_ref(),
+        retry_any_failure: is_idempotent(&parts.method)
+            || parts.headers.contains_key(&IDEMPOTENCY_KEY)
+            || route.retry.cfg.retry_non_idempotent,
     };
-    let req_body = if body.is_end_stream() {
-        ReqBody::Empty
-    } else {
-        ReqBody::Stream {
-            head: Default::default(),
-            rest: Box::new(body),
-        }
-    };
-
-    let eps = up.endpoints();
-    let idx = up
-        .pick(&eps, Tried::default(), |e| e.is_healthy())
-        .ok_or_else(|| {
-            ProxyError::new(ErrorCode::UpstreamConnectFailed, "no endpoint of the upstream is available")
-                .upstream(&up.name)
-        })?;
-    let ep = eps[idx].clone();
-    done.record.endpoint = Some(ep.key.clone());
-    done.record.attempts += 1;
-
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(ep.authority.clone());
-    uri.path_and_query = Some(pq);
-    parts.uri = Uri::from_parts(uri)
-        .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "cannot build upstream URI"))?;
-    let req = http::Request::from_parts(parts, req_body);
-
-    let in_flight = ep.start_request();
-    let now = Instant::now();
-    if now >= deadline {
-        return Err(deadline_exceeded(route));
-    }
-    let left = deadline - now;
-    let per_attempt = up.cfg.timeouts.request;
-    let capped_by_deadline = left < per_attempt;
-    let attempt_timeout = per_attempt.min(left);
-    match tokio::time::timeout(attempt_timeout, up.client.request(req)).await {
-        Err(_) if capped_by_deadline => Err(deadline_exceeded(route)),
-        Err(_) => Err(ProxyError::new(
-            ErrorCode::UpstreamTimeout,
-            format!("no response headers from {} within {:?}", ep.key, attempt_timeout),
-        )
-        .upstream(&up.name)),
-        Ok(Err(e)) => {
-            if done.body.too_large.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(ProxyError::new(
-                    ErrorCode::RequestTooLarge,
-                    "request body is over the limit",
-                ));
+    up.budget.record_request(started);
+    match attempts(route, up, &route.retry, &out, deadline, done).await {
+        LoopEnd::Response(r) => Ok(r),
+        LoopEnd::Error { err, fallback } => {
+            if !fallback || done.body.too_large.load(Ordering::Relaxed) {
+                return Err(err);
             }
-            let code = if e.is_connect() {
-                ErrorCode::UpstreamConnectFailed
-            } else {
-                ErrorCode::UpstreamReset
-            };
-            let msg = format!("{}: {}", ep.key, error_chain(&e));
-            Err(ProxyError::new(code, msg).upstream(&up.name).source(e))
-        }
-        Ok(Ok(resp)) => {
-            let (p, b) = resp.into_parts();
-            done.in_flight = Some(in_flight);
-            Ok(Response::from_parts(p, RespBody::upstream(b, up.cfg.timeouts.idle)))
+            match &up.cfg.fallback {
+                None => Err(err),
+                Some(FallbackConfig::Static {
+                    status,
+                    content_type,
+                    body,
+                }) => {
+                    up.metrics.fallback_static.inc();
+                    done.record.error_code = Some(err.code.as_str());
+                    let mut r = Response::new(RespBody::full(body.clone()));
+                    *r.status_mut() = *status;
+                    r.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, content_type.clone());
+                    r.headers_mut()
+                        .insert(X_FUSEBOX_FALLBACK.clone(), HeaderValue::from_static("static"));
+                    Ok(r)
+                }
+                Some(FallbackConfig::Upstream(_)) => {
+                    let Some(fb) = route.fallback.as_ref() else { return Err(err) };
+                    if out.body.is_some_and(|b| !b.can_replay()) {
+                        return Err(err);
+                    }
+                    up.metrics.fallback_upstream.inc();
+                    done.record.error_code = Some(err.code.as_str());
+                    done.record.upstream = Some(fb.upstream.name.clone());
+                    match attempts(route, &fb.upstream, &fb.retry, &out, deadline, done).await {
+                        LoopEnd::Response(mut r) => {
+                            r.headers_mut().insert(
+                                X_FUSEBOX_FALLBACK.clone(),
+                                HeaderValue::from_static("upstream"),
+                            );
+                            Ok(r)
+                        }
+                        LoopEnd::Error { err, .. } => Err(err),
+                    }
+                }
+            }
         }
     }
 }
 
-fn deadline_exceeded(route: &Route) -> ProxyError {
+async fn attempts(
+    route: &Route,
+    up: &Upstream,
+    policy: &RetryPolicy,
+    out: &Outbound<'_>,
+    deadline: Instant,
+    done: &mut Completion,
+) -> LoopEnd {
+    let retry = &policy.cfg;
+    let mut tried = Tried::default();
+    let mut retries_done = 0u32;
+    let mut refused = 0usize;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return LoopEnd::Error {
+                err: deadline_exceeded(route, up),
+                fallback: true,
+            };
+        }
+        let eps = up.endpoints();
+        let breaker_ok = |ep: &Endpoint| ep.breakers.for_request(out.headers).get().is_available(now);
+        // Healthy, admitted and past slow start first; failing that (every endpoint
+        // fails its health checks, or slow start said no) any whose breaker admits.
+        let picked = up
+            .pick(&eps, tried, |ep| {
+                ep.is_healthy() && breaker_ok(ep) && ep.slow_start_admits(now, up.cfg.slow_start)
+            })
+            .or_else(|| up.pick(&eps, tried, breaker_ok));
+        let Some(i) = picked else {
+            return all_open(route, up, &eps, out.headers, now);
+        };
+        let ep = eps[i].clone();
+        tried.add(i);
+        let bref = ep.breakers.for_request(out.headers);
+        let permit = match bref.get().try_acquire(now) {
+            Ok(p) => p,
+            Err(_) => {
+                // Lost a race for the last half-open probe slot: pick again.
+                refused += 1;
+                if refused > eps.len() * 2 {
+                    return all_open(route, up, &eps, out.headers, now);
+                }
+                continue;
+            }
+        };
+        if let Some(t) = permit.transition() {
+            ep.on_transition(t, bref.key());
+        }
+        done.record.attempts += 1;
+        done.record.endpoint = Some(ep.key.clone());
+
+        let in_flight = ep.start_request();
+        let left = deadline.saturating_duration_since(now);
+        let per_attempt = up.cfg.timeouts.request.min(left);
+        let t0 = Instant::now();
+        let attempt = send_once(up, &ep, out, per_attempt, per_attempt < up.cfg.timeouts.request).await;
+        let elapsed = t0.elapsed();
+
+        if done.body.too_large.load(Ordering::Relaxed) {
+            drop(permit); // the caller's fault: the breaker learns nothing
+            return LoopEnd::Error {
+                err: ProxyError::new(ErrorCode::RequestTooLarge, "request body is over the limit"),
+                fallback: false,
+            };
+        }
+        // classify and record on the breaker
+        let (failure, retry_after, status) = match &attempt {
+            Attempt::Response(r) => {
+                let s = r.status();
+                let ra = matches!(s, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
+                    .then(|| r.headers().get(RETRY_AFTER))
+                    .flatten()
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let failure = up.cfg.circuit_breaker.failure_status_codes.contains(&s.as_u16());
+                (failure, ra, Some(s.as_u16()))
+            }
+            _ => (true, None, None),
+        };
+        let breaker_ra = if status == Some(503) { retry_after } else { None };
+        let outcome = Outcome {
+            failure,
+            duration: elapsed,
+            retry_after: breaker_ra,
+        };
+        if let Some(t) = bref.get().record(permit, outcome, Instant::now()) {
+            ep.on_transition(t, bref.key());
+        }
+
+        // retry?
+        let retryable = match &attempt {
+            Attempt::ConnectFailed(_) => true,
+            Attempt::Reset(_) => out.retry_any_failure,
+            Attempt::Timeout { deadline, .. } => out.retry_any_failure && !deadline,
+            Attempt::Response(r) => {
+                out.retry_any_failure && retry.retry_status_codes.contains(&r.status().as_u16())
+            }
+        };
+        let may_retry = retryable
+            && retries_done < retry.max_retries
+            && out.body.is_none_or(|b| b.can_replay())
+            && any_available(up, out.headers, Instant::now());
+        let delay = if may_retry {
+            next_delay(policy, retries_done + 1, retry_after, deadline)
+        } else {
+            None
+        };
+        let go = match delay {
+            Some(_) if !up.budget.try_withdraw(Instant::now()) => {
+                route.metrics.rejected_budget.inc();
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !go {
+            return finish(attempt, in_flight, up, done);
+        }
+        match &attempt {
+            Attempt::ConnectFailed(_) => up.metrics.retry_connect.inc(),
+            Attempt::Reset(_) => up.metrics.retry_reset.inc(),
+            Attempt::Timeout { .. } => up.metrics.retry_timeout.inc(),
+            Attempt::Response(r) => {
+                if let Some(c) = up.metrics.retry_for_status(r.status().as_u16()) {
+                    c.inc();
+                }
+            }
+        }
+        drop(attempt);
+        drop(in_flight);
+        if let Some(d) = delay.filter(|d| !d.is_zero()) {
+            tokio::time::sleep(d).await;
+        }
+        retries_done += 1;
+    }
+}
+
+/// The wait before retry `n`, or `None` when it would not fit: a `Retry-After` past
+/// `max_delay`, or a wait that would end at or after the deadline.
+fn next_delay(
+    policy: &RetryPolicy,
+    n: u32,
+    retry_after: Option<Duration>,
+    deadline: Instant,
+) -> Option<Duration> {
+    let delay = match retry_after {
+        Some(ra) if ra > policy.cfg.max_delay => return None,
+        Some(ra) => ra,
+        None => policy.backoff.delay(n),
+    };
+    (Instant::now() + delay < deadline).then_some(delay)
+}
+
+fn any_available(up: &Upstream, headers: &HeaderMap, now: Instant) -> bool {
+    up.endpoints()
+        .iter()
+        .any(|ep| ep.breakers.for_request(headers).get().is_available(now))
+}
+
+/// CIRCUIT_OPEN: no endpoint's breaker admits. `Retry-After` is the time until the
+/// first one half-opens.
+fn all_open(route: &Route, up: &Upstream, eps: &[Arc<Endpoint>], headers: &HeaderMap, now: Instant) -> LoopEnd {
+    route.metrics.rejected_circuit_open.inc();
+    if eps.is_empty() {
+        return LoopEnd::Error {
+            err: ProxyError::new(ErrorCode::UpstreamConnectFailed, "the upstream has no endpoints (DNS gave no address)")
+                .upstream(&up.name),
+            fallback: true,
+        };
+    }
+    let wait = eps
+        .iter()
+        .filter_map(|ep| match ep.breakers.for_request(headers).get().try_acquire(now) {
+            Ok(_permit) => Some(Duration::ZERO), // dropped unrecorded: slot released
+            Err(r) => Some(r.retry_after),
+        })
+        .min()
+        .unwrap_or(Duration::ZERO);
+    let msg = format!("all endpoints of upstream '{}' are open", up.name);
+    LoopEnd::Error {
+        err: ProxyError::new(ErrorCode::CircuitOpen, msg)
+            .upstream(&up.name)
+            .retry_after(wait.max(Duration::from_secs(1))),
+        fallback: true,
+    }
+}
+
+fn finish(
+    attempt: Attempt,
+    in_flight: crate::upstream::InFlight,
+    up: &Upstream,
+    done: &mut Completion,
+) -> LoopEnd {
+    match attempt {
+        Attempt::Response(r) => {
+            let (p, b) = r.into_parts();
+            done.in_flight = Some(in_flight);
+            LoopEnd::Response(Response::from_parts(p, RespBody::upstream(b, up.cfg.timeouts.idle)))
+        }
+        Attempt::ConnectFailed(err) | Attempt::Reset(err) => LoopEnd::Error { err, fallback: true },
+        Attempt::Timeout { err, .. } => LoopEnd::Error { err, fallback: true },
+    }
+}
+
+async fn send_once(
+    up: &Upstream,
+    ep: &Endpoint,
+    out: &Outbound<'_>,
+    timeout: Duration,
+    capped_by_deadline: bool,
+) -> Attempt {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(ep.authority.clone());
+    uri.path_and_query = Some(out.pq.clone());
+    let uri = match Uri::from_parts(uri) {
+        Ok(u) => u,
+        Err(_) => {
+            return Attempt::Reset(ProxyError::new(ErrorCode::BadRequest, "cannot build upstream URI"))
+        }
+    };
+    let mut req = http::Request::new(match out.body {
+        Some(src) => ReqBody::Replay(src.attempt()),
+        None => ReqBody::Empty,
+    });
+    *req.method_mut() = out.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = match up.cfg.protocol {
+        Protocol::H2c | Protocol::H2 => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    };
+    *req.headers_mut() = out.headers.clone();
+    match tokio::time::timeout(timeout, up.client.request(req)).await {
+        Ok(Ok(resp)) => Attempt::Response(resp),
+        Err(_) if capped_by_deadline => Attempt::Timeout {
+            err: ProxyError::new(ErrorCode::DeadlineExceeded, "route deadline passed while waiting for the upstream")
+                .upstream(&up.name),
+            deadline: true,
+        },
+        Err(_) => Attempt::Timeout {
+            err: ProxyError::new(
+                ErrorCode::UpstreamTimeout,
+                format!("no response headers from {} within {:?}", ep.key, timeout),
+            )
+            .upstream(&up.name),
+            deadline: false,
+        },
+        Ok(Err(e)) => {
+            let msg = format!("{}: {}", ep.key, error_chain(&e));
+            if e.is_connect() {
+                Attempt::ConnectFailed(ProxyError::new(ErrorCode::UpstreamConnectFailed, msg).upstream(&up.name).source(e))
+            } else {
+                Attempt::Reset(ProxyError::new(ErrorCode::UpstreamReset, msg).upstream(&up.name).source(e))
+            }
+        }
+    }
+}
+
+fn deadline_exceeded(route: &Route, up: &Upstream) -> ProxyError {
     ProxyError::new(
         ErrorCode::DeadlineExceeded,
         format!("route '{}' deadline of {:?} passed", route.name, route.cfg.timeout),
     )
-    .upstream(&route.upstream.name)
+    .upstream(&up.name)
 }
 
 /// "outer: inner: innermost", for error messages.
@@ -149,7 +444,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
-
 
 #[cfg(test)]
 mod tests {

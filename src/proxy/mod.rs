@@ -77,6 +77,7 @@ impl Proxy {
             in_flight: None,
         });
 
+        let mut route_hit = None;
         let result = async {
             // admit: a declared body over the cap is refused before reading it
             let max_body = snap.config.listener.max_request_body;
@@ -98,9 +99,12 @@ impl Proxy {
                 .find(&parts.method, &parts.uri, &parts.headers)
                 .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, "no route matches this request"))?;
             let route = &snap.routes[idx];
+            route_hit = Some(route);
             done.record.route = Some(route.name.clone());
             done.record.upstream = Some(route.upstream.name.clone());
-            // forward: attempts, breaker, timeouts, retries
+            route.metrics.in_flight.inc();
+            let _gauge = GaugeGuard(&route.metrics.in_flight);
+            // forward: attempts, breaker, timeouts, retries, fallback
             let body = body::LimitedIncoming::new(body, max_body, shared.clone());
             forward::send(route, parts, body, started, &mut done).await
         }
@@ -112,7 +116,19 @@ impl Proxy {
         });
         correlate::stamp_response(resp.headers_mut(), &ids, done.record.error_code.is_none());
         done.record.status = resp.status().as_u16();
+        if let Some(route) = route_hit {
+            route.metrics.observe(&done.record.method, done.record.status, started.elapsed().as_secs_f64());
+        }
         resp.body_mut().set_completion(done);
         resp
+    }
+}
+
+/// Decrements a gauge on drop (in-flight requests of a route).
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -22,13 +22,13 @@ impl Upstream {
         let mut previous_by_name: HashMap<(String, u16), Vec<Arc<Endpoint>>> = HashMap::new();
         for e in &self.cfg.endpoints {
             match &e.address {
-                EndpointAddr::Socket(addr) => eps.push(reuse_or_new(Some(&old), *addr, e.weight)),
+                EndpointAddr::Socket(addr) => eps.push(reuse_or_new(Some(&old), *addr, e.weight, &self.name, &self.cfg, &self.family)),
                 EndpointAddr::Dns { host, port } => {
                     match tokio::net::lookup_host((host.as_str(), *port)).await {
                         Ok(addrs) => {
                             for addr in addrs {
                                 if !eps.iter().any(|x| x.addr == addr) {
-                                    eps.push(reuse_or_new(Some(&old), addr, e.weight));
+                                    eps.push(reuse_or_new(Some(&old), addr, e.weight, &self.name, &self.cfg, &self.family));
                                 }
                             }
                         }

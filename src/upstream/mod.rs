@@ -4,19 +4,89 @@
 //! connection cap. Touched per request: `endpoints()`, `pick`, the endpoint atomics.
 
 pub mod balancer;
+pub mod breaker;
 pub mod client;
 pub mod dns;
+pub mod health;
+pub mod partition;
+pub mod retry;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
+use http::HeaderMap;
+use tokio::time::Instant;
 
-use crate::config::{EndpointAddr, UpstreamConfig};
+use crate::config::{BreakerConfig, EndpointAddr, PartitionKey, UpstreamConfig};
+use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
 use balancer::{Balancer, Tried};
+use breaker::{Breaker, BreakerState, Transition};
 use client::{build_client, ConnLimits, HttpClient};
+use partition::PartitionedBreakers;
+use retry::RetryBudget;
+
+/// The breakers of one endpoint: the endpoint's own, plus one per key when the upstream
+/// partitions by a request header.
+#[derive(Debug)]
+pub struct EndpointBreakers {
+    pub main: Breaker,
+    pub partitions: Option<(http::HeaderName, PartitionedBreakers)>,
+}
+
+/// The breaker an attempt goes through: the endpoint's, or its key's.
+#[derive(Debug)]
+pub enum BreakerRef<'a> {
+    Main(&'a Breaker),
+    Keyed(Arc<Breaker>, &'a [u8]),
+}
+
+impl BreakerRef<'_> {
+    pub fn get(&self) -> &Breaker {
+        match self {
+            BreakerRef::Main(b) => b,
+            BreakerRef::Keyed(b, _) => b,
+        }
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            BreakerRef::Main(_) => None,
+            BreakerRef::Keyed(_, k) => Some(k),
+        }
+    }
+}
+
+impl EndpointBreakers {
+    pub fn new(cfg: &BreakerConfig) -> Self {
+        EndpointBreakers {
+            main: Breaker::new(cfg),
+            partitions: cfg.partition_by.as_ref().map(|PartitionKey::Header(h)| {
+                (h.clone(), PartitionedBreakers::new(cfg))
+            }),
+        }
+    }
+
+    /// The breaker for a request with these headers.
+    pub fn for_request<'a>(&'a self, headers: &'a HeaderMap) -> BreakerRef<'a> {
+        if let Some((name, parts)) = &self.partitions {
+            if let Some(v) = headers.get(name) {
+                return BreakerRef::Keyed(parts.get(v.as_bytes()), v.as_bytes());
+            }
+        }
+        BreakerRef::Main(&self.main)
+    }
+
+    pub fn set_config(&self, cfg: &BreakerConfig) {
+        self.main.set_config(cfg);
+        if let Some((_, p)) = &self.partitions {
+            p.set_config(cfg);
+        }
+    }
+}
 
 /// One address of an upstream (a configured ip:port, or one answer of a DNS name).
 #[derive(Debug)]
@@ -30,11 +100,38 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     /// Active health checks' verdict; true when none are configured.
     pub healthy: AtomicBool,
+    /// Consecutive health check passes (+) or failures (-) since the verdict last changed.
+    pub health_streak: AtomicU32,
+    pub health_fails: AtomicU32,
+    /// Milliseconds since [`epoch`] when the endpoint last came back (breaker closed or
+    /// health recovered); `slow_start` ramps its share from then. 0 = never ramped.
+    ramp_start_ms: AtomicU64,
+    /// The upstream's name, for logs.
+    pub service: Arc<str>,
+    pub breakers: EndpointBreakers,
+    pub metrics: EndpointMetrics,
+}
+
+/// The process's time origin for millisecond stamps kept in atomics.
+pub fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn ms_since_epoch(now: Instant) -> u64 {
+    now.saturating_duration_since(epoch()).as_millis() as u64 + 1
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, weight: u32) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        weight: u32,
+        service: &Arc<str>,
+        breaker: &BreakerConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         let key: Arc<str> = addr.to_string().into();
+        let em = EndpointMetrics::new(metrics, service, &key);
         // An ip:port string is always a valid authority.
         let authority = Authority::try_from(&*key).unwrap_or_else(|_| Authority::from_static("invalid"));
         Endpoint {
@@ -44,7 +141,75 @@ impl Endpoint {
             weight: weight.max(1),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            health_streak: AtomicU32::new(0),
+            health_fails: AtomicU32::new(0),
+            ramp_start_ms: AtomicU64::new(0),
+            service: service.clone(),
+            breakers: EndpointBreakers::new(breaker),
+            metrics: em,
         }
+    }
+
+    /// Logs a breaker state change as its own line and updates the breaker metrics.
+    pub fn on_transition(&self, t: Transition, key: Option<&[u8]>) {
+        let idx = match t.to {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        self.metrics.changes[idx].inc();
+        match key {
+            None => {
+                self.metrics.state.set(t.to.gauge());
+                tracing::warn!(
+                    event = "circuit_breaker_state_change",
+                    upstream = %self.service,
+                    endpoint = %self.key,
+                    from = t.from.as_str(),
+                    to = t.to.as_str(),
+                    "circuit breaker {}", t.to.as_str()
+                );
+            }
+            Some(k) => {
+                tracing::warn!(
+                    event = "circuit_breaker_state_change",
+                    upstream = %self.service,
+                    endpoint = %self.key,
+                    partition = %String::from_utf8_lossy(k),
+                    from = t.from.as_str(),
+                    to = t.to.as_str(),
+                    "circuit breaker {}", t.to.as_str()
+                );
+            }
+        }
+        if t.to == BreakerState::Closed && key.is_none() {
+            self.mark_recovered(Instant::now());
+        }
+    }
+
+    /// Starts the slow-start ramp.
+    pub fn mark_recovered(&self, now: Instant) {
+        self.ramp_start_ms.store(ms_since_epoch(now), Ordering::Relaxed);
+    }
+
+    /// Whether slow start lets this attempt through: during the ramp an endpoint takes
+    /// a share of the attempts it would otherwise get that grows linearly from 10 % to
+    /// 100 % over `slow_start`.
+    pub fn slow_start_admits(&self, now: Instant, slow_start: Duration) -> bool {
+        if slow_start.is_zero() {
+            return true;
+        }
+        let start = self.ramp_start_ms.load(Ordering::Relaxed);
+        if start == 0 {
+            return true;
+        }
+        let elapsed = ms_since_epoch(now).saturating_sub(start);
+        let total = slow_start.as_millis() as u64;
+        if elapsed >= total {
+            return true;
+        }
+        let share = (elapsed as f64 / total as f64).max(0.1);
+        rand::random::<f64>() < share
     }
 
     pub fn in_flight(&self) -> usize {
@@ -81,13 +246,18 @@ pub struct Upstream {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     balancer: Balancer,
     limits: Arc<ConnLimits>,
+    /// Shared by every request to this upstream (and carried over on reload).
+    pub budget: Arc<RetryBudget>,
+    pub metrics: UpstreamMetrics,
+    pub family: Arc<Metrics>,
 }
 
 impl Upstream {
     /// Builds an upstream from its config. Literal addresses become endpoints at once;
     /// DNS names are filled in by [`Upstream::refresh_dns`]. Endpoints of `previous`
     /// with the same address are carried over (in-flight counts, health, caps).
-    pub fn build(cfg: &UpstreamConfig, previous: Option<&Upstream>) -> Upstream {
+    pub fn build(cfg: &UpstreamConfig, previous: Option<&Upstream>, metrics: &Arc<Metrics>) -> Upstream {
+        let name: Arc<str> = cfg.name.as_str().into();
         let limits = previous
             .filter(|p| p.cfg.pool.max_connections_per_host == cfg.pool.max_connections_per_host)
             .map(|p| p.limits.clone())
@@ -96,7 +266,7 @@ impl Upstream {
         let mut eps = Vec::new();
         for e in &cfg.endpoints {
             if let EndpointAddr::Socket(addr) = e.address {
-                eps.push(reuse_or_new(old.as_deref(), addr, e.weight));
+                eps.push(reuse_or_new(old.as_deref(), addr, e.weight, &name, cfg, metrics));
             }
         }
         // DNS answers of the previous build stay until the next refresh replaces them.
@@ -107,18 +277,35 @@ impl Upstream {
                     .iter()
                     .any(|c| c.address == EndpointAddr::Socket(ep.addr));
                 if from_dns && cfg.endpoints.iter().any(|c| matches!(c.address, EndpointAddr::Dns { port, .. } if port == ep.addr.port())) {
+                    ep.breakers.set_config(&cfg.circuit_breaker);
                     eps.push(ep.clone());
                 }
             }
         }
-        let client = build_client(cfg.protocol, &cfg.pool, &cfg.timeouts, limits.clone());
+        let client = match previous {
+            // Same pool settings: keep the pool, and its warm connections.
+            Some(p) if p.cfg.protocol == cfg.protocol
+                && p.cfg.pool.max_idle_per_host == cfg.pool.max_idle_per_host
+                && p.cfg.pool.idle_timeout == cfg.pool.idle_timeout
+                && p.cfg.timeouts.connect == cfg.timeouts.connect
+                && Arc::ptr_eq(&p.limits, &limits) => p.client.clone(),
+            _ => build_client(cfg.protocol, &cfg.pool, &cfg.timeouts, limits.clone()),
+        };
+        let budget = match previous {
+            Some(p) if p.cfg.retry.budget_percent == cfg.retry.budget_percent
+                && p.cfg.retry.budget_min_per_second == cfg.retry.budget_min_per_second => p.budget.clone(),
+            _ => Arc::new(RetryBudget::from_config(&cfg.retry)),
+        };
         Upstream {
-            name: cfg.name.as_str().into(),
+            metrics: UpstreamMetrics::new(metrics, &name, &cfg.retry.retry_status_codes),
+            family: metrics.clone(),
+            name,
             cfg: cfg.clone(),
             client,
             endpoints: ArcSwap::from_pointee(eps),
             balancer: Balancer::new(cfg.load_balancing),
             limits,
+            budget,
         }
     }
 
@@ -151,9 +338,28 @@ impl Upstream {
     }
 }
 
-fn reuse_or_new(old: Option<&Vec<Arc<Endpoint>>>, addr: SocketAddr, weight: u32) -> Arc<Endpoint> {
-    match old.and_then(|o| o.iter().find(|e| e.addr == addr && e.weight == weight.max(1))) {
-        Some(e) => e.clone(),
-        None => Arc::new(Endpoint::new(addr, weight)),
+/// The endpoint of `old` with this address and weight (its breaker takes the new
+/// settings), else a new one.
+fn reuse_or_new(
+    old: Option<&Vec<Arc<Endpoint>>>,
+    addr: SocketAddr,
+    weight: u32,
+    service: &Arc<str>,
+    cfg: &UpstreamConfig,
+    metrics: &Arc<Metrics>,
+) -> Arc<Endpoint> {
+    let same_partitioning = |e: &Endpoint| {
+        e.breakers.partitions.as_ref().map(|(h, _)| h)
+            == cfg.circuit_breaker.partition_by.as_ref().map(|PartitionKey::Header(h)| h)
+    };
+    match old.and_then(|o| {
+        o.iter()
+            .find(|e| e.addr == addr && e.weight == weight.max(1) && same_partitioning(e))
+    }) {
+        Some(e) => {
+            e.breakers.set_config(&cfg.circuit_breaker);
+            e.clone()
+        }
+        None => Arc::new(Endpoint::new(addr, weight, service, &cfg.circuit_breaker, metrics)),
     }
 }

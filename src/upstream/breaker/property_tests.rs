@@ -25,6 +25,8 @@ enum Op {
     },
     Drop(usize),
     Advance(u16),
+    /// Advance exactly to the end of the open time, to hit the boundary.
+    WaitOut,
     Reset,
     ForceOpen,
 }
@@ -36,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(pick, failure, slow, retry_after)| Op::Record { pick, failure, slow, retry_after }),
         1 => any::<usize>().prop_map(Op::Drop),
         3 => (0u16..25_000).prop_map(Op::Advance),
+        1 => Just(Op::WaitOut),
         1 => Just(Op::Reset),
         1 => Just(Op::ForceOpen),
     ]
@@ -104,13 +107,23 @@ proptest! {
                     let duration = if slow { 3 * SEC } else { SEC };
                     let retry_after = retry_after.map(|s| u32::from(s) * SEC);
                     let outcome = Outcome { failure, duration, retry_after };
-                    model.saw(b.record(p, outcome, now));
+                    let stale = p.generation != b.lock().generation();
+                    let t = b.record(p, outcome, now);
+                    prop_assert!(!stale || t.is_none(), "late outcomes move nothing");
+                    model.saw(t);
                     model.recorded += 1;
                 }
                 Op::Drop(pick) if !permits.is_empty() => {
                     drop(permits.swap_remove(pick % permits.len()));
                 }
                 Op::Advance(ms) => now += Duration::from_millis(ms.into()),
+                Op::WaitOut => match b.try_acquire(now) {
+                    Err(rejected) => now += rejected.retry_after,
+                    Ok(p) => {
+                        model.saw(p.transition());
+                        permits.push(p);
+                    }
+                },
                 Op::Reset => {
                     model.saw(b.reset());
                     model.recorded = 0;

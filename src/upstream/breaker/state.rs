@@ -15,6 +15,7 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 const OPEN_JITTER: f64 = 0.1;
 /// Buckets in the error-rate window: it slides in steps of a tenth of its length.
 const WINDOW_BUCKETS: u64 = 10;
+
 /// The config values the state machine reads, normalised (thresholds of 0 act as 1, the
 /// maximum open time is at least `recovery_timeout`).
 #[derive(Debug, Clone, Copy)]
@@ -287,9 +288,10 @@ impl Inner {
         match &mut self.phase {
             Phase::Closed => {
                 self.window.record(now, failure, slow);
-                let tripped = failure
-                    && (self.consecutive >= self.settings.failure_threshold
-                        || self.rate_tripped(now));
+                // The rate is checked after successes too: the attempt that brings the
+                // window up to the volume may be a success.
+                let tripped =
+                    self.consecutive >= self.settings.failure_threshold || self.rate_tripped(now);
                 tripped.then(|| self.open(now, o.retry_after))
             }
             Phase::HalfOpen {
@@ -346,7 +348,7 @@ impl Inner {
 #[derive(Debug)]
 struct Window {
     origin: Instant,
-    bucket_nanos: u128,
+    bucket_nanos: u64,
     buckets: [Bucket; WINDOW_BUCKETS as usize],
 }
 
@@ -363,14 +365,14 @@ impl Window {
         let nanos = window.unwrap_or_default().as_nanos() / u128::from(WINDOW_BUCKETS);
         Window {
             origin,
-            bucket_nanos: nanos.max(1),
+            bucket_nanos: u64::try_from(nanos).unwrap_or(u64::MAX).max(1),
             buckets: [Bucket::default(); WINDOW_BUCKETS as usize],
         }
     }
 
     fn epoch(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.origin).as_nanos();
-        u64::try_from(since / self.bucket_nanos).unwrap_or(u64::MAX)
+        u64::try_from(since).unwrap_or(u64::MAX) / self.bucket_nanos
     }
 
     fn record(&mut self, now: Instant, failure: bool, slow: bool) {

@@ -121,6 +121,15 @@ fn error_rate_needs_the_volume_then_trips_at_the_percentage() {
 }
 
 #[test]
+fn error_rate_is_checked_when_a_success_brings_the_volume() {
+    let b = Breaker::new(&rate_cfg());
+    let now = Instant::now();
+    calls(&b, 5, fail(), now);
+    calls(&b, 4, ok(), now);
+    assert_eq!(call(&b, ok(), now), tr(CLOSED, OPEN), "5 of 10 = 50 %");
+}
+
+#[test]
 fn error_rate_forgets_attempts_older_than_the_window() {
     let b = Breaker::new(&rate_cfg());
     let start = Instant::now();
@@ -394,6 +403,15 @@ fn set_config_keeps_state_and_takes_new_thresholds() {
     assert_eq!(b.state(now), OPEN);
     b.set_config(&rate_cfg());
     assert_eq!(b.state(now), OPEN);
+}
+
+#[test]
+fn shared_types_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Breaker>();
+    send_sync::<Permit<'static>>(); // may be held across an .await
+    send_sync::<crate::upstream::partition::PartitionedBreakers>();
+    send_sync::<crate::upstream::retry::RetryBudget>();
 }
 
 #[test]

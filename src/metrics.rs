@@ -1,0 +1,339 @@
+//! Every metric of the contract, in one place, registered on a registry the app owns (so
+//! tests each have their own). Labelled handles are resolved when a snapshot is built
+//! ([`RouteMetrics`], [`UpstreamMetrics`], [`EndpointMetrics`]) and stored on the route,
+//! upstream or endpoint; the request path only bumps them. The one label set that
+//! cannot be known in advance, `status` on the request counter, is cached in a
+//! copy-on-write map read without a lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::Method;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+
+pub const REQUESTS_TOTAL: &str = "gateway_proxy_requests_total";
+pub const REQUEST_DURATION: &str = "gateway_proxy_request_duration_seconds";
+pub const RETRIES_TOTAL: &str = "gateway_proxy_retries_total";
+pub const BREAKER_STATE: &str = "gateway_circuit_breaker_state";
+pub const BREAKER_CHANGES: &str = "gateway_circuit_breaker_state_changes_total";
+pub const REJECTED_TOTAL: &str = "gateway_proxy_rejected_total";
+pub const FALLBACKS_TOTAL: &str = "gateway_proxy_fallbacks_total";
+pub const UPSTREAM_CONNECTIONS: &str = "gateway_upstream_connections";
+pub const IN_FLIGHT: &str = "gateway_proxy_in_flight_requests";
+pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
+/// Not in the contract's table; counts injected faults (`kind` = abort, delay).
+pub const FAULTS_TOTAL: &str = "gateway_proxy_faults_injected_total";
+
+/// Histogram buckets for inference calls: 1 ms to 30 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The metric families. One per process; snapshots hold an `Arc` to it.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub retries: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_changes: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub connections: IntGaugeVec,
+    pub in_flight: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub faults: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Registering fresh, uniquely named families on a new registry cannot fail.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(REQUEST_DURATION, "Request duration until response headers, retries included.")
+                .buckets(DURATION_BUCKETS.to_vec()),
+            &["service", "route", "method"],
+        )
+        .unwrap_or_else(|e| panic!("metric {REQUEST_DURATION}: {e}"));
+        let _ = r.register(Box::new(duration.clone()));
+        #[cfg(target_os = "linux")]
+        {
+            let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        }
+        Arc::new(Metrics {
+            requests: counter(&r, REQUESTS_TOTAL, "Requests answered, by upstream, route, method and status.", &["service", "route", "method", "status"]),
+            duration,
+            retries: counter(&r, RETRIES_TOTAL, "Retries sent, by upstream and reason.", &["service", "reason"]),
+            breaker_state: gauge(&r, BREAKER_STATE, "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half open.", &["service", "endpoint"]),
+            breaker_changes: counter(&r, BREAKER_CHANGES, "Circuit breaker state changes, by the state entered.", &["service", "endpoint", "state"]),
+            rejected: counter(&r, REJECTED_TOTAL, "Requests or retries refused by fusebox's own policies.", &["route", "reason"]),
+            fallbacks: counter(&r, FALLBACKS_TOTAL, "Fallback answers, by upstream and kind (static, upstream).", &["service", "kind"]),
+            connections: gauge(&r, UPSTREAM_CONNECTIONS, "Pooled upstream connections per endpoint (active, idle).", &["service", "endpoint", "state"]),
+            in_flight: gauge(&r, IN_FLIGHT, "Requests in flight per route.", &["route"]),
+            reloads: counter(&r, CONFIG_RELOADS, "Config reloads by result.", &["result"]),
+            faults: counter(&r, FAULTS_TOTAL, "Injected faults by route and kind (abort, delay).", &["route", "kind"]),
+            registry: r,
+        })
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        let enc = prometheus::TextEncoder::new();
+        let _ = enc.encode_utf8(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+/// The method label: the standard methods by index, anything else as `OTHER`.
+fn method_slot(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER"];
+
+/// Handles of one route (labels `route`, and `service` = its upstream).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    family: Arc<Metrics>,
+    service: Arc<str>,
+    route: Arc<str>,
+    pub in_flight: IntGauge,
+    pub rejected_circuit_open: IntCounter,
+    pub rejected_overloaded: IntCounter,
+    pub rejected_rate_limited: IntCounter,
+    pub rejected_budget: IntCounter,
+    pub fault_abort: IntCounter,
+    pub fault_delay: IntCounter,
+    duration: [Histogram; 8],
+    /// (method slot, status) -> counter; filled on first use, copied on write.
+    requests: ArcSwap<HashMap<(usize, u16), IntCounter>>,
+}
+
+impl RouteMetrics {
+    pub fn new(m: &Arc<Metrics>, route: &str, service: &str) -> RouteMetrics {
+        let rej = |reason: &str| m.rejected.with_label_values(&[route, reason]);
+        RouteMetrics {
+            in_flight: m.in_flight.with_label_values(&[route]),
+            rejected_circuit_open: rej("circuit_open"),
+            rejected_overloaded: rej("overloaded"),
+            rejected_rate_limited: rej("rate_limited"),
+            rejected_budget: rej("budget"),
+            fault_abort: m.faults.with_label_values(&[route, "abort"]),
+            fault_delay: m.faults.with_label_values(&[route, "delay"]),
+            duration: METHODS.map(|meth| m.duration.with_label_values(&[service, route, meth])),
+            requests: ArcSwap::from_pointee(HashMap::new()),
+            family: m.clone(),
+            service: service.into(),
+            route: route.into(),
+        }
+    }
+
+    /// Counts one answered request and observes its duration.
+    pub fn observe(&self, method: &Method, status: u16, secs: f64) {
+        let slot = method_slot(method);
+        self.duration[slot].observe(secs);
+        if let Some(c) = self.requests.load().get(&(slot, status)) {
+            c.inc();
+            return;
+        }
+        let mut status_buf = itoa_u16(status);
+        let c = self.family.requests.with_label_values(&[
+            &self.service,
+            &self.route,
+            METHODS[slot],
+            status_str(&mut status_buf),
+        ]);
+        c.inc();
+        self.requests.rcu(|old| {
+            let mut m = HashMap::clone(old);
+            m.insert((slot, status), c.clone());
+            m
+        });
+    }
+
+    /// Drops this route's series (its route was removed by a reload).
+    pub fn remove(&self) {
+        let f = &self.family;
+        let _ = f.in_flight.remove_label_values(&[&self.route]);
+        for reason in ["circuit_open", "overloaded", "rate_limited", "budget"] {
+            let _ = f.rejected.remove_label_values(&[&self.route, reason]);
+        }
+        for kind in ["abort", "delay"] {
+            let _ = f.faults.remove_label_values(&[&self.route, kind]);
+        }
+        for meth in METHODS {
+            let _ = f.duration.remove_label_values(&[&self.service, &self.route, meth]);
+        }
+        for ((slot, status), _) in self.requests.load().iter() {
+            let mut b = itoa_u16(*status);
+            let _ = f.requests.remove_label_values(&[&self.service, &self.route, METHODS[*slot], status_str(&mut b)]);
+        }
+    }
+}
+
+fn itoa_u16(v: u16) -> [u8; 5] {
+    let mut b = [b' '; 5];
+    let mut v = v;
+    let mut i = 5;
+    loop {
+        i -= 1;
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    b
+}
+
+fn status_str(b: &mut [u8; 5]) -> &str {
+    let start = b.iter().position(|&c| c != b' ').unwrap_or(4);
+    std::str::from_utf8(&b[start..]).unwrap_or("0")
+}
+
+/// Handles of one upstream.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    family: Arc<Metrics>,
+    service: Arc<str>,
+    pub retry_connect: IntCounter,
+    pub retry_timeout: IntCounter,
+    pub retry_reset: IntCounter,
+    /// One per status in `retry_status_codes` (`reason` = `status_503`, ...).
+    pub retry_status: Vec<(u16, IntCounter)>,
+    pub fallback_static: IntCounter,
+    pub fallback_upstream: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn new(m: &Arc<Metrics>, service: &str, retry_codes: &[u16]) -> UpstreamMetrics {
+        let r = |reason: &str| m.retries.with_label_values(&[service, reason]);
+        UpstreamMetrics {
+            retry_connect: r("connect_failure"),
+            retry_timeout: r("timeout"),
+            retry_reset: r("reset"),
+            retry_status: retry_codes
+                .iter()
+                .map(|c| (*c, r(&format!("status_{c}"))))
+                .collect(),
+            fallback_static: m.fallbacks.with_label_values(&[service, "static"]),
+            fallback_upstream: m.fallbacks.with_label_values(&[service, "upstream"]),
+            family: m.clone(),
+            service: service.into(),
+        }
+    }
+
+    pub fn retry_for_status(&self, status: u16) -> Option<&IntCounter> {
+        self.retry_status.iter().find(|(c, _)| *c == status).map(|(_, c)| c)
+    }
+
+    /// Drops every series of this upstream (removed by a reload).
+    pub fn remove(&self) {
+        let f = &self.family;
+        let s: &str = &self.service;
+        for reason in ["connect_failure", "timeout", "reset"] {
+            let _ = f.retries.remove_label_values(&[s, reason]);
+        }
+        for (c, _) in &self.retry_status {
+            let _ = f.retries.remove_label_values(&[s, &format!("status_{c}")]);
+        }
+        for kind in ["static", "upstream"] {
+            let _ = f.fallbacks.remove_label_values(&[s, kind]);
+        }
+    }
+}
+
+/// Handles of one endpoint of one upstream.
+#[derive(Debug)]
+pub struct EndpointMetrics {
+    family: Arc<Metrics>,
+    service: Arc<str>,
+    endpoint: Arc<str>,
+    pub state: IntGauge,
+    /// Entered closed, open, half_open.
+    pub changes: [IntCounter; 3],
+    pub conns_active: IntGauge,
+    pub conns_idle: IntGauge,
+}
+
+impl EndpointMetrics {
+    pub fn new(m: &Arc<Metrics>, service: &str, endpoint: &str) -> EndpointMetrics {
+        EndpointMetrics {
+            state: m.breaker_state.with_label_values(&[service, endpoint]),
+            changes: ["closed", "open", "half_open"]
+                .map(|s| m.breaker_changes.with_label_values(&[service, endpoint, s])),
+            conns_active: m.connections.with_label_values(&[service, endpoint, "active"]),
+            conns_idle: m.connections.with_label_values(&[service, endpoint, "idle"]),
+            family: m.clone(),
+            service: service.into(),
+            endpoint: endpoint.into(),
+        }
+    }
+
+    pub fn remove(&self) {
+        let f = &self.family;
+        let (s, e): (&str, &str) = (&self.service, &self.endpoint);
+        let _ = f.breaker_state.remove_label_values(&[s, e]);
+        for st in ["closed", "open", "half_open"] {
+            let _ = f.breaker_changes.remove_label_values(&[s, e, st]);
+        }
+        for st in ["active", "idle"] {
+            let _ = f.connections.remove_label_values(&[s, e, st]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_and_counts() {
+        let m = Metrics::new();
+        let r = RouteMetrics::new(&m, "detect", "yolo");
+        r.observe(&Method::GET, 200, 0.01);
+        r.observe(&Method::GET, 200, 0.01);
+        r.observe(&Method::POST, 503, 0.01);
+        let text = m.render();
+        assert!(text.contains(r#"gateway_proxy_requests_total{method="GET",route="detect",service="yolo",status="200"} 2"#), "{text}");
+        assert!(text.contains(r#"gateway_proxy_requests_total{method="POST",route="detect",service="yolo",status="503"} 1"#), "{text}");
+        r.remove();
+        assert!(!m.render().contains("gateway_proxy_requests_total{"));
+    }
+
+    #[test]
+    fn itoa() {
+        let mut b = itoa_u16(7);
+        assert_eq!(status_str(&mut b), "7");
+        let mut b = itoa_u16(503);
+        assert_eq!(status_str(&mut b), "503");
+    }
+}

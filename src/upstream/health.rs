@@ -1,0 +1,87 @@
+//! Active health checks (`health_check`): every `interval`, a `GET path` to each
+//! endpoint over the upstream's own pool. `unhealthy_threshold` consecutive failures
+//! (no 2xx within `timeout`) take an endpoint out of the balancer; `healthy_threshold`
+//! consecutive passes bring it back (with slow start, when configured). Independent of
+//! the breaker: the breaker judges live traffic, the checks judge an idle endpoint too.
+//! The task stops by itself once a reload dropped its upstream.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use http::{Request, Uri};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{Endpoint, Upstream};
+use crate::config::HealthCheckConfig;
+use crate::proxy::body::ReqBody;
+
+impl Upstream {
+    /// Starts the checks when the upstream has a `health_check` table.
+    pub fn spawn_health_checks(self: &Arc<Self>) {
+        let Some(hc) = self.cfg.health_check.clone() else {
+            return;
+        };
+        let weak: Weak<Upstream> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(hc.interval);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(up) = weak.upgrade() else { break };
+                let eps = up.endpoints();
+                let checks = eps.iter().map(|ep| check_one(&up, ep, &hc));
+                futures_util::future::join_all(checks).await;
+            }
+        });
+    }
+}
+
+async fn check_one(up: &Upstream, ep: &Arc<Endpoint>, hc: &HealthCheckConfig) {
+    let ok = probe(up, ep, hc).await;
+    record(up, ep, hc, ok);
+}
+
+async fn probe(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(ep.authority.clone())
+        .path_and_query(hc.path.as_str())
+        .build();
+    let Ok(uri) = uri else { return false };
+    let req = Request::get(uri)
+        .header(http::header::HOST, ep.authority.as_str())
+        .header(http::header::USER_AGENT, "fusebox-health-check")
+        .body(ReqBody::Empty);
+    let Ok(req) = req else { return false };
+    match tokio::time::timeout(hc.timeout, up.client.request(req)).await {
+        Ok(Ok(resp)) => resp.status().is_success(),
+        _ => false,
+    }
+}
+
+/// Applies one check result to the endpoint's verdict.
+pub fn record(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig, ok: bool) {
+    let healthy = ep.healthy.load(Ordering::Relaxed);
+    if ok {
+        ep.health_fails.store(0, Ordering::Relaxed);
+        if !healthy {
+            let streak = ep.health_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if streak >= hc.healthy_threshold {
+                ep.health_streak.store(0, Ordering::Relaxed);
+                ep.healthy.store(true, Ordering::Relaxed);
+                ep.mark_recovered(Instant::now());
+                tracing::info!(event = "health_change", upstream = %up.name, endpoint = %ep.key, healthy = true, "endpoint healthy");
+            }
+        }
+    } else {
+        ep.health_streak.store(0, Ordering::Relaxed);
+        if healthy {
+            let fails = ep.health_fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if fails >= hc.unhealthy_threshold {
+                ep.health_fails.store(0, Ordering::Relaxed);
+                ep.healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(event = "health_change", upstream = %up.name, endpoint = %ep.key, healthy = false, "endpoint unhealthy");
+            }
+        }
+    }
+}
