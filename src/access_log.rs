@@ -47,7 +47,10 @@ impl AccessLogger {
             };
             b.extend_from_slice(line.as_bytes());
             if b.len() >= FLUSH_BYTES {
-                Some(std::mem::replace(&mut *b, Vec::with_capacity(FLUSH_BYTES * 2)))
+                Some(std::mem::replace(
+                    &mut *b,
+                    Vec::with_capacity(FLUSH_BYTES * 2),
+                ))
             } else {
                 None
             }
@@ -129,6 +132,8 @@ pub struct Completion {
     pub conn: Option<Arc<ConnState>>,
     /// Keeps the endpoint's in-flight count up while the response body streams.
     pub in_flight: Option<crate::upstream::InFlight>,
+    /// The route's concurrency slot, held until the response body is done.
+    pub admission: Option<crate::proxy::admit::ConcurrencyPermit>,
 }
 
 impl Drop for Completion {
@@ -154,21 +159,32 @@ impl Completion {
         let mut s = String::with_capacity(512);
         match format {
             LogFormat::Json => {
-                let _ = write!(s, "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"access\"");
+                let _ = write!(
+                    s,
+                    "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"access\""
+                );
                 json_str(&mut s, "service", Some(&r.service));
                 json_str(&mut s, "route", r.route.as_deref());
                 json_str(&mut s, "upstream", r.upstream.as_deref());
                 json_str(&mut s, "endpoint", r.endpoint.as_deref());
                 json_str(&mut s, "method", Some(r.method.as_str()));
                 json_str(&mut s, "path", Some(r.uri.path()));
-                let _ = write!(s, ",\"status\":{},\"duration_ms\":{:.3},\"attempts\":{}", r.status, duration_ms, r.attempts);
+                let _ = write!(
+                    s,
+                    ",\"status\":{},\"duration_ms\":{:.3},\"attempts\":{}",
+                    r.status, duration_ms, r.attempts
+                );
                 json_hv(&mut s, "correlation_id", Some(&r.correlation_id));
                 json_hv(&mut s, "request_id", Some(&r.request_id));
                 json_str(&mut s, "trace_id", trace_id);
                 json_hv(&mut s, "org_id", r.org_id.as_ref());
                 json_hv(&mut s, "camera_id", r.camera_id.as_ref());
                 json_str(&mut s, "error_code", r.error_code);
-                let _ = write!(s, ",\"bytes_in\":{bytes_in},\"bytes_out\":{}", self.bytes_out);
+                let _ = write!(
+                    s,
+                    ",\"bytes_in\":{bytes_in},\"bytes_out\":{}",
+                    self.bytes_out
+                );
                 if self.body_error {
                     s.push_str(",\"body_error\":true");
                 }
@@ -177,7 +193,7 @@ impl Completion {
             LogFormat::Text => {
                 let _ = write!(
                     s,
-                    "{ts}  INFO access: {} {} status={} duration_ms={:.3} route={} upstream={} endpoint={} attempts={} correlation_id={} request_id={} error_code={} bytes_in={} bytes_out={}\n",
+                    "{ts}  INFO access: {} {} status={} duration_ms={:.3} route={} upstream={} endpoint={} attempts={} correlation_id={} request_id={} error_code={} bytes_in={} bytes_out={}",
                     r.method,
                     r.uri.path(),
                     r.status,
@@ -192,6 +208,7 @@ impl Completion {
                     bytes_in,
                     self.bytes_out,
                 );
+                s.push('\n');
             }
         }
         s
@@ -270,13 +287,30 @@ mod tests {
             logger: None,
             conn: None,
             in_flight: None,
+            admission: None,
         };
         let line = c.format(LogFormat::Json);
         let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
         for k in [
-            "timestamp", "level", "message", "service", "route", "upstream", "endpoint",
-            "method", "path", "status", "duration_ms", "attempts", "correlation_id",
-            "request_id", "trace_id", "org_id", "camera_id", "error_code", "bytes_in",
+            "timestamp",
+            "level",
+            "message",
+            "service",
+            "route",
+            "upstream",
+            "endpoint",
+            "method",
+            "path",
+            "status",
+            "duration_ms",
+            "attempts",
+            "correlation_id",
+            "request_id",
+            "trace_id",
+            "org_id",
+            "camera_id",
+            "error_code",
+            "bytes_in",
             "bytes_out",
         ] {
             assert!(v.get(k).is_some(), "missing {k}: {line}");

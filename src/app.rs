@@ -4,6 +4,7 @@
 //! handle so tests drive a real proxy on port 0 in-process.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,20 +16,34 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::AccessLogger;
 use crate::config::Config;
+use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, ConnLimits};
 use crate::proxy::Proxy;
 use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::{admin, reload};
+
+/// How to start: where the config came from (watched for hot reload when set).
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    pub config_path: Option<PathBuf>,
+}
 
 /// A running proxy.
 pub struct Running {
     /// Where the data listener is bound (port 0 in the config gives a free port).
     pub data_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    pub ctrl: Arc<Control>,
     pub state: Arc<SnapshotCell>,
     logger: Arc<AccessLogger>,
     shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
     serve: JoinHandle<()>,
+    admin: JoinHandle<()>,
     shutdown_timeout: Duration,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Running {
@@ -37,9 +52,12 @@ impl Running {
         self.state.load_full()
     }
 
-    /// Stops accepting, lets in-flight requests finish for up to `shutdown_timeout`,
-    /// then returns. Returns whether every connection drained in time.
+    /// The shutdown sequence: readiness fails first, then the data listener stops
+    /// accepting and in-flight requests finish (up to `shutdown_timeout`), then the
+    /// admin listener closes and buffered logs are written. Returns whether every
+    /// connection drained in time.
     pub async fn shutdown(self) -> bool {
+        self.ctrl.set_ready(false);
         let _ = self.shutdown.send(true);
         let mut serve = self.serve;
         let drained = tokio::time::timeout(self.shutdown_timeout, &mut serve)
@@ -49,6 +67,8 @@ impl Running {
             tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timeout passed with requests in flight; closing them");
             serve.abort();
         }
+        let _ = self.admin_shutdown.send(true);
+        let _ = self.admin.await;
         self.logger.flush();
         drained
     }
@@ -71,17 +91,38 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from_std(std)?)
 }
 
-/// Builds and starts a proxy for `config` (whose text hashed to `version`).
+/// Builds and starts a proxy for `config` (whose text hashed to `version`), without
+/// watching a file.
 pub async fn start(config: Config, version: String) -> anyhow::Result<Running> {
+    start_with(config, version, StartOptions::default()).await
+}
+
+/// Builds and starts a proxy; with `config_path`, the file is watched for hot reload
+/// (and SIGHUP reloads it).
+pub async fn start_with(
+    config: Config,
+    version: String,
+    opts: StartOptions,
+) -> anyhow::Result<Running> {
     let limits = ConnLimits::from(&config.listener);
     let shutdown_timeout = config.listener.shutdown_timeout;
     let addr = config.listener.address;
+    let admin_addr = config.admin.address;
     let metrics = Metrics::new();
     let snap = Snapshot::build(config, version, None, &metrics)?;
     snap.start_background().await;
     let listener = bind(addr)?;
     let data_addr = listener.local_addr()?;
+    let admin_listener = bind(admin_addr)?;
+    let admin_addr = admin_listener.local_addr()?;
     let state = Arc::new(ArcSwap::from_pointee(snap));
+    let ctrl = Control::new(state.clone(), metrics, opts.config_path.clone());
+    let (admin_tx, admin_rx) = watch::channel(false);
+    let admin = tokio::spawn(admin::serve(admin_listener, ctrl.clone(), admin_rx));
+    let watcher = match &opts.config_path {
+        Some(p) => Some(reload::spawn(ctrl.clone(), p.clone())?),
+        None => None,
+    };
     let logger = AccessLogger::new();
     logger.spawn_flusher();
     let proxy = Arc::new(Proxy {
@@ -90,20 +131,26 @@ pub async fn start(config: Config, version: String) -> anyhow::Result<Running> {
     });
     let (tx, rx) = watch::channel(false);
     let serve = tokio::spawn(listener::serve(listener, proxy, limits, rx));
-    tracing::info!(address = %data_addr, "fusebox listening");
+    ctrl.set_ready(true);
+    tracing::info!(address = %data_addr, admin = %admin_addr, "fusebox listening");
     Ok(Running {
         data_addr,
+        admin_addr,
+        ctrl,
         state,
         logger,
         shutdown: tx,
+        admin_shutdown: admin_tx,
         serve,
+        admin,
         shutdown_timeout,
+        _watcher: watcher,
     })
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run(config: Config, version: String) -> anyhow::Result<()> {
-    let running = start(config, version).await?;
+pub async fn run(config: Config, version: String, opts: StartOptions) -> anyhow::Result<()> {
+    let running = start_with(config, version, opts).await?;
     wait_for_signal().await;
     tracing::info!("shutdown signal received; draining");
     let drained = running.shutdown().await;
@@ -116,7 +163,10 @@ pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

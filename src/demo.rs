@@ -26,7 +26,9 @@ use crate::{app, config, telemetry};
 pub async fn serve_upstream(listener: TcpListener, name: Arc<str>, fail_rate: f64) {
     let served = Arc::new(AtomicU64::new(0));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let name = name.clone();
         let served = served.clone();
         tokio::spawn(async move {
@@ -42,7 +44,12 @@ pub async fn serve_upstream(listener: TcpListener, name: Arc<str>, fail_rate: f6
     }
 }
 
-async fn answer(req: Request<Incoming>, name: &str, fail_rate: f64, served: &AtomicU64) -> Response<Full<Bytes>> {
+async fn answer(
+    req: Request<Incoming>,
+    name: &str,
+    fail_rate: f64,
+    served: &AtomicU64,
+) -> Response<Full<Bytes>> {
     let n = served.fetch_add(1, Ordering::Relaxed) + 1;
     let path = req.uri().path().to_string();
     let rid = req
@@ -58,12 +65,17 @@ async fn answer(req: Request<Incoming>, name: &str, fail_rate: f64, served: &Ato
     let json = |status: StatusCode, v: serde_json::Value| {
         let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
         *r.status_mut() = status;
-        r.headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         r
     };
     if path == "/health" {
-        return json(StatusCode::OK, serde_json::json!({"status": "ok", "upstream": name}));
+        return json(
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "upstream": name}),
+        );
     }
     if fail_rate > 0.0 && rand::thread_rng().gen_bool(fail_rate.clamp(0.0, 1.0)) {
         return json(
@@ -87,7 +99,12 @@ async fn answer(req: Request<Incoming>, name: &str, fail_rate: f64, served: &Ato
 /// `fusebox demo-upstream`.
 pub async fn run_upstream(a: DemoUpstreamArgs) -> anyhow::Result<()> {
     let listener = app::bind(a.listen)?;
-    eprintln!("demo upstream '{}' on {} (fail rate {})", a.name, listener.local_addr()?, a.fail_rate);
+    eprintln!(
+        "demo upstream '{}' on {} (fail rate {})",
+        a.name,
+        listener.local_addr()?,
+        a.fail_rate
+    );
     tokio::select! {
         _ = serve_upstream(listener, a.name.into(), a.fail_rate) => {}
         _ = app::wait_for_signal() => {}
@@ -98,7 +115,12 @@ pub async fn run_upstream(a: DemoUpstreamArgs) -> anyhow::Result<()> {
 /// The demo's config: `/detect` spreads over both endpoints with retries (so the flaky
 /// one's 503s are retried on the healthy one), `/flaky` goes to the flaky one alone with
 /// a breaker that opens after 3 failures and a degraded fallback answer.
-pub fn demo_config(listen: SocketAddr, admin: SocketAddr, healthy: SocketAddr, flaky: SocketAddr) -> String {
+pub fn demo_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    healthy: SocketAddr,
+    flaky: SocketAddr,
+) -> String {
     format!(
         r#"[service]
 name = "demo-app"
@@ -119,6 +141,8 @@ endpoints = ["{healthy}", "{flaky}"]
 load_balancing = "round_robin"
 
 [upstreams.vision.retry]
+# inference calls are safe to repeat, so POSTs are retried too
+retry_non_idempotent = true
 max_retries = 2
 base_delay = "50ms"
 max_delay = "500ms"

@@ -41,12 +41,15 @@
 //! ```
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod snapshot;
 pub mod telemetry;
 pub mod upstream;

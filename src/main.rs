@@ -34,14 +34,25 @@ fn main() -> ExitCode {
                         return ExitCode::from(1);
                     }
                 },
-                None => (config::embedded_default(), config::DEFAULT_CONFIG_TOML.to_string()),
+                None => (
+                    config::embedded_default(),
+                    config::DEFAULT_CONFIG_TOML.to_string(),
+                ),
             };
             telemetry::init(&cfg.logging);
             if a.config.is_none() {
                 tracing::info!("no --config given: serving the embedded default config");
             }
             let version = config::content_hash(&text);
-            exit(runtime().and_then(|rt| rt.block_on(app::run(cfg, version))))
+            exit(runtime().and_then(|rt| {
+                rt.block_on(app::run(
+                    cfg,
+                    version,
+                    app::StartOptions {
+                        config_path: a.config.clone(),
+                    },
+                ))
+            }))
         }
         Command::Demo(a) => exit(runtime().and_then(|rt| rt.block_on(demo::run(a)))),
         Command::DemoUpstream(a) => {
@@ -78,7 +89,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::Method;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub const REQUESTS_TOTAL: &str = "gateway_proxy_requests_total";
@@ -69,28 +69,73 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
         let duration = HistogramVec::new(
-            HistogramOpts::new(REQUEST_DURATION, "Request duration until response headers, retries included.")
-                .buckets(DURATION_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                REQUEST_DURATION,
+                "Request duration until response headers, retries included.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
             &["service", "route", "method"],
         )
         .unwrap_or_else(|e| panic!("metric {REQUEST_DURATION}: {e}"));
         let _ = r.register(Box::new(duration.clone()));
         #[cfg(target_os = "linux")]
         {
-            let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+            let _ = r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
         }
         Arc::new(Metrics {
-            requests: counter(&r, REQUESTS_TOTAL, "Requests answered, by upstream, route, method and status.", &["service", "route", "method", "status"]),
+            requests: counter(
+                &r,
+                REQUESTS_TOTAL,
+                "Requests answered, by upstream, route, method and status.",
+                &["service", "route", "method", "status"],
+            ),
             duration,
-            retries: counter(&r, RETRIES_TOTAL, "Retries sent, by upstream and reason.", &["service", "reason"]),
-            breaker_state: gauge(&r, BREAKER_STATE, "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half open.", &["service", "endpoint"]),
-            breaker_changes: counter(&r, BREAKER_CHANGES, "Circuit breaker state changes, by the state entered.", &["service", "endpoint", "state"]),
-            rejected: counter(&r, REJECTED_TOTAL, "Requests or retries refused by fusebox's own policies.", &["route", "reason"]),
-            fallbacks: counter(&r, FALLBACKS_TOTAL, "Fallback answers, by upstream and kind (static, upstream).", &["service", "kind"]),
-            connections: gauge(&r, UPSTREAM_CONNECTIONS, "Pooled upstream connections per endpoint (active, idle).", &["service", "endpoint", "state"]),
+            retries: counter(
+                &r,
+                RETRIES_TOTAL,
+                "Retries sent, by upstream and reason.",
+                &["service", "reason"],
+            ),
+            breaker_state: gauge(
+                &r,
+                BREAKER_STATE,
+                "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half open.",
+                &["service", "endpoint"],
+            ),
+            breaker_changes: counter(
+                &r,
+                BREAKER_CHANGES,
+                "Circuit breaker state changes, by the state entered.",
+                &["service", "endpoint", "state"],
+            ),
+            rejected: counter(
+                &r,
+                REJECTED_TOTAL,
+                "Requests or retries refused by fusebox's own policies.",
+                &["route", "reason"],
+            ),
+            fallbacks: counter(
+                &r,
+                FALLBACKS_TOTAL,
+                "Fallback answers, by upstream and kind (static, upstream).",
+                &["service", "kind"],
+            ),
+            connections: gauge(
+                &r,
+                UPSTREAM_CONNECTIONS,
+                "Pooled upstream connections per endpoint (active, idle).",
+                &["service", "endpoint", "state"],
+            ),
             in_flight: gauge(&r, IN_FLIGHT, "Requests in flight per route.", &["route"]),
             reloads: counter(&r, CONFIG_RELOADS, "Config reloads by result.", &["result"]),
-            faults: counter(&r, FAULTS_TOTAL, "Injected faults by route and kind (abort, delay).", &["route", "kind"]),
+            faults: counter(
+                &r,
+                FAULTS_TOTAL,
+                "Injected faults by route and kind (abort, delay).",
+                &["route", "kind"],
+            ),
             registry: r,
         })
     }
@@ -117,7 +162,9 @@ fn method_slot(m: &Method) -> usize {
         _ => 7,
     }
 }
-const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER"];
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER",
+];
 
 /// Handles of one route (labels `route`, and `service` = its upstream).
 #[derive(Debug)]
@@ -190,11 +237,18 @@ impl RouteMetrics {
             let _ = f.faults.remove_label_values(&[&self.route, kind]);
         }
         for meth in METHODS {
-            let _ = f.duration.remove_label_values(&[&self.service, &self.route, meth]);
+            let _ = f
+                .duration
+                .remove_label_values(&[&self.service, &self.route, meth]);
         }
         for ((slot, status), _) in self.requests.load().iter() {
             let mut b = itoa_u16(*status);
-            let _ = f.requests.remove_label_values(&[&self.service, &self.route, METHODS[*slot], status_str(&mut b)]);
+            let _ = f.requests.remove_label_values(&[
+                &self.service,
+                &self.route,
+                METHODS[*slot],
+                status_str(&mut b),
+            ]);
         }
     }
 }
@@ -252,7 +306,10 @@ impl UpstreamMetrics {
     }
 
     pub fn retry_for_status(&self, status: u16) -> Option<&IntCounter> {
-        self.retry_status.iter().find(|(c, _)| *c == status).map(|(_, c)| c)
+        self.retry_status
+            .iter()
+            .find(|(c, _)| *c == status)
+            .map(|(_, c)| c)
     }
 
     /// Drops every series of this upstream (removed by a reload).
@@ -290,8 +347,12 @@ impl EndpointMetrics {
             state: m.breaker_state.with_label_values(&[service, endpoint]),
             changes: ["closed", "open", "half_open"]
                 .map(|s| m.breaker_changes.with_label_values(&[service, endpoint, s])),
-            conns_active: m.connections.with_label_values(&[service, endpoint, "active"]),
-            conns_idle: m.connections.with_label_values(&[service, endpoint, "idle"]),
+            conns_active: m
+                .connections
+                .with_label_values(&[service, endpoint, "active"]),
+            conns_idle: m
+                .connections
+                .with_label_values(&[service, endpoint, "idle"]),
             family: m.clone(),
             service: service.into(),
             endpoint: endpoint.into(),

@@ -11,6 +11,7 @@ use http::HeaderValue;
 
 use crate::config::{Config, FallbackConfig, Protocol, RetryConfig, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::admit::{Concurrency, Fault, RateLimiter};
 use crate::proxy::correlate::HeaderPolicy;
 use crate::proxy::forward::RetryPolicy;
 use crate::proxy::route::Router;
@@ -34,10 +35,16 @@ pub struct Route {
     pub retry: RetryPolicy,
     pub fallback: Option<FallbackRoute>,
     pub metrics: RouteMetrics,
+    pub rate_limit: Option<RateLimiter>,
+    /// Carried over on reload while its settings stay, so requests admitted under the
+    /// old config still count against the cap.
+    pub concurrency: Option<Arc<Concurrency>>,
+    pub fault: Option<Fault>,
 }
 
 fn policy(cfg: &RetryConfig, owner: &str) -> Result<RetryPolicy, BuildError> {
-    let backoff = Backoff::from_config(cfg).map_err(|e| BuildError::Retry(owner.to_string(), e.to_string()))?;
+    let backoff = Backoff::from_config(cfg)
+        .map_err(|e| BuildError::Retry(owner.to_string(), e.to_string()))?;
     Ok(RetryPolicy {
         cfg: cfg.clone(),
         backoff,
@@ -104,7 +111,26 @@ impl Snapshot {
                 },
                 _ => None,
             };
+            let prev_route =
+                previous.and_then(|p| p.routes.iter().find(|x| x.name.as_ref() == r.name));
+            let concurrency = r.concurrency.as_ref().map(|c| {
+                match prev_route
+                    .and_then(|p| p.concurrency.as_ref().zip(p.cfg.concurrency.as_ref()))
+                {
+                    Some((old, oc))
+                        if oc.max_in_flight == c.max_in_flight
+                            && oc.max_queue == c.max_queue
+                            && oc.queue_timeout == c.queue_timeout =>
+                    {
+                        old.clone()
+                    }
+                    _ => Arc::new(Concurrency::new(c)),
+                }
+            });
             routes.push(Route {
+                rate_limit: r.rate_limit.as_ref().map(RateLimiter::new),
+                concurrency,
+                fault: r.fault.as_ref().map(Fault::new),
                 name: r.name.as_str().into(),
                 metrics: RouteMetrics::new(metrics, &r.name, &r.upstream),
                 cfg: r.clone(),
@@ -116,7 +142,11 @@ impl Snapshot {
         let router = Router::build(&config.routes);
         let service_name =
             HeaderValue::from_str(&config.service.name).map_err(|_| BuildError::ServiceName)?;
-        let proto = if config.listener.tls.is_some() { "https" } else { "http" };
+        let proto = if config.listener.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Snapshot {
             service: config.service.name.as_str().into(),
             headers: HeaderPolicy {

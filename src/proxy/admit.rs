@@ -1,12 +1,13 @@
 //! Route-level admission: the token-bucket rate limit (429 `RATE_LIMITED`), the
 //! concurrency limit with its bounded wait queue (503 `OVERLOADED`), and fault
-//! injection. Each returns a plain verdict (and a `Retry-After` wait); turning it into
-//! a response, metrics and logs is the caller's job.
+//! injection. Each returns a verdict (with the `Retry-After` wait); turning it into a
+//! response, metrics and log fields is the caller's job.
 //!
-//! Built once per route when a snapshot is built; touched per request (`check`,
-//! `acquire`, `decide`): one short lock for the rate limit, atomics and tokio's
-//! semaphore for concurrency, a thread-local rng for faults.
+//! Built per route with the snapshot; touched per request (`check`, `acquire`,
+//! `decide`): one short lock for the rate limit, a semaphore and atomics for
+//! concurrency, the thread-local rng for faults. Nothing here awaits while locked.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -22,30 +23,26 @@ use tokio::time::Instant;
 
 use crate::config::{ConcurrencyConfig, FaultConfig, RateLimitConfig, RateLimitKey};
 
-/// Longest rate-limit key kept, in bytes; longer header values are cut to this, so
-/// values sharing their first 256 bytes share a bucket. Bounds the key table at
-/// `max_keys * 256` bytes of keys even when clients send 64 KiB header values (the
-/// same bound as the breaker partitions).
+/// Longest rate-limit key kept, in bytes; longer header values are cut to this (values
+/// sharing their first 256 bytes share a bucket), bounding the key table at
+/// `max_keys * 256` bytes of keys, as the breaker partitions do.
 pub const MAX_KEY_BYTES: usize = 256;
 
-/// `Retry-After` when shedding (full queue or queue wait past `queue_timeout`): one
-/// second, the smallest non-zero value the header's whole seconds can carry. Shedding
-/// reflects the load of this moment (queue timeouts are ~100 ms) and fusebox keeps no
-/// latency estimate that would found a longer wait; a longer one would leave the
-/// capacity that frees up idle.
+/// `Retry-After` when shedding (full queue, or a wait past `queue_timeout`): 1 s, the
+/// smallest non-zero value the header's whole seconds carry. Shedding reflects this
+/// moment's load (queue waits are ~100 ms) and no latency estimate is kept that would
+/// found a longer wait; a longer one would leave capacity idle once it frees up.
 pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-// Why not `governor` (which the conventions prefer for token buckets): its keyed
-// limiters keep one state per key in a DashMap/HashMap with no capacity bound; keys
-// leave only when the owner calls `retain_recent()` periodically, so a client spraying
-// header values grows the table without limit between cleanups, and each cleanup walks
-// every key. `check_key(&K)` also needs an owned key, i.e. an allocation per request
-// for a header-value key, and it reads time from its own clock rather than tokio's
-// (which paused-clock tests need). A custom `StateStore` over `lru` would leave it
-// only the bucket arithmetic, which is the dozen lines of `Bucket::take` below.
+// Hand-written rather than `governor`: its keyed limiters keep a DashMap/HashMap with
+// no capacity bound; keys leave only when the owner calls `retain_recent()`, so key
+// spraying grows the table without limit between cleanups (and each cleanup walks
+// every key). `check_key(&K)` also wants an owned key (an allocation per request for a
+// header value), and it reads its own clock, not tokio's paused one. A custom
+// `StateStore` over `lru` would leave it only the arithmetic of `Bucket::take`.
 
-/// A token-bucket rate limit for one route: one bucket, or one per key in a table
-/// bounded by `max_keys` (least recently used dropped).
+/// A token-bucket rate limit for one route: one bucket, or one per key in a table of
+/// at most `max_keys` keys (least recently used dropped; a dropped key returns full).
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: Rate,
@@ -54,9 +51,8 @@ pub struct RateLimiter {
 
 #[derive(Debug, Clone, Copy)]
 struct Rate {
-    /// Tokens added per second (`requests_per_second`).
     per_second: f64,
-    /// Bucket capacity (`burst`): the most requests admitted at once after a quiet spell.
+    /// Capacity: the most requests admitted at once after a quiet spell.
     burst: f64,
 }
 
@@ -65,17 +61,16 @@ enum Buckets {
     Global(Mutex<Bucket>),
     Header {
         name: HeaderName,
-        /// Shared by every request without the header; outside the table so spraying
-        /// cannot evict it.
+        /// Shared by requests without the header; outside the table, never evicted.
         absent: Mutex<Bucket>,
-        /// Keyed by the header's (first) value, cut to `MAX_KEY_BYTES`. `Box<[u8]>`
-        /// borrows as `[u8]`, so a hit looks up the request's bytes without allocating.
-        table: Mutex<LruCache<Box<[u8]>, Bucket>>,
+        /// By the header's first value, cut to `MAX_KEY_BYTES`. `Box<[u8]>` borrows as
+        /// `[u8]`, so a known key is found from the request's bytes without allocating.
+        keys: Mutex<LruCache<Box<[u8]>, Bucket>>,
     },
     ClientIp(Mutex<LruCache<IpAddr, Bucket>>),
 }
 
-/// One key's bucket: tokens left as of `at`; refilled lazily when next touched.
+/// Tokens left as of `at`; refilled lazily when next touched.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -92,7 +87,7 @@ impl Bucket {
 
     /// Takes one token, or says how long until one is available (always > 0).
     fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
-        // A caller that read the clock earlier but locked later gets no refill rather
+        // A caller that read the clock before another's check gets no refill rather
         // than moving `at` backwards.
         if now > self.at {
             let refill = (now - self.at).as_secs_f64() * rate.per_second;
@@ -103,37 +98,35 @@ impl Bucket {
             self.tokens -= 1.0;
             return Ok(());
         }
-        let wait = (1.0 - self.tokens) / rate.per_second;
-        let wait = Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX);
-        Err(wait.max(Duration::from_nanos(1)))
+        let wait = Duration::try_from_secs_f64((1.0 - self.tokens) / rate.per_second);
+        Err(wait.unwrap_or(Duration::MAX).max(Duration::from_nanos(1)))
     }
 }
 
 impl RateLimiter {
-    /// A limiter whose buckets hold `burst` tokens and refill at `requests_per_second`.
-    /// Validation guarantees a positive finite rate and `burst`, `max_keys` >= 1; zero
-    /// values act as 1 rather than refusing everything.
+    /// Buckets of `burst` tokens refilled at `requests_per_second` (validation makes
+    /// it positive and finite); a zero `burst` or `max_keys` acts as 1.
     pub fn new(cfg: &RateLimitConfig) -> RateLimiter {
         let rate = Rate {
             per_second: cfg.requests_per_second,
             burst: f64::from(cfg.burst.max(1)),
         };
-        let now = Instant::now();
+        let full = || Mutex::new(Bucket::full(rate, Instant::now()));
         let buckets = match &cfg.key {
-            RateLimitKey::Global => Buckets::Global(Mutex::new(Bucket::full(rate, now))),
+            RateLimitKey::Global => Buckets::Global(full()),
             RateLimitKey::Header(name) => Buckets::Header {
                 name: name.clone(),
-                absent: Mutex::new(Bucket::full(rate, now)),
-                table: Mutex::new(table(cfg.max_keys)),
+                absent: full(),
+                keys: Mutex::new(table(cfg.max_keys)),
             },
             RateLimitKey::ClientIp => Buckets::ClientIp(Mutex::new(table(cfg.max_keys))),
         };
         RateLimiter { rate, buckets }
     }
 
-    /// Admits the request (taking a token from its key's bucket) or returns how long
-    /// until its bucket has a token, for `Retry-After` (round it up to whole seconds).
-    /// Allocates only when a key is seen for the first time.
+    /// Admits the request, taking a token from its key's bucket, or returns the time
+    /// until that bucket has one (for `Retry-After`, rounded up to whole seconds).
+    /// Allocates only for a key not in the table.
     pub fn check(
         &self,
         headers: &HeaderMap,
@@ -143,32 +136,26 @@ impl RateLimiter {
         let rate = self.rate;
         match &self.buckets {
             Buckets::Global(bucket) => lock(bucket).take(rate, now),
-            Buckets::Header {
-                name,
-                absent,
-                table,
-            } => match headers.get(name) {
+            Buckets::Header { name, absent, keys } => match headers.get(name) {
                 None => lock(absent).take(rate, now),
                 Some(value) => {
-                    let key = value.as_bytes();
-                    let key = &key[..key.len().min(MAX_KEY_BYTES)];
-                    take_keyed(table, key, |k: &[u8]| k.into(), rate, now)
+                    let key = &value.as_bytes()[..value.len().min(MAX_KEY_BYTES)];
+                    take_keyed(keys, key, |k: &[u8]| k.into(), rate, now)
                 }
             },
-            // An IPv4 peer on a dual-stack listener shows as `::ffff:a.b.c.d`; it is
-            // the same client as `a.b.c.d`.
+            // An IPv4 peer of a dual-stack listener shows as `::ffff:a.b.c.d`.
             Buckets::ClientIp(table) => {
                 take_keyed(table, &client_ip.to_canonical(), |ip| *ip, rate, now)
             }
         }
     }
 
-    /// Keys held in the bounded table now (never more than `max_keys`); the global and
-    /// the no-header buckets are fixed and not counted.
+    /// Keys in the bounded table now (at most `max_keys`); the global and no-header
+    /// buckets are fixed and not counted.
     pub fn len(&self) -> usize {
         match &self.buckets {
             Buckets::Global(_) => 0,
-            Buckets::Header { table, .. } => lock(table).len(),
+            Buckets::Header { keys, .. } => lock(keys).len(),
             Buckets::ClientIp(table) => lock(table).len(),
         }
     }
@@ -178,17 +165,17 @@ impl RateLimiter {
     }
 }
 
-/// Takes a token from `key`'s bucket, adding a full bucket for a new key (which drops
-/// the least recently used key when the table is full).
+/// Takes a token from `key`'s bucket; a new key gets a full bucket, pushing out the
+/// least recently used key when the table is full.
 fn take_keyed<K, Q>(
     table: &Mutex<LruCache<K, Bucket>>,
     key: &Q,
-    owned: impl FnOnce(&Q) -> K,
+    to_owned: impl FnOnce(&Q) -> K,
     rate: Rate,
     now: Instant,
 ) -> Result<(), Duration>
 where
-    K: Hash + Eq + std::borrow::Borrow<Q>,
+    K: Hash + Eq + Borrow<Q>,
     Q: Hash + Eq + ?Sized,
 {
     let mut table = lock(table);
@@ -197,15 +184,13 @@ where
     }
     let mut bucket = Bucket::full(rate, now);
     let verdict = bucket.take(rate, now);
-    let evicted = table.push(owned(key), bucket);
-    drop(table);
-    drop(evicted); // freed after the lock is released
+    let evicted = table.push(to_owned(key), bucket);
+    drop((table, evicted)); // the evicted key is freed after the unlock
     verdict
 }
 
-/// An empty key table holding at most `max_keys` (0 acts as 1). `LruCache::new` would
-/// reserve room for every key up front, costing memory for a large `max_keys` before
-/// any key is seen, so the table grows on demand up to the cap instead.
+/// An empty table capped at `max_keys`. Not `LruCache::new`, which reserves room for
+/// every key up front (memory before any key is seen); this one grows up to the cap.
 fn table<K: Hash + Eq>(max_keys: usize) -> LruCache<K, Bucket> {
     let mut table = LruCache::unbounded();
     table.resize(NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN));
@@ -217,24 +202,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The concurrency limit of one route: at most `max_in_flight` requests admitted at
-/// once; up to `max_queue` more wait, first come first served, at most `queue_timeout`.
+/// The concurrency limit of one route: at most `max_in_flight` requests at once; up to
+/// `max_queue` more wait, first come first served, for at most `queue_timeout`.
 #[derive(Debug)]
 pub struct Concurrency {
-    /// One permit per in-flight slot. tokio's semaphore is fair: waiters are served
-    /// in arrival order and a released permit goes to the oldest waiter first.
+    /// One permit per slot. tokio's semaphore is fair: a released permit goes to the
+    /// oldest waiter, so the queue is FIFO.
     slots: Arc<Semaphore>,
-    /// Permits the semaphore started with, so `in_flight` = this - available.
+    /// The semaphore's initial permits: `in_flight` = this - available.
     max_in_flight: usize,
-    /// Requests waiting for a slot now; bounded by `max_queue` so waiters (each a
-    /// parked request with its body) cannot pile up without limit.
+    /// Requests waiting now, at most `max_queue`, so parked requests cannot pile up.
     queued: AtomicUsize,
     max_queue: usize,
     queue_timeout: Duration,
 }
 
-/// An admitted request's slot; dropping it frees the slot for the next waiter. Owned
-/// (no borrow of the limiter), so it can ride along with a streaming response body.
+/// An admitted request's slot, freed on drop. Owned (no borrow of the limiter), so it
+/// can travel with a streaming response body.
 #[derive(Debug)]
 #[must_use = "the slot is freed as soon as the permit is dropped"]
 pub struct ConcurrencyPermit {
@@ -242,7 +226,7 @@ pub struct ConcurrencyPermit {
 }
 
 impl Concurrency {
-    /// A limit of `max_in_flight` (at least 1, at most tokio's semaphore maximum).
+    /// `max_in_flight` is kept within 1..=`Semaphore::MAX_PERMITS`.
     pub fn new(cfg: &ConcurrencyConfig) -> Concurrency {
         let max_in_flight = cfg.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Concurrency {
@@ -254,22 +238,20 @@ impl Concurrency {
         }
     }
 
-    /// Admits the request now, or after waiting in the queue; refuses it at once when
-    /// the queue is full, or when the wait passes `queue_timeout`, with the
-    /// `Retry-After` to send ([`OVERLOADED_RETRY_AFTER`]). Dropping the future while it
-    /// waits leaves the queue.
+    /// Admits the request now or after a wait in the queue. A full queue, or a wait
+    /// past `queue_timeout`, returns `Err(OVERLOADED_RETRY_AFTER)`. Dropping the future
+    /// while it waits leaves the queue.
     pub async fn acquire(&self) -> Result<ConcurrencyPermit, Duration> {
-        // Fast path. A fair semaphore hands released permits to waiters first, so
-        // this never overtakes a queued request.
+        // Released permits go to waiters first, so this never overtakes the queue.
         if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
             return Ok(ConcurrencyPermit { _slot: slot });
         }
-        let reserved = self
+        let reserve = |q: usize| (q < self.max_queue).then_some(q + 1);
+        if self
             .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < self.max_queue).then_some(q + 1)
-            });
-        if reserved.is_err() {
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, reserve)
+            .is_err()
+        {
             return Err(OVERLOADED_RETRY_AFTER);
         }
         let _in_queue = QueueSlot(&self.queued);
@@ -293,7 +275,7 @@ impl Concurrency {
     }
 }
 
-/// A reserved place in the queue, given back on drop (admitted, timed out or cancelled).
+/// A place in the queue, given back on drop: admitted, timed out or cancelled.
 struct QueueSlot<'a>(&'a AtomicUsize);
 
 impl Drop for QueueSlot<'_> {
@@ -302,7 +284,7 @@ impl Drop for QueueSlot<'_> {
     }
 }
 
-/// Fault injection for one route: what to do to this request before it is forwarded.
+/// Fault injection for one route: what to do to a request before it is forwarded.
 #[derive(Debug, Clone)]
 pub struct Fault {
     /// Probability (0..=1) that a request is aborted.
@@ -324,22 +306,22 @@ pub enum FaultAction {
 }
 
 impl Fault {
-    /// Percentages outside 0..=100 (validation refuses them) are clamped; NaN acts as 0.
+    /// Percentages outside 0..=100 (refused by validation) are clamped; NaN never fires.
     pub fn new(cfg: &FaultConfig) -> Fault {
         Fault {
-            abort: probability(cfg.abort_percent),
+            abort: (cfg.abort_percent / 100.0).clamp(0.0, 1.0),
             abort_status: cfg.abort_status,
-            delay: probability(cfg.delay_percent),
+            delay: (cfg.delay_percent / 100.0).clamp(0.0, 1.0),
             delay_for: cfg.delay,
         }
     }
 
-    /// Draws for abort first (`abort_percent` of requests), then, independently, for
-    /// delay among the requests not aborted. So with 5% abort and 10% delay, 5% are
-    /// aborted and 9.5% (10% of the other 95%) delayed; no request is both.
+    /// Draws for abort (`abort_percent` of requests), then independently for delay
+    /// among the requests not aborted: with 5% abort and 10% delay, 5% are aborted
+    /// and 9.5% (10% of the other 95%) delayed; no request is both.
     pub fn decide(&self) -> FaultAction {
         if self.abort <= 0.0 && self.delay <= 0.0 {
-            return FaultAction::None;
+            return FaultAction::None; // no fault configured: no draw
         }
         let mut rng = rand::thread_rng();
         // `gen::<f64>()` is in [0, 1): probability 0 never fires, 1 always does.
@@ -353,164 +335,145 @@ impl Fault {
     }
 }
 
-fn probability(percent: f64) -> f64 {
-    if percent.is_nan() {
-        return 0.0;
-    }
-    (percent / 100.0).clamp(0.0, 1.0)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use http::HeaderValue;
 
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-    const IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    fn limiter(rps: f64, burst: u32, key: RateLimitKey, max_keys: usize) -> RateLimiter {
+    fn limiter(
+        requests_per_second: f64,
+        burst: u32,
+        key: RateLimitKey,
+        max_keys: usize,
+    ) -> RateLimiter {
         RateLimiter::new(&RateLimitConfig {
-            requests_per_second: rps,
+            requests_per_second,
             burst,
             key,
             max_keys,
         })
     }
 
-    fn camera() -> RateLimitKey {
+    fn by_camera() -> RateLimitKey {
         RateLimitKey::Header(HeaderName::from_static("x-camera-id"))
     }
 
-    fn with_camera(id: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-camera-id",
-            HeaderValue::from_str(id).expect("valid value"),
-        );
-        h
+    fn cam(id: &str) -> HeaderMap {
+        let value = HeaderValue::from_str(id).expect("valid value");
+        HeaderMap::from_iter([(HeaderName::from_static("x-camera-id"), value)])
     }
 
     fn assert_wait(got: Result<(), Duration>, want: Duration) {
         let got = got.expect_err("refused");
-        let diff = if got > want { got - want } else { want - got };
+        let diff = got.abs_diff(want);
         assert!(
             diff < Duration::from_micros(1),
             "retry after {got:?}, want {want:?}"
         );
     }
 
-    /// Proves the bucket math: `burst` at once, then `requests_per_second`, never
-    /// more than `burst` saved up, and Retry-After = time until the next token.
+    /// Proves the bucket math: `burst` at once, then `requests_per_second`, never more
+    /// than `burst` saved up, and Retry-After = time until the next token.
     #[test]
     fn burst_then_refill_at_the_rate_with_exact_retry_after() {
         let rl = limiter(10.0, 5, RateLimitKey::Global, 1);
         let (h, t0) = (HeaderMap::new(), Instant::now());
-        for _ in 0..5 {
-            assert_eq!(rl.check(&h, IP, t0), Ok(()));
+        for now in [t0, t0 + 60_000 * MS] {
+            assert!((0..5).all(|_| rl.check(&h, IP, now).is_ok()));
+            assert_wait(rl.check(&h, IP, now), 100 * MS);
+            assert_wait(rl.check(&h, IP, now + 50 * MS), 50 * MS);
+            assert_eq!(rl.check(&h, IP, now + 100 * MS), Ok(()));
+            assert_wait(rl.check(&h, IP, now + 100 * MS), 100 * MS);
         }
-        assert_wait(rl.check(&h, IP, t0), 100 * MS);
-        assert_wait(rl.check(&h, IP, t0 + 50 * MS), 50 * MS);
-        assert_eq!(rl.check(&h, IP, t0 + 100 * MS), Ok(()));
-        assert_wait(rl.check(&h, IP, t0 + 100 * MS), 100 * MS);
-        let later = t0 + Duration::from_secs(60);
-        for _ in 0..5 {
-            assert_eq!(rl.check(&h, IP, later), Ok(()));
-        }
-        assert_wait(rl.check(&h, IP, later), 100 * MS);
-        // A clock read before the last check does not refill or move time back.
+        // A clock read before the last check neither refills nor moves time back.
         assert_wait(rl.check(&h, IP, t0), 100 * MS);
         assert_eq!(rl.len(), 0);
     }
 
-    /// Proves keys are isolated: camera A exhausted does not limit camera B, by
-    /// header or by client address (an IPv4-mapped IPv6 address is the same client).
+    /// Proves keys are isolated: camera A exhausted does not limit camera B, by header
+    /// or by client address (an IPv4-mapped IPv6 address is the same client).
     #[test]
     fn one_exhausted_key_does_not_limit_another() {
-        let rl = limiter(1.0, 2, camera(), 100);
-        let (a, b, now) = (with_camera("cam-a"), with_camera("cam-b"), Instant::now());
-        assert!(rl.check(&a, IP, now).is_ok() && rl.check(&a, IP, now).is_ok());
-        assert_wait(rl.check(&a, IP, now), 1000 * MS);
-        assert_eq!(rl.check(&b, IP, now), Ok(()));
+        let (rl, now) = (limiter(1.0, 2, by_camera(), 100), Instant::now());
+        assert!((0..2).all(|_| rl.check(&cam("a"), IP, now).is_ok()));
+        assert_wait(rl.check(&cam("a"), IP, now), 1000 * MS);
+        assert_eq!(rl.check(&cam("b"), IP, now), Ok(()));
         assert_eq!(rl.len(), 2);
 
         let rl = limiter(1.0, 1, RateLimitKey::ClientIp, 100);
-        let h = HeaderMap::new();
-        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("address");
+        let (h, ip) = (HeaderMap::new(), |s: &str| s.parse::<IpAddr>().expect("ip"));
         assert_eq!(rl.check(&h, IP, now), Ok(()));
-        assert!(rl.check(&h, mapped, now).is_err());
-        assert_eq!(
-            rl.check(&h, "10.0.0.2".parse().expect("address"), now),
-            Ok(())
-        );
+        assert!(rl.check(&h, ip("::ffff:127.0.0.1"), now).is_err());
+        assert_eq!(rl.check(&h, ip("10.0.0.2"), now), Ok(()));
         assert_eq!(rl.len(), 2);
     }
 
-    /// Proves key spraying cannot grow memory: 100,000 distinct values keep the table
-    /// at `max_keys`, the oldest keys dropped (and back with a full bucket).
+    /// Proves key spraying cannot grow memory: 100,000 distinct values keep the table at
+    /// `max_keys`; the oldest keys are dropped (and come back with a full bucket).
     #[test]
     fn key_spraying_stays_within_max_keys() {
-        let rl = limiter(1.0, 1, camera(), 1000);
-        let now = Instant::now();
+        let (rl, now) = (limiter(1.0, 1, by_camera(), 1000), Instant::now());
         for i in 0..100_000u32 {
-            assert_eq!(rl.check(&with_camera(&i.to_string()), IP, now), Ok(()));
+            assert_eq!(rl.check(&cam(&i.to_string()), IP, now), Ok(()));
             assert!(rl.len() <= 1000);
         }
         assert_eq!(rl.len(), 1000);
-        assert!(rl.check(&with_camera("99999"), IP, now).is_err());
-        assert_eq!(rl.check(&with_camera("0"), IP, now), Ok(()));
+        assert!(rl.check(&cam("99999"), IP, now).is_err());
+        assert_eq!(rl.check(&cam("0"), IP, now), Ok(()));
     }
 
-    /// Proves requests without the header share one bucket, apart from keyed ones,
-    /// and that over-long values are cut to `MAX_KEY_BYTES`.
+    /// Proves requests without the header share one bucket apart from the keyed ones,
+    /// and that values are cut to `MAX_KEY_BYTES`.
     #[test]
     fn absent_header_shares_one_bucket_and_long_keys_are_cut() {
-        let rl = limiter(1.0, 2, camera(), 10);
-        let (none, now) = (HeaderMap::new(), Instant::now());
-        assert!(rl.check(&none, IP, now).is_ok() && rl.check(&none, IP, now).is_ok());
-        assert!(rl
-            .check(&none, "10.9.9.9".parse().expect("address"), now)
-            .is_err());
-        assert_eq!(rl.check(&with_camera("cam-a"), IP, now), Ok(()));
+        let (rl, none, now) = (
+            limiter(1.0, 2, by_camera(), 10),
+            HeaderMap::new(),
+            Instant::now(),
+        );
+        let other_ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 9, 9));
+        assert!((0..2).all(|_| rl.check(&none, IP, now).is_ok()));
+        assert!(rl.check(&none, other_ip, now).is_err());
+        assert_eq!(rl.check(&cam("a"), IP, now), Ok(()));
         assert_eq!(rl.len(), 1);
-
         let (long_a, long_b) = ("x".repeat(300), format!("{}y", "x".repeat(299)));
-        assert!(rl.check(&with_camera(&long_a), IP, now).is_ok());
-        assert!(rl.check(&with_camera(&long_b), IP, now).is_ok());
-        assert!(rl.check(&with_camera(&long_a), IP, now).is_err());
+        assert!(rl.check(&cam(&long_a), IP, now).is_ok());
+        assert!(rl.check(&cam(&long_b), IP, now).is_ok());
+        assert!(rl.check(&cam(&long_a), IP, now).is_err());
     }
 
     fn concurrency(max_in_flight: usize, max_queue: usize) -> Arc<Concurrency> {
+        let queue_timeout = 100 * MS;
         Arc::new(Concurrency::new(&ConcurrencyConfig {
             max_in_flight,
             max_queue,
-            queue_timeout: 100 * MS,
+            queue_timeout,
         }))
     }
 
-    /// Proves the limit and the queue: two in flight, the third waits and gets in
-    /// when one finishes, the fourth (queue full) is refused at once.
+    /// Proves the limit and the queue: two in flight, the third waits and gets in when
+    /// one finishes, the fourth (queue full) is refused at once.
     #[tokio::test(start_paused = true)]
     async fn third_waits_for_a_slot_and_fourth_is_refused() {
         let c = concurrency(2, 1);
         let first = c.acquire().await.expect("1st admitted");
         let _second = c.acquire().await.expect("2nd admitted");
-        assert_eq!((c.in_flight(), c.queued()), (2, 0));
-
         let waiter = Arc::clone(&c);
-        let third = tokio::spawn(async move { waiter.acquire().await.map(|_| ()) });
+        let third = tokio::spawn(async move { waiter.acquire().await.map(drop) });
         while c.queued() == 0 {
             tokio::task::yield_now().await;
         }
+        assert_eq!((c.in_flight(), c.queued()), (2, 1));
         let started = Instant::now();
-        assert_eq!(c.acquire().await.map(|_| ()), Err(OVERLOADED_RETRY_AFTER));
+        assert_eq!(c.acquire().await.map(drop), Err(OVERLOADED_RETRY_AFTER));
         assert_eq!(started.elapsed(), Duration::ZERO, "refused without waiting");
-
         drop(first);
         assert_eq!(third.await.expect("task"), Ok(()));
-        assert_eq!(c.queued(), 0);
+        assert_eq!((c.in_flight(), c.queued()), (1, 0));
     }
 
     /// Proves a queued request is refused after `queue_timeout`, and a cancelled wait
@@ -520,55 +483,40 @@ mod tests {
         let c = concurrency(1, 1);
         let _held = c.acquire().await.expect("admitted");
         let started = Instant::now();
-        assert_eq!(c.acquire().await.map(|_| ()), Err(OVERLOADED_RETRY_AFTER));
+        assert_eq!(c.acquire().await.map(drop), Err(OVERLOADED_RETRY_AFTER));
         let waited = started.elapsed();
         assert!(waited >= 100 * MS && waited < 102 * MS, "waited {waited:?}");
-        assert_eq!(c.queued(), 0);
-
         assert!(tokio::time::timeout(10 * MS, c.acquire()).await.is_err());
         assert_eq!((c.in_flight(), c.queued()), (1, 0));
     }
 
-    fn fault(abort_percent: f64, delay_percent: f64) -> Fault {
-        Fault::new(&FaultConfig {
+    /// Shares of (aborted, delayed) requests over `n` draws.
+    fn shares(abort_percent: f64, delay_percent: f64, n: u32) -> (f64, f64) {
+        let (abort_status, delay) = (StatusCode::IM_A_TEAPOT, 200 * MS);
+        let f = Fault::new(&FaultConfig {
             abort_percent,
-            abort_status: StatusCode::SERVICE_UNAVAILABLE,
+            abort_status,
             delay_percent,
-            delay: 200 * MS,
-        })
-    }
-
-    fn shares(f: &Fault, n: u32) -> (f64, f64) {
-        let (mut aborts, mut delays) = (0u32, 0u32);
-        for _ in 0..n {
-            match f.decide() {
-                FaultAction::Abort(s) => {
-                    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-                    aborts += 1;
-                }
-                FaultAction::Delay(d) => {
-                    assert_eq!(d, 200 * MS);
-                    delays += 1;
-                }
-                FaultAction::None => {}
-            }
-        }
+            delay,
+        });
+        let draws: Vec<_> = (0..n).map(|_| f.decide()).collect();
+        let share = |a| draws.iter().filter(|&&d| d == a).count() as f64 / f64::from(n);
         (
-            f64::from(aborts) / f64::from(n),
-            f64::from(delays) / f64::from(n),
+            share(FaultAction::Abort(abort_status)),
+            share(FaultAction::Delay(delay)),
         )
     }
 
-    /// Proves the shares: 5% aborted, 10% of the rest (9.5%) delayed, within bands
+    /// Proves the shares: 5% aborted and 10% of the rest (9.5%) delayed, within bands
     /// of about seven standard deviations; 0% and 100% are exact.
     #[test]
     fn fault_shares_match_the_percentages() {
-        let (abort, delay) = shares(&fault(5.0, 10.0), 10_000);
+        let (abort, delay) = shares(5.0, 10.0, 10_000);
         assert!((abort - 0.05).abs() < 0.015, "abort share {abort}");
         assert!((delay - 0.095).abs() < 0.015, "delay share {delay}");
-        assert_eq!(shares(&fault(0.0, 0.0), 10_000), (0.0, 0.0));
-        assert_eq!(shares(&fault(100.0, 100.0), 10_000), (1.0, 0.0));
-        assert_eq!(shares(&fault(0.0, 100.0), 10_000), (0.0, 1.0));
-        assert_eq!(shares(&fault(f64::NAN, 250.0), 1_000), (0.0, 1.0));
+        assert_eq!(shares(0.0, 0.0, 10_000), (0.0, 0.0));
+        assert_eq!(shares(100.0, 100.0, 10_000), (1.0, 0.0));
+        assert_eq!(shares(0.0, 100.0, 10_000), (0.0, 1.0));
+        assert_eq!(shares(f64::NAN, 250.0, 1_000), (0.0, 1.0));
     }
 }

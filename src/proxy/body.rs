@@ -170,7 +170,11 @@ impl ReplaySource {
                 chunks: Vec::new(),
                 kept: 0,
                 // A declared body over the cap is not kept at all.
-                cap: if declared.is_some_and(|n| n > cap) { 0 } else { cap },
+                cap: if declared.is_some_and(|n| n > cap) {
+                    0
+                } else {
+                    cap
+                },
                 overflowed: false,
                 rest: Some(rest),
                 trailers: None,
@@ -342,28 +346,26 @@ impl Body for RespBody {
         let res = match &mut this.kind {
             RespKind::Empty => Poll::Ready(None),
             RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespKind::Upstream { inner, idle, timer } => {
-                match Pin::new(inner).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(t) = timer.as_mut() {
-                            t.as_mut().reset(Instant::now() + *idle);
-                        }
-                        Poll::Ready(Some(Ok(frame)))
+            RespKind::Upstream { inner, idle, timer } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(t) = timer.as_mut() {
+                        t.as_mut().reset(Instant::now() + *idle);
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Pending => match timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)))
-                        .as_mut()
-                        .poll(cx)
-                    {
-                        Poll::Ready(()) => {
-                            Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle)) as BoxError)))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    },
+                    Poll::Ready(Some(Ok(frame)))
                 }
-            }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => match timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)))
+                    .as_mut()
+                    .poll(cx)
+                {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle)) as BoxError)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            },
         };
         match &res {
             Poll::Ready(Some(Ok(frame))) => {

@@ -3,7 +3,9 @@
 //! correlation and request ids, W3C `traceparent`, `X-Service-Name` and the forwarding
 //! headers; and on the way back, the ids echoed on the response.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+};
 
 pub static X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -29,8 +31,7 @@ pub struct Ids {
 pub fn is_valid_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v
-            .iter()
+        && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
@@ -51,7 +52,8 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
 }
 
 fn is_lower_hex(s: &[u8]) -> bool {
-    s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    s.iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 /// The next `traceparent`: the caller's trace id (when its header is valid W3C version
@@ -221,7 +223,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-correlation-id", HeaderValue::from_static("keep-me"));
         h.insert("x-request-id", HeaderValue::from_static("bad id!"));
-        let ids = prepare_request(&mut h, &policy(), &HeaderValue::from_static("1.2.3.4"), false);
+        let ids = prepare_request(
+            &mut h,
+            &policy(),
+            &HeaderValue::from_static("1.2.3.4"),
+            false,
+        );
         assert_eq!(ids.correlation_id, "keep-me");
         assert_ne!(ids.request_id, "bad id!");
         assert_eq!(ids.request_id.len(), 36);
@@ -231,11 +238,19 @@ mod tests {
     #[test]
     fn connection_listed_headers_cannot_strip_ids() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("X-Correlation-ID, x-secret"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("X-Correlation-ID, x-secret"),
+        );
         h.insert("x-correlation-id", HeaderValue::from_static("client-id"));
         h.insert("x-secret", HeaderValue::from_static("s"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        let ids = prepare_request(&mut h, &policy(), &HeaderValue::from_static("1.2.3.4"), false);
+        let ids = prepare_request(
+            &mut h,
+            &policy(),
+            &HeaderValue::from_static("1.2.3.4"),
+            false,
+        );
         assert!(!h.contains_key("x-secret"));
         assert!(!h.contains_key(CONNECTION));
         assert!(!h.contains_key("keep-alive"));
@@ -246,7 +261,8 @@ mod tests {
 
     #[test]
     fn traceparent_keeps_trace_id_with_new_parent() {
-        let inc = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let inc =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let next = next_traceparent(Some(&inc));
         let s = next.to_str().unwrap();
         assert_eq!(&s[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
@@ -254,20 +270,33 @@ mod tests {
         assert!(s.ends_with("-01"));
         let fresh = next_traceparent(Some(&HeaderValue::from_static("garbage")));
         assert_eq!(fresh.len(), 55);
-        assert_ne!(&fresh.to_str().unwrap()[3..35], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(
+            &fresh.to_str().unwrap()[3..35],
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 
     #[test]
     fn forwarding_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        prepare_request(&mut h, &policy(), &HeaderValue::from_static("127.0.0.1"), false);
+        prepare_request(
+            &mut h,
+            &policy(),
+            &HeaderValue::from_static("127.0.0.1"),
+            false,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-service-name"], "fusion");
         let mut h = HeaderMap::new();
         h.insert("x-service-name", HeaderValue::from_static("caller"));
-        prepare_request(&mut h, &policy(), &HeaderValue::from_static("127.0.0.1"), false);
+        prepare_request(
+            &mut h,
+            &policy(),
+            &HeaderValue::from_static("127.0.0.1"),
+            false,
+        );
         assert_eq!(h["x-service-name"], "caller");
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     }

@@ -48,9 +48,7 @@ impl ErrorCode {
             ErrorCode::NoRoute => StatusCode::NOT_FOUND,
             ErrorCode::CircuitOpen | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamConnectFailed | ErrorCode::UpstreamReset => StatusCode::BAD_GATEWAY,
-            ErrorCode::UpstreamTimeout | ErrorCode::DeadlineExceeded => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ErrorCode::UpstreamTimeout | ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
@@ -60,11 +58,11 @@ impl ErrorCode {
     /// The gRPC status a gRPC caller sees for this case.
     pub fn grpc_status(self) -> u8 {
         match self {
-            ErrorCode::NoRoute => 12,                                   // UNIMPLEMENTED
+            ErrorCode::NoRoute => 12, // UNIMPLEMENTED
             ErrorCode::UpstreamTimeout | ErrorCode::DeadlineExceeded => 4, // DEADLINE_EXCEEDED
-            ErrorCode::RateLimited | ErrorCode::RequestTooLarge => 8,   // RESOURCE_EXHAUSTED
-            ErrorCode::BadRequest => 13,                                // INTERNAL
-            _ => 14,                                                    // UNAVAILABLE
+            ErrorCode::RateLimited | ErrorCode::RequestTooLarge => 8, // RESOURCE_EXHAUSTED
+            ErrorCode::BadRequest => 13, // INTERNAL
+            _ => 14,                  // UNAVAILABLE
         }
     }
 
@@ -191,7 +189,11 @@ mod tests {
         let resp = e.to_response(false, &rid, &cid);
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
-        (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap())
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
     }
 
     #[tokio::test]

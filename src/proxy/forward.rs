@@ -36,7 +36,9 @@ pub fn upstream_path(uri: &Uri, strip: Option<&str>) -> Result<PathAndQuery, Pro
     let Some(strip) = strip else { return Ok(pq) };
     let strip = strip.trim_end_matches('/');
     let path = pq.path();
-    let Some(rest) = path.strip_prefix(strip) else { return Ok(pq) };
+    let Some(rest) = path.strip_prefix(strip) else {
+        return Ok(pq);
+    };
     if !(rest.is_empty() || rest.starts_with('/')) {
         return Ok(pq); // `/detect` does not strip from `/detection`
     }
@@ -139,12 +141,16 @@ pub async fn send(
                     *r.status_mut() = *status;
                     r.headers_mut()
                         .insert(http::header::CONTENT_TYPE, content_type.clone());
-                    r.headers_mut()
-                        .insert(X_FUSEBOX_FALLBACK.clone(), HeaderValue::from_static("static"));
+                    r.headers_mut().insert(
+                        X_FUSEBOX_FALLBACK.clone(),
+                        HeaderValue::from_static("static"),
+                    );
                     Ok(r)
                 }
                 Some(FallbackConfig::Upstream(_)) => {
-                    let Some(fb) = route.fallback.as_ref() else { return Err(err) };
+                    let Some(fb) = route.fallback.as_ref() else {
+                        return Err(err);
+                    };
                     if out.body.is_some_and(|b| !b.can_replay()) {
                         return Err(err);
                     }
@@ -188,7 +194,7 @@ async fn attempts(
             };
         }
         let eps = up.endpoints();
-        let breaker_ok = |ep: &Endpoint| ep.breakers.for_request(out.headers).get().is_available(now);
+        let breaker_ok = |ep: &Endpoint| ep.breakers.available(out.headers, now);
         // Healthy, admitted and past slow start first; failing that (every endpoint
         // fails its health checks, or slow start said no) any whose breaker admits.
         let picked = up
@@ -223,7 +229,14 @@ async fn attempts(
         let left = deadline.saturating_duration_since(now);
         let per_attempt = up.cfg.timeouts.request.min(left);
         let t0 = Instant::now();
-        let attempt = send_once(up, &ep, out, per_attempt, per_attempt < up.cfg.timeouts.request).await;
+        let attempt = send_once(
+            up,
+            &ep,
+            out,
+            per_attempt,
+            per_attempt < up.cfg.timeouts.request,
+        )
+        .await;
         let elapsed = t0.elapsed();
 
         if done.body.too_large.load(Ordering::Relaxed) {
@@ -237,16 +250,27 @@ async fn attempts(
         let (failure, retry_after, status) = match &attempt {
             Attempt::Response(r) => {
                 let s = r.status();
-                let ra = matches!(s, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
-                    .then(|| r.headers().get(RETRY_AFTER))
-                    .flatten()
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                let failure = up.cfg.circuit_breaker.failure_status_codes.contains(&s.as_u16());
+                let ra = matches!(
+                    s,
+                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+                )
+                .then(|| r.headers().get(RETRY_AFTER))
+                .flatten()
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let failure = up
+                    .cfg
+                    .circuit_breaker
+                    .failure_status_codes
+                    .contains(&s.as_u16());
                 (failure, ra, Some(s.as_u16()))
             }
             _ => (true, None, None),
         };
-        let breaker_ra = if status == Some(503) { retry_after } else { None };
+        let breaker_ra = if status == Some(503) {
+            retry_after
+        } else {
+            None
+        };
         let outcome = Outcome {
             failure,
             duration: elapsed,
@@ -323,25 +347,35 @@ fn next_delay(
 fn any_available(up: &Upstream, headers: &HeaderMap, now: Instant) -> bool {
     up.endpoints()
         .iter()
-        .any(|ep| ep.breakers.for_request(headers).get().is_available(now))
+        .any(|ep| ep.breakers.available(headers, now))
 }
 
 /// CIRCUIT_OPEN: no endpoint's breaker admits. `Retry-After` is the time until the
 /// first one half-opens.
-fn all_open(route: &Route, up: &Upstream, eps: &[Arc<Endpoint>], headers: &HeaderMap, now: Instant) -> LoopEnd {
+fn all_open(
+    route: &Route,
+    up: &Upstream,
+    eps: &[Arc<Endpoint>],
+    headers: &HeaderMap,
+    now: Instant,
+) -> LoopEnd {
     route.metrics.rejected_circuit_open.inc();
     if eps.is_empty() {
         return LoopEnd::Error {
-            err: ProxyError::new(ErrorCode::UpstreamConnectFailed, "the upstream has no endpoints (DNS gave no address)")
-                .upstream(&up.name),
+            err: ProxyError::new(
+                ErrorCode::UpstreamConnectFailed,
+                "the upstream has no endpoints (DNS gave no address)",
+            )
+            .upstream(&up.name),
             fallback: true,
         };
     }
     let wait = eps
         .iter()
-        .filter_map(|ep| match ep.breakers.for_request(headers).get().try_acquire(now) {
-            Ok(_permit) => Some(Duration::ZERO), // dropped unrecorded: slot released
-            Err(r) => Some(r.retry_after),
+        .map(|ep| {
+            ep.breakers
+                .rejection(headers, now)
+                .map_or(Duration::ZERO, |r| r.retry_after)
         })
         .min()
         .unwrap_or(Duration::ZERO);
@@ -364,10 +398,19 @@ fn finish(
         Attempt::Response(r) => {
             let (p, b) = r.into_parts();
             done.in_flight = Some(in_flight);
-            LoopEnd::Response(Response::from_parts(p, RespBody::upstream(b, up.cfg.timeouts.idle)))
+            LoopEnd::Response(Response::from_parts(
+                p,
+                RespBody::upstream(b, up.cfg.timeouts.idle),
+            ))
         }
-        Attempt::ConnectFailed(err) | Attempt::Reset(err) => LoopEnd::Error { err, fallback: true },
-        Attempt::Timeout { err, .. } => LoopEnd::Error { err, fallback: true },
+        Attempt::ConnectFailed(err) | Attempt::Reset(err) => LoopEnd::Error {
+            err,
+            fallback: true,
+        },
+        Attempt::Timeout { err, .. } => LoopEnd::Error {
+            err,
+            fallback: true,
+        },
     }
 }
 
@@ -385,7 +428,10 @@ async fn send_once(
     let uri = match Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => {
-            return Attempt::Reset(ProxyError::new(ErrorCode::BadRequest, "cannot build upstream URI"))
+            return Attempt::Reset(ProxyError::new(
+                ErrorCode::BadRequest,
+                "cannot build upstream URI",
+            ))
         }
     };
     let mut req = http::Request::new(match out.body {
@@ -402,8 +448,11 @@ async fn send_once(
     match tokio::time::timeout(timeout, up.client.request(req)).await {
         Ok(Ok(resp)) => Attempt::Response(resp),
         Err(_) if capped_by_deadline => Attempt::Timeout {
-            err: ProxyError::new(ErrorCode::DeadlineExceeded, "route deadline passed while waiting for the upstream")
-                .upstream(&up.name),
+            err: ProxyError::new(
+                ErrorCode::DeadlineExceeded,
+                "route deadline passed while waiting for the upstream",
+            )
+            .upstream(&up.name),
             deadline: true,
         },
         Err(_) => Attempt::Timeout {
@@ -417,9 +466,17 @@ async fn send_once(
         Ok(Err(e)) => {
             let msg = format!("{}: {}", ep.key, error_chain(&e));
             if e.is_connect() {
-                Attempt::ConnectFailed(ProxyError::new(ErrorCode::UpstreamConnectFailed, msg).upstream(&up.name).source(e))
+                Attempt::ConnectFailed(
+                    ProxyError::new(ErrorCode::UpstreamConnectFailed, msg)
+                        .upstream(&up.name)
+                        .source(e),
+                )
             } else {
-                Attempt::Reset(ProxyError::new(ErrorCode::UpstreamReset, msg).upstream(&up.name).source(e))
+                Attempt::Reset(
+                    ProxyError::new(ErrorCode::UpstreamReset, msg)
+                        .upstream(&up.name)
+                        .source(e),
+                )
             }
         }
     }
@@ -428,7 +485,10 @@ async fn send_once(
 fn deadline_exceeded(route: &Route, up: &Upstream) -> ProxyError {
     ProxyError::new(
         ErrorCode::DeadlineExceeded,
-        format!("route '{}' deadline of {:?} passed", route.name, route.cfg.timeout),
+        format!(
+            "route '{}' deadline of {:?} passed",
+            route.name, route.cfg.timeout
+        ),
     )
     .upstream(&up.name)
 }

@@ -3,6 +3,7 @@
 //! its own module; this one only strings them together and writes the outcome into the
 //! request's [`Completion`] (access log).
 
+pub mod admit;
 pub mod body;
 pub mod correlate;
 pub mod error;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessLogger, AccessRecord, Completion};
 use crate::snapshot::SnapshotCell;
+use admit::FaultAction;
 use body::{BodyShared, RespBody};
 use correlate::{X_CAMERA_ID, X_ORG_ID};
 use error::{ErrorCode, ProxyError};
@@ -46,7 +48,8 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
         // correlate
-        let ids = correlate::prepare_request(&mut parts.headers, &snap.headers, &conn.peer_ip, grpc);
+        let ids =
+            correlate::prepare_request(&mut parts.headers, &snap.headers, &conn.peer_ip, grpc);
         let shared = Arc::new(BodyShared::default());
         let logging = &snap.config.logging;
         let mut done = Box::new(Completion {
@@ -73,8 +76,9 @@ impl Proxy {
             logger: logging
                 .access_log
                 .then(|| (self.logger.clone(), logging.format)),
-            conn: Some(conn),
+            conn: Some(conn.clone()),
             in_flight: None,
+            admission: None,
         });
 
         let mut route_hit = None;
@@ -90,20 +94,65 @@ impl Proxy {
                         ))
                     }
                     Some(_) => {}
-                    None => return Err(ProxyError::new(ErrorCode::BadRequest, "invalid content-length")),
+                    None => {
+                        return Err(ProxyError::new(
+                            ErrorCode::BadRequest,
+                            "invalid content-length",
+                        ))
+                    }
                 }
             }
             // route
             let idx = snap
                 .router
                 .find(&parts.method, &parts.uri, &parts.headers)
-                .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, "no route matches this request"))?;
+                .ok_or_else(|| {
+                    ProxyError::new(ErrorCode::NoRoute, "no route matches this request")
+                })?;
             let route = &snap.routes[idx];
             route_hit = Some(route);
             done.record.route = Some(route.name.clone());
             done.record.upstream = Some(route.upstream.name.clone());
+            // admit: rate limit, concurrency, fault injection
+            if let Some(rl) = &route.rate_limit {
+                if let Err(wait) = rl.check(&parts.headers, conn.peer.ip(), started) {
+                    route.metrics.rejected_rate_limited.inc();
+                    return Err(
+                        ProxyError::new(ErrorCode::RateLimited, "rate limit exceeded")
+                            .upstream(&route.upstream.name)
+                            .retry_after(wait),
+                    );
+                }
+            }
+            if let Some(c) = &route.concurrency {
+                match c.acquire().await {
+                    Ok(permit) => done.admission = Some(permit),
+                    Err(wait) => {
+                        route.metrics.rejected_overloaded.inc();
+                        return Err(ProxyError::new(
+                            ErrorCode::Overloaded,
+                            "too many requests in flight",
+                        )
+                        .upstream(&route.upstream.name)
+                        .retry_after(wait));
+                    }
+                }
+            }
             route.metrics.in_flight.inc();
             let _gauge = GaugeGuard(&route.metrics.in_flight);
+            if let Some(f) = &route.fault {
+                match f.decide() {
+                    FaultAction::None => {}
+                    FaultAction::Delay(d) => {
+                        route.metrics.fault_delay.inc();
+                        tokio::time::sleep(d).await;
+                    }
+                    FaultAction::Abort(status) => {
+                        route.metrics.fault_abort.inc();
+                        return Ok(fault_response(status));
+                    }
+                }
+            }
             // forward: attempts, breaker, timeouts, retries, fallback
             let body = body::LimitedIncoming::new(body, max_body, shared.clone());
             forward::send(route, parts, body, started, &mut done).await
@@ -117,7 +166,11 @@ impl Proxy {
         correlate::stamp_response(resp.headers_mut(), &ids, done.record.error_code.is_none());
         done.record.status = resp.status().as_u16();
         if let Some(route) = route_hit {
-            route.metrics.observe(&done.record.method, done.record.status, started.elapsed().as_secs_f64());
+            route.metrics.observe(
+                &done.record.method,
+                done.record.status,
+                started.elapsed().as_secs_f64(),
+            );
         }
         resp.body_mut().set_completion(done);
         resp
@@ -131,4 +184,20 @@ impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// The answer of an injected abort: the configured status, marked so nobody mistakes it
+/// for a real upstream failure.
+fn fault_response(status: http::StatusCode) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(bytes::Bytes::from_static(
+        b"{\"error\": {\"code\": \"FAULT_INJECTED\", \"message\": \"fault injection aborted this request\"}}",
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert("x-fusebox-fault", http::HeaderValue::from_static("abort"));
+    r
 }

@@ -132,7 +132,11 @@ impl Router {
             p => p,
         };
         // Strip one trailing '/' so `/detect/` tries `/detect` first.
-        let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+        let path = if path.len() > 1 {
+            path.trim_end_matches('/')
+        } else {
+            path
+        };
         let path = if path.is_empty() { "/" } else { path };
         if let Some(host) = request_host(uri, headers) {
             let mut buf = [0u8; 256];
@@ -213,20 +217,33 @@ mod tests {
         }
     }
 
-    fn find(r: &Router, method: Method, uri: &str, host: Option<&str>, hdrs: &[(&str, &str)]) -> Option<usize> {
+    fn find(
+        r: &Router,
+        method: Method,
+        uri: &str,
+        host: Option<&str>,
+        hdrs: &[(&str, &str)],
+    ) -> Option<usize> {
         let mut h = HeaderMap::new();
         if let Some(host) = host {
             h.insert("host", host.parse().unwrap());
         }
         for (k, v) in hdrs {
-            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         r.find(&method, &uri.parse().unwrap(), &h)
     }
 
     #[test]
     fn longest_prefix_wins_by_segment() {
-        let routes = vec![route("root", None, "/"), route("d", None, "/detect"), route("db", None, "/detect/batch/")];
+        let routes = vec![
+            route("root", None, "/"),
+            route("d", None, "/detect"),
+            route("db", None, "/detect/batch/"),
+        ];
         let r = Router::build(&routes);
         assert_eq!(find(&r, Method::GET, "/detect", None, &[]), Some(1));
         assert_eq!(find(&r, Method::GET, "/detect/", None, &[]), Some(1));
@@ -244,9 +261,18 @@ mod tests {
             route("exact", Some(HostMatch::Exact("yolo.local".into())), "/"),
         ];
         let r = Router::build(&routes);
-        assert_eq!(find(&r, Method::GET, "/detect", Some("YOLO.local:8080"), &[]), Some(2));
-        assert_eq!(find(&r, Method::GET, "/detect", Some("ocr.local"), &[]), Some(1));
-        assert_eq!(find(&r, Method::GET, "/detect", Some("other"), &[]), Some(0));
+        assert_eq!(
+            find(&r, Method::GET, "/detect", Some("YOLO.local:8080"), &[]),
+            Some(2)
+        );
+        assert_eq!(
+            find(&r, Method::GET, "/detect", Some("ocr.local"), &[]),
+            Some(1)
+        );
+        assert_eq!(
+            find(&r, Method::GET, "/detect", Some("other"), &[]),
+            Some(0)
+        );
         assert_eq!(find(&r, Method::GET, "/x", Some("other"), &[]), None);
         // "local" itself is not under "*.local"
         assert_eq!(find(&r, Method::GET, "/x", Some("local"), &[]), None);
@@ -257,12 +283,18 @@ mod tests {
         let mut post = route("post", None, "/detect");
         post.methods = vec![Method::POST];
         let mut org = route("org", None, "/detect");
-        org.headers = vec![(HeaderName::from_static("x-org-id"), HeaderValue::from_static("org123"))];
+        org.headers = vec![(
+            HeaderName::from_static("x-org-id"),
+            HeaderValue::from_static("org123"),
+        )];
         let plain = route("plain", None, "/detect");
         let plain2 = route("plain2", None, "/detect");
         let r = Router::build(&[plain, post, org, plain2]);
         assert_eq!(find(&r, Method::POST, "/detect", None, &[]), Some(1));
-        assert_eq!(find(&r, Method::GET, "/detect", None, &[("x-org-id", "org123")]), Some(2));
+        assert_eq!(
+            find(&r, Method::GET, "/detect", None, &[("x-org-id", "org123")]),
+            Some(2)
+        );
         assert_eq!(find(&r, Method::GET, "/detect", None, &[]), Some(0));
     }
 

@@ -240,7 +240,16 @@ impl Breaker {
     /// Whether `try_acquire` would admit now, without taking a probe slot: the balancer
     /// skips endpoints for which this is false.
     pub fn is_available(&self, now: Instant) -> bool {
-        self.closed_generation().is_some() || self.lock().is_available(now)
+        self.rejection(now).is_none()
+    }
+
+    /// What `try_acquire` would refuse with now (`None`: it would admit), without taking
+    /// a slot or half-opening: for the `Retry-After` of a `CIRCUIT_OPEN` answer.
+    pub fn rejection(&self, now: Instant) -> Option<Rejected> {
+        match self.closed_generation() {
+            Some(_) => None,
+            None => self.lock().rejection(now),
+        }
     }
 
     /// The state as an observer sees it: an open breaker whose time has passed reads as

@@ -22,13 +22,27 @@ impl Upstream {
         let mut previous_by_name: HashMap<(String, u16), Vec<Arc<Endpoint>>> = HashMap::new();
         for e in &self.cfg.endpoints {
             match &e.address {
-                EndpointAddr::Socket(addr) => eps.push(reuse_or_new(Some(&old), *addr, e.weight, &self.name, &self.cfg, &self.family)),
+                EndpointAddr::Socket(addr) => eps.push(reuse_or_new(
+                    Some(&old),
+                    *addr,
+                    e.weight,
+                    &self.name,
+                    &self.cfg,
+                    &self.family,
+                )),
                 EndpointAddr::Dns { host, port } => {
                     match tokio::net::lookup_host((host.as_str(), *port)).await {
                         Ok(addrs) => {
                             for addr in addrs {
                                 if !eps.iter().any(|x| x.addr == addr) {
-                                    eps.push(reuse_or_new(Some(&old), addr, e.weight, &self.name, &self.cfg, &self.family));
+                                    eps.push(reuse_or_new(
+                                        Some(&old),
+                                        addr,
+                                        e.weight,
+                                        &self.name,
+                                        &self.cfg,
+                                        &self.family,
+                                    ));
                                 }
                             }
                         }
@@ -36,7 +50,11 @@ impl Upstream {
                             tracing::warn!(upstream = %self.name, host = %host, error = %err, "DNS lookup failed; keeping previous answers");
                             let kept = previous_by_name.entry((host.clone(), *port)).or_default();
                             for ep in old.iter().filter(|x| x.addr.port() == *port) {
-                                let literal = self.cfg.endpoints.iter().any(|c| c.address == EndpointAddr::Socket(ep.addr));
+                                let literal = self
+                                    .cfg
+                                    .endpoints
+                                    .iter()
+                                    .any(|c| c.address == EndpointAddr::Socket(ep.addr));
                                 if !literal && !eps.iter().any(|x| x.addr == ep.addr) {
                                     kept.push(ep.clone());
                                     eps.push(ep.clone());
@@ -47,7 +65,8 @@ impl Upstream {
                 }
             }
         }
-        let changed = eps.len() != old.len() || eps.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
+        let changed =
+            eps.len() != old.len() || eps.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
         if changed {
             let list: Vec<SocketAddr> = eps.iter().map(|e| e.addr).collect();
             tracing::info!(upstream = %self.name, endpoints = ?list, "endpoints updated from DNS");

@@ -64,9 +64,10 @@ impl EndpointBreakers {
     pub fn new(cfg: &BreakerConfig) -> Self {
         EndpointBreakers {
             main: Breaker::new(cfg),
-            partitions: cfg.partition_by.as_ref().map(|PartitionKey::Header(h)| {
-                (h.clone(), PartitionedBreakers::new(cfg))
-            }),
+            partitions: cfg
+                .partition_by
+                .as_ref()
+                .map(|PartitionKey::Header(h)| (h.clone(), PartitionedBreakers::new(cfg))),
         }
     }
 
@@ -78,6 +79,27 @@ impl EndpointBreakers {
             }
         }
         BreakerRef::Main(&self.main)
+    }
+
+    /// Whether the breaker for a request with these headers would admit now. A key
+    /// without a breaker yet is closed; looking does not create one.
+    pub fn available(&self, headers: &HeaderMap, now: Instant) -> bool {
+        if let Some((name, parts)) = &self.partitions {
+            if let Some(v) = headers.get(name) {
+                return parts.peek(v.as_bytes()).is_none_or(|b| b.is_available(now));
+            }
+        }
+        self.main.is_available(now)
+    }
+
+    /// What the breaker for these headers would refuse with (`None`: it admits).
+    pub fn rejection(&self, headers: &HeaderMap, now: Instant) -> Option<breaker::Rejected> {
+        if let Some((name, parts)) = &self.partitions {
+            if let Some(v) = headers.get(name) {
+                return parts.peek(v.as_bytes()).and_then(|b| b.rejection(now));
+            }
+        }
+        self.main.rejection(now)
     }
 
     pub fn set_config(&self, cfg: &BreakerConfig) {
@@ -133,7 +155,8 @@ impl Endpoint {
         let key: Arc<str> = addr.to_string().into();
         let em = EndpointMetrics::new(metrics, service, &key);
         // An ip:port string is always a valid authority.
-        let authority = Authority::try_from(&*key).unwrap_or_else(|_| Authority::from_static("invalid"));
+        let authority =
+            Authority::try_from(&*key).unwrap_or_else(|_| Authority::from_static("invalid"));
         Endpoint {
             addr,
             key,
@@ -189,7 +212,8 @@ impl Endpoint {
 
     /// Starts the slow-start ramp.
     pub fn mark_recovered(&self, now: Instant) {
-        self.ramp_start_ms.store(ms_since_epoch(now), Ordering::Relaxed);
+        self.ramp_start_ms
+            .store(ms_since_epoch(now), Ordering::Relaxed);
     }
 
     /// Whether slow start lets this attempt through: during the ramp an endpoint takes
@@ -256,7 +280,11 @@ impl Upstream {
     /// Builds an upstream from its config. Literal addresses become endpoints at once;
     /// DNS names are filled in by [`Upstream::refresh_dns`]. Endpoints of `previous`
     /// with the same address are carried over (in-flight counts, health, caps).
-    pub fn build(cfg: &UpstreamConfig, previous: Option<&Upstream>, metrics: &Arc<Metrics>) -> Upstream {
+    pub fn build(
+        cfg: &UpstreamConfig,
+        previous: Option<&Upstream>,
+        metrics: &Arc<Metrics>,
+    ) -> Upstream {
         let name: Arc<str> = cfg.name.as_str().into();
         let limits = previous
             .filter(|p| p.cfg.pool.max_connections_per_host == cfg.pool.max_connections_per_host)
@@ -266,7 +294,14 @@ impl Upstream {
         let mut eps = Vec::new();
         for e in &cfg.endpoints {
             if let EndpointAddr::Socket(addr) = e.address {
-                eps.push(reuse_or_new(old.as_deref(), addr, e.weight, &name, cfg, metrics));
+                eps.push(reuse_or_new(
+                    old.as_deref(),
+                    addr,
+                    e.weight,
+                    &name,
+                    cfg,
+                    metrics,
+                ));
             }
         }
         // DNS answers of the previous build stay until the next refresh replaces them.
@@ -284,16 +319,24 @@ impl Upstream {
         }
         let client = match previous {
             // Same pool settings: keep the pool, and its warm connections.
-            Some(p) if p.cfg.protocol == cfg.protocol
-                && p.cfg.pool.max_idle_per_host == cfg.pool.max_idle_per_host
-                && p.cfg.pool.idle_timeout == cfg.pool.idle_timeout
-                && p.cfg.timeouts.connect == cfg.timeouts.connect
-                && Arc::ptr_eq(&p.limits, &limits) => p.client.clone(),
+            Some(p)
+                if p.cfg.protocol == cfg.protocol
+                    && p.cfg.pool.max_idle_per_host == cfg.pool.max_idle_per_host
+                    && p.cfg.pool.idle_timeout == cfg.pool.idle_timeout
+                    && p.cfg.timeouts.connect == cfg.timeouts.connect
+                    && Arc::ptr_eq(&p.limits, &limits) =>
+            {
+                p.client.clone()
+            }
             _ => build_client(cfg.protocol, &cfg.pool, &cfg.timeouts, limits.clone()),
         };
         let budget = match previous {
-            Some(p) if p.cfg.retry.budget_percent == cfg.retry.budget_percent
-                && p.cfg.retry.budget_min_per_second == cfg.retry.budget_min_per_second => p.budget.clone(),
+            Some(p)
+                if p.cfg.retry.budget_percent == cfg.retry.budget_percent
+                    && p.cfg.retry.budget_min_per_second == cfg.retry.budget_min_per_second =>
+            {
+                p.budget.clone()
+            }
             _ => Arc::new(RetryBudget::from_config(&cfg.retry)),
         };
         Upstream {
@@ -318,6 +361,12 @@ impl Upstream {
         let keep: Vec<SocketAddr> = eps.iter().map(|e| e.addr).collect();
         self.endpoints.store(Arc::new(eps));
         self.limits.retain(|a| keep.contains(a));
+    }
+
+    /// Connections open to `addr` now (pooled idle ones included).
+    pub fn open_connections(&self, addr: SocketAddr) -> usize {
+        let max = self.cfg.pool.max_connections_per_host;
+        max.saturating_sub(self.limits.get(addr, max).available_permits())
     }
 
     pub fn has_dns(&self) -> bool {
@@ -350,7 +399,11 @@ fn reuse_or_new(
 ) -> Arc<Endpoint> {
     let same_partitioning = |e: &Endpoint| {
         e.breakers.partitions.as_ref().map(|(h, _)| h)
-            == cfg.circuit_breaker.partition_by.as_ref().map(|PartitionKey::Header(h)| h)
+            == cfg
+                .circuit_breaker
+                .partition_by
+                .as_ref()
+                .map(|PartitionKey::Header(h)| h)
     };
     match old.and_then(|o| {
         o.iter()
@@ -360,6 +413,12 @@ fn reuse_or_new(
             e.breakers.set_config(&cfg.circuit_breaker);
             e.clone()
         }
-        None => Arc::new(Endpoint::new(addr, weight, service, &cfg.circuit_breaker, metrics)),
+        None => Arc::new(Endpoint::new(
+            addr,
+            weight,
+            service,
+            &cfg.circuit_breaker,
+            metrics,
+        )),
     }
 }

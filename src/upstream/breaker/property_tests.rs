@@ -95,8 +95,10 @@ proptest! {
             match op {
                 Op::Acquire => {
                     let available = b.is_available(now);
+                    let rejection = b.rejection(now);
                     let result = b.try_acquire(now);
                     prop_assert_eq!(available, result.is_ok(), "is_available agrees");
+                    prop_assert_eq!(rejection, result.as_ref().err().copied());
                     if let Ok(p) = result {
                         model.saw(p.transition());
                         permits.push(p);

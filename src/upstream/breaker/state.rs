@@ -157,13 +157,20 @@ impl Inner {
         }
     }
 
-    pub(super) fn is_available(&self, now: Instant) -> bool {
-        match self.phase {
-            Phase::Closed => true,
-            Phase::Forced => false,
-            Phase::Open { until } => now >= until,
-            Phase::HalfOpen { probes_out, .. } => probes_out < self.settings.half_open_max,
-        }
+    /// What `acquire` would refuse with now; `None` when it would admit.
+    pub(super) fn rejection(&self, now: Instant) -> Option<Rejected> {
+        let (retry_after, forced) = match self.phase {
+            Phase::Forced => (self.settings.recovery, true),
+            Phase::Open { until } if now < until => (until.saturating_duration_since(now), false),
+            Phase::HalfOpen { probes_out, .. } if probes_out >= self.settings.half_open_max => {
+                (Duration::ZERO, false)
+            }
+            Phase::Closed | Phase::Open { .. } | Phase::HalfOpen { .. } => return None,
+        };
+        Some(Rejected {
+            retry_after,
+            forced,
+        })
     }
 
     pub(super) fn stats(&self, now: Instant) -> BreakerStats {
@@ -226,17 +233,17 @@ impl Inner {
         &mut self,
         now: Instant,
     ) -> Result<(u64, bool, Option<Transition>), Rejected> {
+        if let Some(rejected) = self.rejection(now) {
+            return Err(rejected);
+        }
         match &mut self.phase {
             Phase::Closed => Ok((self.generation, false, None)),
-            Phase::Forced => Err(Rejected {
-                retry_after: self.settings.recovery,
-                forced: true,
-            }),
-            Phase::Open { until } if now < *until => Err(Rejected {
-                retry_after: until.saturating_duration_since(now),
-                forced: false,
-            }),
-            Phase::Open { .. } => {
+            Phase::HalfOpen { probes_out, .. } => {
+                *probes_out += 1;
+                Ok((self.generation, true, None))
+            }
+            // Open past its time (forced open never gets here): the first probe.
+            Phase::Open { .. } | Phase::Forced => {
                 let phase = Phase::HalfOpen {
                     probes_out: 1,
                     successes: 0,
@@ -244,14 +251,6 @@ impl Inner {
                 let t = self.enter(phase);
                 Ok((self.generation, true, Some(t)))
             }
-            Phase::HalfOpen { probes_out, .. } if *probes_out < self.settings.half_open_max => {
-                *probes_out += 1;
-                Ok((self.generation, true, None))
-            }
-            Phase::HalfOpen { .. } => Err(Rejected {
-                retry_after: Duration::ZERO,
-                forced: false,
-            }),
         }
     }
 

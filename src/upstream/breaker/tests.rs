@@ -221,6 +221,8 @@ fn half_open_admits_only_the_probes_and_closes_after_success_threshold() {
         "an open breaker whose time passed reads half open"
     );
     assert!(b.is_available(now));
+    assert_eq!(b.rejection(now), None);
+    assert_eq!(b.lock().state(), OPEN, "reading it did not half-open it");
 
     let p1 = b.try_acquire(now).expect("first probe");
     assert!(p1.is_probe());
@@ -228,6 +230,7 @@ fn half_open_admits_only_the_probes_and_closes_after_success_threshold() {
     let p2 = b.try_acquire(now).expect("second probe");
     assert_eq!(p2.transition(), None);
     let full = b.try_acquire(now).expect_err("only two probes at once");
+    assert_eq!(b.rejection(now), Some(full));
     assert_eq!(
         full,
         Rejected {

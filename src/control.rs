@@ -1,0 +1,100 @@
+//! What the admin API and the reloader share with the proxy: the snapshot cell, the
+//! metric families, readiness, and the history of config loads. One per process.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::metrics::Metrics;
+use crate::snapshot::{Snapshot, SnapshotCell};
+
+/// The outcome of the last reload attempt, as `/config` shows it.
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    pub at: SystemTime,
+    /// `success` or `failure`.
+    pub result: &'static str,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadHistory {
+    /// When the active config was loaded.
+    pub loaded_at: SystemTime,
+    pub last_reload: Option<ReloadRecord>,
+}
+
+#[derive(Debug)]
+pub struct Control {
+    pub state: Arc<SnapshotCell>,
+    pub metrics: Arc<Metrics>,
+    /// The config file being served and watched (`None`: embedded or in-memory config).
+    pub config_path: Option<PathBuf>,
+    /// Listeners bound and not draining.
+    ready: AtomicBool,
+    history: Mutex<LoadHistory>,
+}
+
+impl Control {
+    pub fn new(
+        state: Arc<SnapshotCell>,
+        metrics: Arc<Metrics>,
+        config_path: Option<PathBuf>,
+    ) -> Arc<Control> {
+        Arc::new(Control {
+            state,
+            metrics,
+            config_path,
+            ready: AtomicBool::new(false),
+            history: Mutex::new(LoadHistory {
+                loaded_at: SystemTime::now(),
+                last_reload: None,
+            }),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn history(&self) -> LoadHistory {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a reload attempt (and, on success, the new load time).
+    pub fn record_reload(&self, result: Result<(), String>) {
+        let now = SystemTime::now();
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                h.loaded_at = now;
+                h.last_reload = Some(ReloadRecord {
+                    at: now,
+                    result: "success",
+                    error: None,
+                });
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                h.last_reload = Some(ReloadRecord {
+                    at: now,
+                    result: "failure",
+                    error: Some(e),
+                });
+            }
+        }
+    }
+}

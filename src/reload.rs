@@ -1,0 +1,157 @@
+//! Hot reload: watch the config file's directory (not the file's inode, so an editor's
+//! write-by-rename and a Kubernetes ConfigMap's `..data` symlink swap are both seen),
+//! and SIGHUP; debounce; read, parse and validate off the request path; build the new
+//! snapshot carrying breakers, pools and counters over by endpoint; swap it in
+//! atomically. Requests in flight keep the snapshot they loaded. An invalid file
+//! changes nothing: the old config keeps serving and the failure is logged (with line
+//! and column), counted and shown in `/config`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::config;
+use crate::control::Control;
+use crate::snapshot::Snapshot;
+
+/// Quiet time after the last file event before reloading: a ConfigMap update or an
+/// editor's save is several events within a few milliseconds.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Why a reload changed nothing.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Applied(String),
+    Unchanged,
+}
+
+/// Reads `path` and swaps in its config when it is valid and differs from the active
+/// one. The error string names file, line and column.
+pub async fn reload_from(ctrl: &Control, path: &Path) -> Result<ReloadOutcome, String> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let version = config::content_hash(&text);
+    let old = ctrl.snapshot();
+    if version == old.version {
+        return Ok(ReloadOutcome::Unchanged);
+    }
+    let cfg = config::parse(&text, &path.display().to_string(), Some(path.to_path_buf()))
+        .map_err(|e| e.to_string())?;
+    if cfg.listener.address != old.config.listener.address
+        || cfg.admin.address != old.config.admin.address
+    {
+        tracing::warn!(
+            event = "config_reload",
+            "listener or admin address changed: addresses are bound at start; the new ones take effect after a restart, everything else now"
+        );
+    }
+    let snap = Snapshot::build(cfg, version.clone(), Some(&old), &ctrl.metrics)
+        .map_err(|e| e.to_string())?;
+    snap.start_background().await;
+    let new = Arc::new(snap);
+    ctrl.state.store(new.clone());
+    remove_stale_series(&old, &new);
+    Ok(ReloadOutcome::Applied(version))
+}
+
+/// Drops the metric series of routes, upstreams and endpoints the new config no longer has.
+fn remove_stale_series(old: &Snapshot, new: &Snapshot) {
+    for r in &old.routes {
+        let kept = new
+            .routes
+            .iter()
+            .any(|n| n.name == r.name && n.upstream.name == r.upstream.name);
+        if !kept {
+            r.metrics.remove();
+        }
+    }
+    for (name, up) in &old.upstreams {
+        let new_up = new.upstreams.get(name);
+        if new_up.is_none() {
+            up.metrics.remove();
+        }
+        let new_eps = new_up.map(|u| u.endpoints());
+        for ep in up.endpoints().iter() {
+            let kept = new_eps
+                .as_ref()
+                .is_some_and(|eps| eps.iter().any(|n| Arc::ptr_eq(n, ep)));
+            if !kept {
+                ep.metrics.remove();
+            }
+        }
+    }
+}
+
+/// Runs one reload and reports it (log line, metric, `/config`).
+pub async fn reload_and_report(ctrl: &Control, path: &Path) {
+    match reload_from(ctrl, path).await {
+        Ok(ReloadOutcome::Applied(version)) => {
+            ctrl.record_reload(Ok(()));
+            tracing::info!(event = "config_reload", result = "success", version = %version, path = %path.display(), "config reloaded");
+        }
+        Ok(ReloadOutcome::Unchanged) => {
+            tracing::debug!(path = %path.display(), "config file event without change");
+        }
+        Err(e) => {
+            tracing::error!(event = "config_reload", result = "failure", path = %path.display(), error = %e, "config reload failed; the previous config keeps serving");
+            ctrl.record_reload(Err(e));
+        }
+    }
+}
+
+/// Watches the directory of `path` and listens for SIGHUP until `ctrl` is dropped.
+/// Returns the watcher, which must be kept alive.
+pub fn spawn(ctrl: Arc<Control>, path: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let ftx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = ftx.send(());
+            }
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    #[cfg(unix)]
+    {
+        let htx = tx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading config");
+                if htx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let weak = Arc::downgrade(&ctrl);
+    drop(ctrl);
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // debounce: wait until events stop for DEBOUNCE
+            loop {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let Some(ctrl) = weak.upgrade() else { return };
+            reload_and_report(&ctrl, &path).await;
+        }
+    });
+    Ok(watcher)
+}

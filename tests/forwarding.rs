@@ -1,0 +1,267 @@
+//! Forwarding: a request reaches the upstream with its method, path, query, headers and
+//! body bytes unchanged, the upstream's answer comes back unchanged, connections to the
+//! upstream are pooled, and bodies stream both ways instead of being buffered whole.
+
+mod common;
+
+use common::*;
+use http_body_util::BodyExt;
+
+/// A GET keeps method, path and query; the upstream's status, headers and body return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_is_forwarded_and_answer_returned_unchanged() {
+    let up = TestUpstream::start(
+        Behaviour::ok("hello from upstream")
+            .with_header("x-up", "yes")
+            .with_header("content-type", "text/plain"),
+    )
+    .await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = http1_client();
+    let r = send(
+        &c,
+        request(Method::GET, &fb.url("/v1/items/42?a=1&b=two%20words"))
+            .header("x-custom", "abc")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello from upstream");
+    assert_eq!(r.header("x-up"), Some("yes"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(up.hits(), 1);
+    let rec = up.last();
+    assert_eq!(rec.method, Method::GET);
+    assert_eq!(rec.path_and_query(), "/v1/items/42?a=1&b=two%20words");
+    assert_eq!(rec.header("x-custom"), "abc");
+    assert!(rec.body.is_empty());
+    assert!(rec.opt_header("x-fusebox-error").is_none());
+}
+
+/// Every method is forwarded as it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_are_forwarded_as_sent() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = http1_client();
+    for m in [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+    ] {
+        let r = send(&c, request(m.clone(), &fb.url("/m")).body(empty()).unwrap()).await;
+        assert_eq!(r.status, 200, "{m}");
+        assert_eq!(up.last().method, m);
+    }
+    let r = send(
+        &c,
+        request(Method::HEAD, &fb.url("/m")).body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty(), "HEAD has no body");
+    assert_eq!(up.last().method, Method::HEAD);
+}
+
+/// An upstream's own error status and body pass through unchanged: fusebox does not
+/// mistake them for its own errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_error_statuses_pass_through() {
+    let up = TestUpstream::start(Behaviour::respond(404, "upstream says no")).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = http1_client();
+    let r = get(&c, &fb.url("/missing")).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text(), "upstream says no");
+    assert_eq!(r.header("x-fusebox-error"), None);
+
+    up.set(Behaviour::respond(500, "boom"));
+    let r = get(&c, &fb.url("/boom")).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "boom");
+    assert_eq!(r.header("x-fusebox-error"), None);
+}
+
+/// A 300 KB POST with a declared length arrives byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_300kb_arrives_byte_exact() {
+    let up = TestUpstream::start(Behaviour::ok("stored")).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = http1_client();
+    let payload = random_bytes(300 * 1024, 7);
+    let r = send(
+        &c,
+        request(Method::POST, &fb.url("/upload"))
+            .header("content-type", "application/octet-stream")
+            .body(full(payload.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "stored");
+    let rec = up.last();
+    assert_eq!(rec.method, Method::POST);
+    assert!(rec.body_complete);
+    assert_eq!(rec.body.len(), payload.len());
+    assert!(rec.body == payload, "body differs from what was sent");
+    assert_eq!(rec.header("content-type"), "application/octet-stream");
+}
+
+/// A 300 KB POST sent chunked (no declared length) arrives byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_post_arrives_byte_exact() {
+    let up = TestUpstream::start(Behaviour::ok("stored")).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = http1_client();
+    let payload = random_bytes(300 * 1024, 11);
+    let (tx, body) = channel_body(4);
+    let chunks: Vec<Bytes> = payload
+        .chunks(30 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    tokio::spawn(async move {
+        for ch in chunks {
+            if tx.send(ch).await.is_err() {
+                return;
+            }
+        }
+    });
+    let r = send(
+        &c,
+        request(Method::POST, &fb.url("/upload"))
+            .body(body)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let rec = up.last();
+    assert!(rec.body_complete);
+    assert!(
+        rec.body == payload,
+        "chunked body differs from what was sent"
+    );
+}
+
+/// The request body streams: the upstream receives the first chunk while the caller
+/// still holds back the rest (a store-and-forward proxy would deliver nothing yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_streams_to_upstream_before_it_ends() {
+    let up = TestUpstream::start(Behaviour::ok("done")).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = http1_client();
+    let first = random_bytes(64 * 1024, 3);
+    let rest = random_bytes(256 * 1024, 5);
+    let (tx, body) = channel_body(1);
+    let req = request(Method::POST, &fb.url("/stream-in"))
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn({
+        let c = c.clone();
+        async move { try_send(&c, req).await }
+    });
+    tx.send(Bytes::from(first.clone())).await.unwrap();
+    eventually("the first request chunk at the upstream", WAIT, || {
+        up.body_bytes_seen() >= first.len() as u64
+    })
+    .await;
+    tx.send(Bytes::from(rest.clone())).await.unwrap();
+    drop(tx);
+    let r = pending.await.unwrap().expect("request");
+    assert_eq!(r.status, 200);
+    let rec = up.last();
+    assert!(rec.body_complete);
+    assert_eq!(&rec.body[..first.len()], &first[..]);
+    assert_eq!(&rec.body[first.len()..], &rest[..]);
+}
+
+/// A 4 MiB response streams: the caller gets the first chunk while the upstream waits
+/// (for a signal given only after that chunk arrived) before sending the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_megabyte_response_streams_without_buffering() {
+    let gate = Gate::new();
+    let spec = StreamSpec {
+        chunk_size: 64 * 1024,
+        chunks: 64,
+        interval: std::time::Duration::ZERO,
+        gate_after_first: Some(gate.clone()),
+    };
+    let total = spec.total();
+    let up = TestUpstream::start(Behaviour::Stream(spec)).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = http1_client();
+    let mut resp = send_head(
+        &c,
+        request(Method::GET, &fb.url("/video"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut got: Vec<u8> = Vec::with_capacity(total);
+    // Before the gate opens, only the first chunk exists anywhere.
+    while got.is_empty() {
+        let frame = within(
+            WAIT,
+            "the first response chunk before the gate opens",
+            resp.body_mut().frame(),
+        )
+        .await
+        .expect("body ended before the first chunk")
+        .expect("body error");
+        if let Ok(d) = frame.into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+    assert!(
+        got.len() <= 64 * 1024,
+        "more than the first chunk arrived before the gate opened"
+    );
+    gate.open();
+    while let Some(frame) = within(WAIT, "the rest of the response", resp.body_mut().frame()).await
+    {
+        if let Ok(d) = frame.expect("body error").into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+    assert_eq!(got.len(), total);
+    assert!(got == pattern(0, total), "streamed bytes differ");
+}
+
+/// A body streamed slowly in small chunks arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_stream_arrives_whole() {
+    let spec = StreamSpec {
+        chunk_size: 1000,
+        chunks: 10,
+        interval: std::time::Duration::from_millis(20),
+        gate_after_first: None,
+    };
+    let up = TestUpstream::start(Behaviour::Stream(spec)).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let r = get(&http1_client(), &fb.url("/slow")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 10_000);
+    assert!(r.body == pattern(0, 10_000));
+}
+
+/// Upstream connections are kept alive and reused: sequential requests do not each
+/// open a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = http1_client();
+    for _ in 0..30 {
+        assert_eq!(get(&c, &fb.url("/k")).await.status, 200);
+    }
+    assert_eq!(up.hits(), 30);
+    assert!(
+        up.connections() <= 15,
+        "30 sequential requests opened {} upstream connections",
+        up.connections()
+    );
+}
