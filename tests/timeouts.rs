@@ -1,0 +1,106 @@
+//! Timeouts: the per-attempt timeout (`timeouts.request`, until response headers) gives
+//! 504 UPSTREAM_TIMEOUT; a route `timeout` shorter than that gives 504
+//! DEADLINE_EXCEEDED; an answer inside both passes; a body that stalls past
+//! `timeouts.idle` is cut rather than left hanging or silently truncated.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::BodyExt;
+
+fn config(up: std::net::SocketAddr, timeouts: &str, route_extra: &str) -> String {
+    format!(
+        "{}{}[upstreams.slow.timeouts]\n{timeouts}\n\n{}",
+        base_config(""),
+        upstream_toml("slow", &[up], ""),
+        route_toml("all", "/", "slow", route_extra)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_headers_within_request_timeout_is_504_upstream_timeout() {
+    let up = TestUpstream::start(Behaviour::Hang).await;
+    let fb = spawn_fusebox(&config(up.addr, "request = \"200ms\"", "")).await;
+    let started = Instant::now();
+    let r = get(&http1_client(), &fb.url("/infer")).await;
+    let elapsed = started.elapsed();
+    assert_fusebox_error(&r, 504, "UPSTREAM_TIMEOUT", Some("slow"));
+    assert!(elapsed >= Duration::from_millis(200), "answered after {elapsed:?}, before the timeout");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_deadline_shorter_than_request_timeout_is_504_deadline_exceeded() {
+    let up = TestUpstream::start(Behaviour::Hang).await;
+    let fb = spawn_fusebox(&config(up.addr, "request = \"10s\"", "timeout = \"250ms\"")).await;
+    let started = Instant::now();
+    let r = get(&http1_client(), &fb.url("/infer")).await;
+    let elapsed = started.elapsed();
+    assert_fusebox_error(&r, 504, "DEADLINE_EXCEEDED", Some("slow"));
+    assert!(elapsed >= Duration::from_millis(250), "answered after {elapsed:?}, before the deadline");
+}
+
+/// An upstream slower than nothing but faster than both limits is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_within_limits_passes() {
+    let up = TestUpstream::start(Behaviour::delayed(
+        Duration::from_millis(100),
+        Behaviour::ok("late but fine"),
+    ))
+    .await;
+    let fb = spawn_fusebox(&config(up.addr, "request = \"5s\"", "timeout = \"8s\"")).await;
+    let r = get(&http1_client(), &fb.url("/infer")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "late but fine");
+}
+
+/// The per-attempt timeout runs until response headers only: a body that keeps
+/// flowing after the headers is not cut by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_does_not_cut_a_flowing_body() {
+    let spec = StreamSpec {
+        chunk_size: 100,
+        chunks: 8,
+        interval: Duration::from_millis(60),
+        gate_after_first: None,
+    };
+    let up = TestUpstream::start(Behaviour::Stream(spec)).await;
+    let fb = spawn_fusebox(&config(up.addr, "request = \"200ms\"\nidle = \"5s\"", "")).await;
+    let r = get(&http1_client(), &fb.url("/stream")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 800);
+}
+
+/// A response body that stops flowing for longer than `timeouts.idle` is cut: the
+/// caller sees the stream fail, not a clean (silently truncated) end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_is_cut_after_idle_timeout() {
+    let never = Gate::new();
+    let spec = StreamSpec {
+        chunk_size: 1000,
+        chunks: 4,
+        interval: Duration::ZERO,
+        gate_after_first: Some(never.clone()),
+    };
+    let up = TestUpstream::start(Behaviour::Stream(spec)).await;
+    let fb = spawn_fusebox(&config(up.addr, "idle = \"300ms\"", "")).await;
+    let c = http1_client();
+    let mut resp = send_head(&c, request(Method::GET, &fb.url("/stall")).body(empty()).unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    let mut got = 0usize;
+    let ended_with_error = within(WAIT, "the stalled body to be cut", async {
+        loop {
+            match resp.body_mut().frame().await {
+                Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len()),
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert!(ended_with_error, "the stalled body ended cleanly after {got} bytes");
+    assert!(got <= 1000, "only the first chunk was ever sent");
+    drop(never);
+}
