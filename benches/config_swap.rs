@@ -10,19 +10,33 @@ use fusebox::metrics::Metrics;
 use fusebox::snapshot::Snapshot;
 
 fn config_text(routes: usize) -> String {
-    let mut s = String::from("[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n");
+    let mut s =
+        String::from("[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n");
     for u in 0..20 {
-        let _ = write!(s, "[upstreams.u{u}]\nendpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n", 10000 + u * 2, 10001 + u * 2);
+        let _ = write!(
+            s,
+            "[upstreams.u{u}]\nendpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+            10000 + u * 2,
+            10001 + u * 2
+        );
     }
     for r in 0..routes {
-        let _ = write!(s, "[[routes]]\nname = \"r{r}\"\npath_prefix = \"/api/v{}/m{r}\"\nupstream = \"u{}\"\n", r % 4, r % 20);
+        let _ = write!(
+            s,
+            "[[routes]]\nname = \"r{r}\"\npath_prefix = \"/api/v{}/m{r}\"\nupstream = \"u{}\"\n",
+            r % 4,
+            r % 20
+        );
     }
     s
 }
 
 fn bench(c: &mut Criterion) {
     let text = config_text(1000);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _guard = rt.enter();
     let metrics = Metrics::new();
     let cfg = fusebox::config::parse(&text, "bench", None).unwrap();

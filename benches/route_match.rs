@@ -56,11 +56,23 @@ fn bench_routes(c: &mut Criterion) {
         headers.insert("host", HeaderValue::from_static("fusebox.local:8080"));
         assert_eq!(router.find(&Method::POST, &uri, &headers), Some(target));
         c.bench_function(&format!("route_match/{n}_routes"), |b| {
-            b.iter(|| router.find(black_box(&Method::POST), black_box(&uri), black_box(&headers)))
+            b.iter(|| {
+                router.find(
+                    black_box(&Method::POST),
+                    black_box(&uri),
+                    black_box(&headers),
+                )
+            })
         });
         let miss: Uri = "/nothing/here".parse().unwrap();
         c.bench_function(&format!("route_match/{n}_routes_miss"), |b| {
-            b.iter(|| router.find(black_box(&Method::GET), black_box(&miss), black_box(&headers)))
+            b.iter(|| {
+                router.find(
+                    black_box(&Method::GET),
+                    black_box(&miss),
+                    black_box(&headers),
+                )
+            })
         });
     }
 }

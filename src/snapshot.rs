@@ -16,7 +16,7 @@ use crate::proxy::correlate::HeaderPolicy;
 use crate::proxy::forward::RetryPolicy;
 use crate::proxy::route::Router;
 use crate::upstream::retry::Backoff;
-use crate::upstream::Upstream;
+use crate::upstream::{RouteBreakers, Upstream};
 
 /// The upstream a route falls back to, with its own retry policy.
 #[derive(Debug)]
@@ -40,6 +40,9 @@ pub struct Route {
     /// old config still count against the cap.
     pub concurrency: Option<Arc<Concurrency>>,
     pub fault: Option<Fault>,
+    /// The route's own breakers when it has a `circuit_breaker` table (carried over on
+    /// reload while the route keeps its name and upstream).
+    pub breakers: Option<Arc<RouteBreakers>>,
 }
 
 fn policy(cfg: &RetryConfig, owner: &str) -> Result<RetryPolicy, BuildError> {
@@ -127,7 +130,20 @@ impl Snapshot {
                     _ => Arc::new(Concurrency::new(c)),
                 }
             });
+            let breakers = r.circuit_breaker.as_ref().map(|c| {
+                match prev_route
+                    .filter(|p| p.upstream.name == up.name)
+                    .and_then(|p| p.breakers.clone())
+                {
+                    Some(old) => {
+                        old.set_config(c);
+                        old
+                    }
+                    None => Arc::new(RouteBreakers::new(c)),
+                }
+            });
             routes.push(Route {
+                breakers,
                 rate_limit: r.rate_limit.as_ref().map(RateLimiter::new),
                 concurrency,
                 fault: r.fault.as_ref().map(Fault::new),
@@ -168,6 +184,7 @@ impl Snapshot {
             up.refresh_dns().await;
             up.spawn_dns_refresher();
             up.spawn_health_checks();
+            up.spawn_pool_sweeper();
         }
     }
 }

@@ -44,7 +44,11 @@ async fn round_robin_is_exactly_even() {
     for _ in 0..300 {
         let r = get(&c, &fb.url("/rr")).await;
         assert_eq!(r.status, 200);
-        assert_ne!(r.text(), last, "round robin never picks the same endpoint twice in a row");
+        assert_ne!(
+            r.text(),
+            last,
+            "round robin never picks the same endpoint twice in a row"
+        );
         last = r.text();
     }
     let hits: Vec<usize> = ups.iter().map(|u| u.hits()).collect();
@@ -66,7 +70,10 @@ async fn weighted_follows_weights() {
     let (a, b) = (ups[0].hits(), ups[1].hits());
     assert_eq!(a + b, 400);
     // Expected 100 / 300; the bounds allow a random weighted pick (over 4 sigma).
-    assert!((60..=140).contains(&a), "weight 1 got {a} of 400, weight 3 got {b}");
+    assert!(
+        (60..=140).contains(&a),
+        "weight 1 got {a} of 400, weight 3 got {b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,9 +112,16 @@ async fn least_request_prefers_the_idle_endpoint() {
         held.push(tokio::spawn(async move {
             send(&c, request(Method::GET, &url).body(empty()).unwrap()).await
         }));
-        eventually("the held request at an upstream", WAIT, || a.hits() + b.hits() == n).await;
+        eventually("the held request at an upstream", WAIT, || {
+            a.hits() + b.hits() == n
+        })
+        .await;
     }
-    assert_eq!((a.hits(), b.hits()), (2, 2), "least_request balances in-flight counts");
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (2, 2),
+        "least_request balances in-flight counts"
+    );
 
     // Release B's two; A keeps two in flight.
     b.set(Behaviour::ok("B"));

@@ -34,6 +34,12 @@ async fn get_is_forwarded_and_answer_returned_unchanged() {
     let rec = up.last();
     assert_eq!(rec.method, Method::GET);
     assert_eq!(rec.path_and_query(), "/v1/items/42?a=1&b=two%20words");
+    // RFC 9112 3.2.1: to an origin server, the request target is in origin form.
+    assert_eq!(
+        rec.uri.to_string(),
+        "/v1/items/42?a=1&b=two%20words",
+        "the upstream got an absolute-form request target"
+    );
     assert_eq!(rec.header("x-custom"), "abc");
     assert!(rec.body.is_empty());
     assert!(rec.opt_header("x-fusebox-error").is_none());
@@ -264,4 +270,34 @@ async fn upstream_connections_are_reused() {
         "30 sequential requests opened {} upstream connections",
         up.connections()
     );
+}
+
+/// An endpoint given as a DNS name (`localhost:PORT`) is resolved and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_name_endpoint_is_resolved() {
+    let up = TestUpstream::start(Behaviour::ok("by name")).await;
+    let port = up.addr.port();
+    // The upstream listens on 127.0.0.1 only; where `localhost` also answers another
+    // address (::1), requests sent there would be refused for reasons outside fusebox.
+    let answers: Vec<std::net::SocketAddr> = tokio::net::lookup_host(("localhost", port))
+        .await
+        .expect("resolve localhost")
+        .collect();
+    if answers.iter().any(|a| a.ip() != up.addr.ip()) {
+        eprintln!("note: localhost resolves to {answers:?}; DNS endpoint check skipped");
+        return;
+    }
+    let config = format!(
+        "{}[upstreams.named]\nendpoints = [\"localhost:{port}\"]\n\n{}",
+        base_config(""),
+        route_toml("all", "/", "named", "")
+    );
+    let fb = spawn_fusebox(&config).await;
+    let c = http1_client();
+    for _ in 0..3 {
+        let r = get(&c, &fb.url("/dns")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "by name");
+    }
+    assert_eq!(up.hits(), 3);
 }

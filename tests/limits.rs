@@ -34,13 +34,17 @@ async fn headers_over_max_header_bytes_get_431() {
 
     // Under the limit: served.
     let mut conn = RawConn::connect(fb.addr).await;
-    conn.write(&get_with_header("X-Small", 8 * 1024)).await.unwrap();
+    conn.write(&get_with_header("X-Small", 8 * 1024))
+        .await
+        .unwrap();
     assert_eq!(conn.read_response().await.status, 200);
     assert_eq!(up.hits(), 1);
 
     // Over it: 431, not forwarded.
     let mut conn = RawConn::connect(fb.addr).await;
-    conn.write(&get_with_header("X-Big", 20 * 1024)).await.unwrap();
+    conn.write(&get_with_header("X-Big", 20 * 1024))
+        .await
+        .unwrap();
     let resp = conn.read_response().await;
     assert_eq!(resp.status, 431);
     assert_eq!(up.hits(), 1, "the oversized request was not forwarded");
@@ -53,12 +57,24 @@ async fn declared_body_over_max_request_body_gets_413_unforwarded() {
     let c = http1_client();
 
     let at_limit = random_bytes(1024, 1);
-    let r = send(&c, request(Method::POST, &fb.url("/u")).body(full(at_limit.clone())).unwrap()).await;
+    let r = send(
+        &c,
+        request(Method::POST, &fb.url("/u"))
+            .body(full(at_limit.clone()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 200, "a body of exactly the limit passes");
     assert!(up.last().body == at_limit);
 
     let over = random_bytes(2048, 2);
-    let r = send(&http1_client(), request(Method::POST, &fb.url("/u")).body(full(over)).unwrap()).await;
+    let r = send(
+        &http1_client(),
+        request(Method::POST, &fb.url("/u"))
+            .body(full(over))
+            .unwrap(),
+    )
+    .await;
     assert_fusebox_error(&r, 413, "REQUEST_TOO_LARGE", None);
     assert_eq!(up.hits(), 1, "the oversized body was not forwarded");
 }
@@ -72,7 +88,10 @@ async fn undeclared_chunked_body_over_limit_is_cut() {
     let fb = spawn_fusebox(&config(up.addr, "max_request_body = \"64KiB\"")).await;
     let payload = random_bytes(512 * 1024, 9);
     let (tx, body) = channel_body(2);
-    let chunks: Vec<Bytes> = payload.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
+    let chunks: Vec<Bytes> = payload
+        .chunks(16 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
     tokio::spawn(async move {
         for ch in chunks {
             if tx.send(ch).await.is_err() {
@@ -80,7 +99,11 @@ async fn undeclared_chunked_body_over_limit_is_cut() {
             }
         }
     });
-    let result = try_send(&http1_client(), request(Method::POST, &fb.url("/u")).body(body).unwrap()).await;
+    let result = try_send(
+        &http1_client(),
+        request(Method::POST, &fb.url("/u")).body(body).unwrap(),
+    )
+    .await;
     match &result {
         Ok(r) => {
             assert_fusebox_error(r, 413, "REQUEST_TOO_LARGE", None);
@@ -110,11 +133,17 @@ async fn trickled_headers_are_cut_after_header_read_timeout() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
     let fb = spawn_fusebox(&config(up.addr, "header_read_timeout = \"300ms\"")).await;
     let mut conn = RawConn::connect(fb.addr).await;
-    conn.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n").await.unwrap();
+    conn.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
     let mut closed = None;
     // Bounded: at most 100 lines, 100 ms apart (10 s), far past the 300 ms limit.
     for i in 0..100 {
-        if conn.write(format!("X-Drip-{i}: x\r\n").as_bytes()).await.is_err() {
+        if conn
+            .write(format!("X-Drip-{i}: x\r\n").as_bytes())
+            .await
+            .is_err()
+        {
             closed = Some(Vec::new());
             break;
         }
@@ -126,7 +155,10 @@ async fn trickled_headers_are_cut_after_header_read_timeout() {
     let data = closed.expect("a slowloris connection was kept open for 10 s");
     if !data.is_empty() {
         let text = String::from_utf8_lossy(&data);
-        assert!(text.starts_with("HTTP/1.1 408"), "only a 408 may be sent: {text:?}");
+        assert!(
+            text.starts_with("HTTP/1.1 408"),
+            "only a 408 may be sent: {text:?}"
+        );
     }
     assert_eq!(up.hits(), 0);
 }
@@ -137,7 +169,9 @@ async fn silent_partial_headers_are_cut_after_header_read_timeout() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
     let fb = spawn_fusebox(&config(up.addr, "header_read_timeout = \"300ms\"")).await;
     let mut conn = RawConn::connect(fb.addr).await;
-    conn.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n").await.unwrap();
+    conn.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
     match conn.wait_closed(WAIT).await {
         Ending::Closed(data) => {
             let text = String::from_utf8_lossy(&data);
@@ -156,7 +190,11 @@ async fn silent_partial_headers_are_cut_after_header_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_connection_waits_while_max_connections_is_reached() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
-    let fb = spawn_fusebox(&config(up.addr, "max_connections = 1\nidle_timeout = \"60s\"")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "max_connections = 1\nidle_timeout = \"60s\"",
+    ))
+    .await;
     let req = b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n";
 
     let mut first = RawConn::connect(fb.addr).await;
@@ -167,7 +205,10 @@ async fn second_connection_waits_while_max_connections_is_reached() {
     let mut second = RawConn::connect(fb.addr).await;
     second.write(req).await.unwrap();
     let early = second.response_within(Duration::from_millis(500)).await;
-    assert!(early.is_none(), "a second connection was served past max_connections = 1");
+    assert!(
+        early.is_none(),
+        "a second connection was served past max_connections = 1"
+    );
     assert_eq!(up.hits(), 1);
 
     // The first one still works (keep-alive), then closes.
@@ -180,14 +221,21 @@ async fn second_connection_waits_while_max_connections_is_reached() {
 }
 
 /// A keep-alive connection serves several requests, then is closed once idle for
-/// `idle_timeout`.
+/// `idle_timeout` (header_read_timeout is long here, so only idle_timeout can close it
+/// within the wait).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connection_is_closed() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
-    let fb = spawn_fusebox(&config(up.addr, "idle_timeout = \"300ms\"")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "idle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
+    ))
+    .await;
     let mut conn = RawConn::connect(fb.addr).await;
     for _ in 0..3 {
-        conn.write(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+        conn.write(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(conn.read_response().await.status, 200);
     }
     assert_eq!(
@@ -195,4 +243,33 @@ async fn idle_keep_alive_connection_is_closed() {
         Ending::Closed(Vec::new()),
         "an idle keep-alive connection must be closed after idle_timeout"
     );
+}
+
+/// `header_read_timeout` guards a request head that has started arriving; it must not
+/// cut a keep-alive connection that is merely idle between requests (that is
+/// `idle_timeout`'s job, 60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_outlives_header_read_timeout() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "header_read_timeout = \"200ms\"\nidle_timeout = \"60s\"",
+    ))
+    .await;
+    let mut conn = RawConn::connect(fb.addr).await;
+    conn.write(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(conn.read_response().await.status, 200);
+    // Idle for five header_read_timeouts: the connection must still be open...
+    assert_eq!(
+        conn.wait_closed(Duration::from_secs(1)).await,
+        Ending::Open,
+        "an idle keep-alive connection was closed by header_read_timeout, long before idle_timeout"
+    );
+    // ...and still serve.
+    conn.write(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(conn.read_response().await.status, 200);
 }

@@ -27,7 +27,10 @@ async fn no_headers_within_request_timeout_is_504_upstream_timeout() {
     let r = get(&http1_client(), &fb.url("/infer")).await;
     let elapsed = started.elapsed();
     assert_fusebox_error(&r, 504, "UPSTREAM_TIMEOUT", Some("slow"));
-    assert!(elapsed >= Duration::from_millis(200), "answered after {elapsed:?}, before the timeout");
+    assert!(
+        elapsed >= Duration::from_millis(200),
+        "answered after {elapsed:?}, before the timeout"
+    );
     assert_eq!(up.hits(), 1);
 }
 
@@ -39,7 +42,10 @@ async fn route_deadline_shorter_than_request_timeout_is_504_deadline_exceeded() 
     let r = get(&http1_client(), &fb.url("/infer")).await;
     let elapsed = started.elapsed();
     assert_fusebox_error(&r, 504, "DEADLINE_EXCEEDED", Some("slow"));
-    assert!(elapsed >= Duration::from_millis(250), "answered after {elapsed:?}, before the deadline");
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "answered after {elapsed:?}, before the deadline"
+    );
 }
 
 /// An upstream slower than nothing but faster than both limits is not cut.
@@ -87,7 +93,13 @@ async fn stalled_body_is_cut_after_idle_timeout() {
     let up = TestUpstream::start(Behaviour::Stream(spec)).await;
     let fb = spawn_fusebox(&config(up.addr, "idle = \"300ms\"", "")).await;
     let c = http1_client();
-    let mut resp = send_head(&c, request(Method::GET, &fb.url("/stall")).body(empty()).unwrap()).await;
+    let mut resp = send_head(
+        &c,
+        request(Method::GET, &fb.url("/stall"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let mut got = 0usize;
     let ended_with_error = within(WAIT, "the stalled body to be cut", async {
@@ -100,7 +112,10 @@ async fn stalled_body_is_cut_after_idle_timeout() {
         }
     })
     .await;
-    assert!(ended_with_error, "the stalled body ended cleanly after {got} bytes");
+    assert!(
+        ended_with_error,
+        "the stalled body ended cleanly after {got} bytes"
+    );
     assert!(got <= 1000, "only the first chunk was ever sent");
     drop(never);
 }

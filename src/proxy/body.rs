@@ -273,6 +273,8 @@ enum RespKind {
     Full(Option<Bytes>),
     Upstream {
         inner: Incoming,
+        /// The HTTP/1 connection, returned to its pool when the body ends.
+        lease: Option<crate::upstream::pool::Lease>,
         idle: Duration,
         /// Armed on the first `Pending` only: most small bodies arrive in one poll.
         timer: Option<Pin<Box<Sleep>>>,
@@ -308,10 +310,23 @@ impl RespBody {
     }
 
     /// The upstream's body; errors with [`IdleTimeout`] when no frame arrives for `idle`.
-    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+    pub fn upstream(
+        inner: Incoming,
+        lease: Option<crate::upstream::pool::Lease>,
+        idle: Duration,
+    ) -> Self {
+        let lease = match lease {
+            // Nothing to read: the connection is free now.
+            Some(l) if inner.is_end_stream() => {
+                l.release();
+                None
+            }
+            l => l,
+        };
         RespBody {
             kind: RespKind::Upstream {
                 inner,
+                lease,
                 idle,
                 timer: None,
             },
@@ -334,6 +349,18 @@ impl RespBody {
     }
 }
 
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let RespKind::Upstream { inner, lease, .. } = &mut self.kind {
+            if inner.is_end_stream() {
+                if let Some(l) = lease.take() {
+                    l.release();
+                }
+            }
+        }
+    }
+}
+
 impl Body for RespBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -346,15 +373,32 @@ impl Body for RespBody {
         let res = match &mut this.kind {
             RespKind::Empty => Poll::Ready(None),
             RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespKind::Upstream { inner, idle, timer } => match Pin::new(inner).poll_frame(cx) {
+            RespKind::Upstream {
+                inner,
+                lease,
+                idle,
+                timer,
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(t) = timer.as_mut() {
                         t.as_mut().reset(Instant::now() + *idle);
                     }
+                    // hyper stops polling once a sized body is complete, so the
+                    // connection goes back as soon as the last byte is in.
+                    if inner.is_end_stream() {
+                        if let Some(l) = lease.take() {
+                            l.release();
+                        }
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(None) => {
+                    if let Some(l) = lease.take() {
+                        l.release();
+                    }
+                    Poll::Ready(None)
+                }
                 Poll::Pending => match timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)))
                     .as_mut()

@@ -20,8 +20,9 @@ use crate::config::{FallbackConfig, Protocol, RetryConfig};
 use crate::snapshot::Route;
 use crate::upstream::balancer::Tried;
 use crate::upstream::breaker::Outcome;
+use crate::upstream::pool::Lease;
 use crate::upstream::retry::{is_idempotent, parse_retry_after, Backoff};
-use crate::upstream::{Endpoint, Upstream};
+use crate::upstream::{Endpoint, RouteBreakers, Upstream};
 
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 static X_FUSEBOX_FALLBACK: http::HeaderName = http::HeaderName::from_static("x-fusebox-fallback");
@@ -71,7 +72,7 @@ struct Outbound<'a> {
 
 /// How one attempt ended.
 enum Attempt {
-    Response(Response<hyper::body::Incoming>),
+    Response(Response<hyper::body::Incoming>, Option<Lease>),
     ConnectFailed(ProxyError),
     Reset(ProxyError),
     Timeout { err: ProxyError, deadline: bool },
@@ -122,7 +123,17 @@ pub async fn send(
             || route.retry.cfg.retry_non_idempotent,
     };
     up.budget.record_request(started);
-    match attempts(route, up, &route.retry, &out, deadline, done).await {
+    match attempts(
+        route,
+        up,
+        route.breakers.as_deref(),
+        &route.retry,
+        &out,
+        deadline,
+        done,
+    )
+    .await
+    {
         LoopEnd::Response(r) => Ok(r),
         LoopEnd::Error { err, fallback } => {
             if !fallback || done.body.too_large.load(Ordering::Relaxed) {
@@ -157,7 +168,8 @@ pub async fn send(
                     up.metrics.fallback_upstream.inc();
                     done.record.error_code = Some(err.code.as_str());
                     done.record.upstream = Some(fb.upstream.name.clone());
-                    match attempts(route, &fb.upstream, &fb.retry, &out, deadline, done).await {
+                    match attempts(route, &fb.upstream, None, &fb.retry, &out, deadline, done).await
+                    {
                         LoopEnd::Response(mut r) => {
                             r.headers_mut().insert(
                                 X_FUSEBOX_FALLBACK.clone(),
@@ -176,12 +188,17 @@ pub async fn send(
 async fn attempts(
     route: &Route,
     up: &Upstream,
+    rb: Option<&RouteBreakers>,
     policy: &RetryPolicy,
     out: &Outbound<'_>,
     deadline: Instant,
     done: &mut Completion,
 ) -> LoopEnd {
     let retry = &policy.cfg;
+    let breaker_cfg = match (rb, &route.cfg.circuit_breaker) {
+        (Some(_), Some(c)) => c,
+        _ => &up.cfg.circuit_breaker,
+    };
     let mut tried = Tried::default();
     let mut retries_done = 0u32;
     let mut refused = 0usize;
@@ -194,7 +211,7 @@ async fn attempts(
             };
         }
         let eps = up.endpoints();
-        let breaker_ok = |ep: &Endpoint| ep.breakers.available(out.headers, now);
+        let breaker_ok = |ep: &Endpoint| ep.breakers_for(rb).available(out.headers, now);
         // Healthy, admitted and past slow start first; failing that (every endpoint
         // fails its health checks, or slow start said no) any whose breaker admits.
         let picked = up
@@ -203,18 +220,19 @@ async fn attempts(
             })
             .or_else(|| up.pick(&eps, tried, breaker_ok));
         let Some(i) = picked else {
-            return all_open(route, up, &eps, out.headers, now);
+            return all_open(route, up, rb, &eps, out.headers, now);
         };
         let ep = eps[i].clone();
         tried.add(i);
-        let bref = ep.breakers.for_request(out.headers);
+        let brk = ep.breakers_for(rb);
+        let bref = brk.for_request(out.headers);
         let permit = match bref.get().try_acquire(now) {
             Ok(p) => p,
             Err(_) => {
                 // Lost a race for the last half-open probe slot: pick again.
                 refused += 1;
                 if refused > eps.len() * 2 {
-                    return all_open(route, up, &eps, out.headers, now);
+                    return all_open(route, up, rb, &eps, out.headers, now);
                 }
                 continue;
             }
@@ -248,7 +266,7 @@ async fn attempts(
         }
         // classify and record on the breaker
         let (failure, retry_after, status) = match &attempt {
-            Attempt::Response(r) => {
+            Attempt::Response(r, _) => {
                 let s = r.status();
                 let ra = matches!(
                     s,
@@ -257,11 +275,7 @@ async fn attempts(
                 .then(|| r.headers().get(RETRY_AFTER))
                 .flatten()
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                let failure = up
-                    .cfg
-                    .circuit_breaker
-                    .failure_status_codes
-                    .contains(&s.as_u16());
+                let failure = breaker_cfg.failure_status_codes.contains(&s.as_u16());
                 (failure, ra, Some(s.as_u16()))
             }
             _ => (true, None, None),
@@ -285,14 +299,14 @@ async fn attempts(
             Attempt::ConnectFailed(_) => true,
             Attempt::Reset(_) => out.retry_any_failure,
             Attempt::Timeout { deadline, .. } => out.retry_any_failure && !deadline,
-            Attempt::Response(r) => {
+            Attempt::Response(r, _) => {
                 out.retry_any_failure && retry.retry_status_codes.contains(&r.status().as_u16())
             }
         };
         let may_retry = retryable
             && retries_done < retry.max_retries
             && out.body.is_none_or(|b| b.can_replay())
-            && any_available(up, out.headers, Instant::now());
+            && any_available(up, rb, out.headers, Instant::now());
         let delay = if may_retry {
             next_delay(policy, retries_done + 1, retry_after, deadline)
         } else {
@@ -313,7 +327,7 @@ async fn attempts(
             Attempt::ConnectFailed(_) => up.metrics.retry_connect.inc(),
             Attempt::Reset(_) => up.metrics.retry_reset.inc(),
             Attempt::Timeout { .. } => up.metrics.retry_timeout.inc(),
-            Attempt::Response(r) => {
+            Attempt::Response(r, _) => {
                 if let Some(c) = up.metrics.retry_for_status(r.status().as_u16()) {
                     c.inc();
                 }
@@ -344,10 +358,15 @@ fn next_delay(
     (Instant::now() + delay < deadline).then_some(delay)
 }
 
-fn any_available(up: &Upstream, headers: &HeaderMap, now: Instant) -> bool {
+fn any_available(
+    up: &Upstream,
+    rb: Option<&RouteBreakers>,
+    headers: &HeaderMap,
+    now: Instant,
+) -> bool {
     up.endpoints()
         .iter()
-        .any(|ep| ep.breakers.available(headers, now))
+        .any(|ep| ep.breakers_for(rb).available(headers, now))
 }
 
 /// CIRCUIT_OPEN: no endpoint's breaker admits. `Retry-After` is the time until the
@@ -355,6 +374,7 @@ fn any_available(up: &Upstream, headers: &HeaderMap, now: Instant) -> bool {
 fn all_open(
     route: &Route,
     up: &Upstream,
+    rb: Option<&RouteBreakers>,
     eps: &[Arc<Endpoint>],
     headers: &HeaderMap,
     now: Instant,
@@ -373,7 +393,7 @@ fn all_open(
     let wait = eps
         .iter()
         .map(|ep| {
-            ep.breakers
+            ep.breakers_for(rb)
                 .rejection(headers, now)
                 .map_or(Duration::ZERO, |r| r.retry_after)
         })
@@ -395,12 +415,12 @@ fn finish(
     done: &mut Completion,
 ) -> LoopEnd {
     match attempt {
-        Attempt::Response(r) => {
+        Attempt::Response(r, lease) => {
             let (p, b) = r.into_parts();
             done.in_flight = Some(in_flight);
             LoopEnd::Response(Response::from_parts(
                 p,
-                RespBody::upstream(b, up.cfg.timeouts.idle),
+                RespBody::upstream(b, lease, up.cfg.timeouts.idle),
             ))
         }
         Attempt::ConnectFailed(err) | Attempt::Reset(err) => LoopEnd::Error {
@@ -421,18 +441,25 @@ async fn send_once(
     timeout: Duration,
     capped_by_deadline: bool,
 ) -> Attempt {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(ep.authority.clone());
-    uri.path_and_query = Some(out.pq.clone());
-    let uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => {
-            return Attempt::Reset(ProxyError::new(
-                ErrorCode::BadRequest,
-                "cannot build upstream URI",
-            ))
+    let http2 = matches!(up.cfg.protocol, Protocol::H2c | Protocol::H2);
+    // HTTP/1.1 sends the origin form (`/path?q`); HTTP/2 needs scheme and authority for
+    // its pseudo-headers.
+    let uri = if http2 {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(ep.authority.clone());
+        uri.path_and_query = Some(out.pq.clone());
+        match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(_) => {
+                return Attempt::Reset(ProxyError::new(
+                    ErrorCode::BadRequest,
+                    "cannot build upstream URI",
+                ))
+            }
         }
+    } else {
+        Uri::from(out.pq.clone())
     };
     let mut req = http::Request::new(match out.body {
         Some(src) => ReqBody::Replay(src.attempt()),
@@ -440,13 +467,15 @@ async fn send_once(
     });
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = match up.cfg.protocol {
-        Protocol::H2c | Protocol::H2 => Version::HTTP_2,
-        _ => Version::HTTP_11,
+    *req.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
     };
     *req.headers_mut() = out.headers.clone();
-    match tokio::time::timeout(timeout, up.client.request(req)).await {
-        Ok(Ok(resp)) => Attempt::Response(resp),
+    let pool = ep.pool.load_full();
+    match tokio::time::timeout(timeout, pool.send(req)).await {
+        Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
         Err(_) if capped_by_deadline => Attempt::Timeout {
             err: ProxyError::new(
                 ErrorCode::DeadlineExceeded,

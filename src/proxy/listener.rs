@@ -4,6 +4,13 @@
 //! limits of the contract: header read timeout (slowloris guard), header size (431 from
 //! hyper), keep-alive idle timeout. On shutdown every connection is told to finish its
 //! in-flight requests and close.
+//!
+//! The header read timeout is enforced here rather than by hyper: hyper's timer also
+//! runs while a keep-alive connection waits for its next request, so it would close
+//! idle keep-alives after `header_read_timeout` instead of `idle_timeout`, and a caller
+//! sending just then would see its request fail. Here the clock starts with the first
+//! byte of a request head ([`ConnIo`] notes it) and stops when hyper hands the parsed
+//! request to the proxy.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,12 +37,16 @@ pub struct ConnState {
     /// Bumped by every request start: the idle watchdog closes a connection only when
     /// nothing is in flight and nothing started for `idle_timeout`.
     started: AtomicU64,
+    /// Milliseconds since [`epoch`] when the first byte of a request head arrived on an
+    /// idle connection; 0 while no head is being read.
+    head_since_ms: AtomicU64,
 }
 
 impl ConnState {
     pub fn request_started(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
+        self.head_since_ms.store(0, Ordering::Relaxed);
     }
 
     pub fn request_done(&self) {
@@ -76,7 +87,8 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // enforced by the connection watchdog instead (see the module doc)
+        .header_read_timeout(None)
         // hyper's minimum read buffer is 8 KiB; headers past the limit answer 431.
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
@@ -106,9 +118,9 @@ pub async fn serve(
         let proxy = proxy.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
-        let idle = limits.idle_timeout;
+        let limits = limits.clone();
         tokio::spawn(async move {
-            serve_conn(stream, peer, proxy, &builder, idle, shutdown).await;
+            serve_conn(stream, peer, proxy, &builder, &limits, shutdown).await;
             drop(permit);
         });
     }
@@ -124,7 +136,7 @@ async fn serve_conn(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
-    idle: Duration,
+    limits: &ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -135,6 +147,7 @@ async fn serve_conn(
         peer,
         active: AtomicUsize::new(0),
         started: AtomicU64::new(0),
+        head_since_ms: AtomicU64::new(0),
     });
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
@@ -142,12 +155,26 @@ async fn serve_conn(
         let conn = svc_state.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, conn).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let io = ConnIo {
+        inner: stream,
+        state: state.clone(),
+        first_read: true,
+        exempt: false,
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // The watchdog looks often enough to hold both limits within a quarter of each.
+    let period =
+        (limits.header_read_timeout.min(limits.idle_timeout) / 4).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     let mut last_started = 0u64;
-    let mut idle_tick = tokio::time::interval(idle);
-    idle_tick.tick().await;
-    let mut closing = false;
+    let mut idle_for = Duration::ZERO;
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -160,14 +187,105 @@ async fn serve_conn(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = idle_tick.tick(), if !closing => {
+            _ = tick.tick() => {
+                let head = state.head_since_ms.load(Ordering::Relaxed);
+                if head != 0 && now_ms().saturating_sub(head) >= limits.header_read_timeout.as_millis() as u64 {
+                    tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; closing");
+                    return; // dropping the connection closes the socket
+                }
+                if closing {
+                    continue;
+                }
                 let started = state.started.load(Ordering::Relaxed);
-                if started == last_started && state.active.load(Ordering::Relaxed) == 0 {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                if started == last_started && state.active.load(Ordering::Relaxed) == 0 && head == 0 {
+                    idle_for += period;
+                    if idle_for >= limits.idle_timeout {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                } else {
+                    idle_for = Duration::ZERO;
                 }
                 last_started = started;
             }
         }
+    }
+}
+
+/// Milliseconds since the process's time origin, never 0.
+fn now_ms() -> u64 {
+    crate::upstream::epoch().elapsed().as_millis() as u64 + 1
+}
+
+/// The caller's socket, noting when a request head starts arriving on an idle
+/// HTTP/1 connection (for the header read timeout).
+struct ConnIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    first_read: bool,
+    /// HTTP/2 connections are exempt: their frames (pings, settings) arrive between
+    /// streams, and a stalled h2 client holds only its own stream.
+    exempt: bool,
+}
+
+impl tokio::io::AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            if self.first_read {
+                self.first_read = false;
+                self.exempt = read.starts_with(b"PRI * HTTP/2.0");
+            }
+            let st = &self.state;
+            if !self.exempt
+                && st.active.load(Ordering::Relaxed) == 0
+                && st.head_since_ms.load(Ordering::Relaxed) == 0
+            {
+                st.head_since_ms.store(now_ms(), Ordering::Relaxed);
+            }
+        }
+        res
+    }
+}
+
+impl tokio::io::AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

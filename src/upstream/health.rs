@@ -37,11 +37,11 @@ impl Upstream {
 }
 
 async fn check_one(up: &Upstream, ep: &Arc<Endpoint>, hc: &HealthCheckConfig) {
-    let ok = probe(up, ep, hc).await;
+    let ok = probe(ep, hc).await;
     record(up, ep, hc, ok);
 }
 
-async fn probe(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
+async fn probe(ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
     let uri = Uri::builder()
         .scheme("http")
         .authority(ep.authority.clone())
@@ -53,10 +53,25 @@ async fn probe(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
         .header(http::header::USER_AGENT, "fusebox-health-check")
         .body(ReqBody::Empty);
     let Ok(req) = req else { return false };
-    match tokio::time::timeout(hc.timeout, up.client.request(req)).await {
-        Ok(Ok(resp)) => resp.status().is_success(),
-        _ => false,
-    }
+    let pool = ep.pool.load_full();
+    let check = async move {
+        let (resp, lease) = pool.send(req).await.ok()?;
+        let ok = resp.status().is_success();
+        // Read the (small) body so the connection can be reused.
+        if http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .is_ok()
+        {
+            if let Some(l) = lease {
+                l.release();
+            }
+        }
+        Some(ok)
+    };
+    matches!(
+        tokio::time::timeout(hc.timeout, check).await,
+        Ok(Some(true))
+    )
 }
 
 /// Applies one check result to the endpoint's verdict.

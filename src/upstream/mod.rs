@@ -5,10 +5,10 @@
 
 pub mod balancer;
 pub mod breaker;
-pub mod client;
 pub mod dns;
 pub mod health;
 pub mod partition;
+pub mod pool;
 pub mod retry;
 
 use std::net::SocketAddr;
@@ -25,8 +25,8 @@ use crate::config::{BreakerConfig, EndpointAddr, PartitionKey, UpstreamConfig};
 use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
 use balancer::{Balancer, Tried};
 use breaker::{Breaker, BreakerState, Transition};
-use client::{build_client, ConnLimits, HttpClient};
 use partition::PartitionedBreakers;
+use pool::{Pool, PoolSettings};
 use retry::RetryBudget;
 
 /// The breakers of one endpoint: the endpoint's own, plus one per key when the upstream
@@ -110,6 +110,77 @@ impl EndpointBreakers {
     }
 }
 
+/// The breakers a route keeps for itself when it has its own `circuit_breaker` table:
+/// one set per endpoint address, made on first use, separate from the upstream's.
+/// Read per request without a lock (copy-on-write map).
+#[derive(Debug)]
+pub struct RouteBreakers {
+    cfg: ArcSwap<BreakerConfig>,
+    by_addr: ArcSwap<std::collections::HashMap<SocketAddr, Arc<EndpointBreakers>>>,
+}
+
+impl RouteBreakers {
+    pub fn new(cfg: &BreakerConfig) -> Self {
+        RouteBreakers {
+            cfg: ArcSwap::from_pointee(cfg.clone()),
+            by_addr: ArcSwap::from_pointee(Default::default()),
+        }
+    }
+
+    pub fn get(&self, addr: SocketAddr) -> Arc<EndpointBreakers> {
+        if let Some(b) = self.by_addr.load().get(&addr) {
+            return b.clone();
+        }
+        let cfg = self.cfg.load();
+        let mut made = None;
+        self.by_addr.rcu(|m| {
+            let mut m = std::collections::HashMap::clone(m);
+            let b = m
+                .entry(addr)
+                .or_insert_with(|| Arc::new(EndpointBreakers::new(&cfg)))
+                .clone();
+            made = Some(b);
+            m
+        });
+        made.unwrap_or_else(|| Arc::new(EndpointBreakers::new(&cfg)))
+    }
+
+    /// New settings on reload; state is kept.
+    pub fn set_config(&self, cfg: &BreakerConfig) {
+        self.cfg.store(Arc::new(cfg.clone()));
+        for b in self.by_addr.load().values() {
+            b.set_config(cfg);
+        }
+    }
+}
+
+/// The breakers an attempt uses: the endpoint's own, or its route's.
+#[derive(Debug)]
+pub enum BreakersOf<'a> {
+    Endpoint(&'a EndpointBreakers),
+    Route(Arc<EndpointBreakers>),
+}
+
+impl std::ops::Deref for BreakersOf<'_> {
+    type Target = EndpointBreakers;
+    fn deref(&self) -> &EndpointBreakers {
+        match self {
+            BreakersOf::Endpoint(b) => b,
+            BreakersOf::Route(b) => b,
+        }
+    }
+}
+
+impl Endpoint {
+    /// This endpoint's breakers for a route with (`Some`) or without its own table.
+    pub fn breakers_for<'a>(&'a self, route: Option<&RouteBreakers>) -> BreakersOf<'a> {
+        match route {
+            Some(r) => BreakersOf::Route(r.get(self.addr)),
+            None => BreakersOf::Endpoint(&self.breakers),
+        }
+    }
+}
+
 /// One address of an upstream (a configured ip:port, or one answer of a DNS name).
 #[derive(Debug)]
 pub struct Endpoint {
@@ -132,6 +203,8 @@ pub struct Endpoint {
     pub service: Arc<str>,
     pub breakers: EndpointBreakers,
     pub metrics: EndpointMetrics,
+    /// Replaced when a reload changes the pool settings (the old one drains).
+    pub pool: ArcSwap<Pool>,
 }
 
 /// The process's time origin for millisecond stamps kept in atomics.
@@ -151,6 +224,7 @@ impl Endpoint {
         service: &Arc<str>,
         breaker: &BreakerConfig,
         metrics: &Arc<Metrics>,
+        pool: PoolSettings,
     ) -> Self {
         let key: Arc<str> = addr.to_string().into();
         let em = EndpointMetrics::new(metrics, service, &key);
@@ -170,6 +244,7 @@ impl Endpoint {
             service: service.clone(),
             breakers: EndpointBreakers::new(breaker),
             metrics: em,
+            pool: ArcSwap::new(Pool::new(addr, pool)),
         }
     }
 
@@ -266,10 +341,8 @@ impl Drop for InFlight {
 pub struct Upstream {
     pub name: Arc<str>,
     pub cfg: UpstreamConfig,
-    pub client: HttpClient,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     balancer: Balancer,
-    limits: Arc<ConnLimits>,
     /// Shared by every request to this upstream (and carried over on reload).
     pub budget: Arc<RetryBudget>,
     pub metrics: UpstreamMetrics,
@@ -286,10 +359,6 @@ impl Upstream {
         metrics: &Arc<Metrics>,
     ) -> Upstream {
         let name: Arc<str> = cfg.name.as_str().into();
-        let limits = previous
-            .filter(|p| p.cfg.pool.max_connections_per_host == cfg.pool.max_connections_per_host)
-            .map(|p| p.limits.clone())
-            .unwrap_or_default();
         let old = previous.map(|p| p.endpoints());
         let mut eps = Vec::new();
         for e in &cfg.endpoints {
@@ -317,19 +386,6 @@ impl Upstream {
                 }
             }
         }
-        let client = match previous {
-            // Same pool settings: keep the pool, and its warm connections.
-            Some(p)
-                if p.cfg.protocol == cfg.protocol
-                    && p.cfg.pool.max_idle_per_host == cfg.pool.max_idle_per_host
-                    && p.cfg.pool.idle_timeout == cfg.pool.idle_timeout
-                    && p.cfg.timeouts.connect == cfg.timeouts.connect
-                    && Arc::ptr_eq(&p.limits, &limits) =>
-            {
-                p.client.clone()
-            }
-            _ => build_client(cfg.protocol, &cfg.pool, &cfg.timeouts, limits.clone()),
-        };
         let budget = match previous {
             Some(p)
                 if p.cfg.retry.budget_percent == cfg.retry.budget_percent
@@ -344,10 +400,8 @@ impl Upstream {
             family: metrics.clone(),
             name,
             cfg: cfg.clone(),
-            client,
             endpoints: ArcSwap::from_pointee(eps),
             balancer: Balancer::new(cfg.load_balancing),
-            limits,
             budget,
         }
     }
@@ -358,15 +412,34 @@ impl Upstream {
     }
 
     pub fn set_endpoints(&self, eps: Vec<Arc<Endpoint>>) {
-        let keep: Vec<SocketAddr> = eps.iter().map(|e| e.addr).collect();
         self.endpoints.store(Arc::new(eps));
-        self.limits.retain(|a| keep.contains(a));
     }
 
     /// Connections open to `addr` now (pooled idle ones included).
     pub fn open_connections(&self, addr: SocketAddr) -> usize {
-        let max = self.cfg.pool.max_connections_per_host;
-        max.saturating_sub(self.limits.get(addr, max).available_permits())
+        self.endpoints()
+            .iter()
+            .find(|e| e.addr == addr)
+            .map_or(0, |e| e.pool.load().open())
+    }
+
+    /// Closes idle connections past `idle_timeout` and trims the idle surplus, while the
+    /// upstream is alive.
+    pub fn spawn_pool_sweeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = (self.cfg.pool.idle_timeout / 2)
+            .min(pool::SWEEP_EVERY)
+            .max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(up) = weak.upgrade() else { break };
+                for ep in up.endpoints().iter() {
+                    ep.pool.load().sweep();
+                }
+            }
+        });
     }
 
     pub fn has_dns(&self) -> bool {
@@ -411,6 +484,10 @@ fn reuse_or_new(
     }) {
         Some(e) => {
             e.breakers.set_config(&cfg.circuit_breaker);
+            let settings = PoolSettings::new(cfg.protocol, &cfg.pool, &cfg.timeouts);
+            if e.pool.load().settings != settings {
+                e.pool.store(Pool::new(addr, settings));
+            }
             e.clone()
         }
         None => Arc::new(Endpoint::new(
@@ -419,6 +496,7 @@ fn reuse_or_new(
             service,
             &cfg.circuit_breaker,
             metrics,
+            PoolSettings::new(cfg.protocol, &cfg.pool, &cfg.timeouts),
         )),
     }
 }

@@ -34,13 +34,21 @@ pub struct FuseboxProcess {
 /// Writes `config_text` to a temp dir, starts the binary on it and waits (bounded) for
 /// its "fusebox listening" line.
 pub async fn spawn_binary(config_text: &str) -> FuseboxProcess {
+    spawn_binary_with(&["run"], Some(config_text)).await
+}
+
+/// Starts the binary with `args` (plus `--config PATH` when `config_text` is given,
+/// written to a temp dir) and waits (bounded) for its "fusebox listening" line.
+pub async fn spawn_binary_with(args: &[&str], config_text: Option<&str>) -> FuseboxProcess {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("fusebox.toml");
-    std::fs::write(&config_path, config_text).expect("write config");
-    let mut child = Command::new(binary_path())
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
+    let mut cmd = Command::new(binary_path());
+    cmd.args(args);
+    if let Some(text) = config_text {
+        std::fs::write(&config_path, text).expect("write config");
+        cmd.arg("--config").arg(&config_path);
+    }
+    let mut child = cmd
         .env_remove("RUST_LOG")
         .env_remove("FUSEBOX_CONFIG")
         .env("FUSEBOX_LOG", "info")

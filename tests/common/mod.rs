@@ -9,13 +9,14 @@
 pub mod binary;
 pub mod body;
 pub mod client;
+pub mod scripted;
 pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use binary::{run_binary, spawn_binary, FuseboxProcess};
+pub use binary::{run_binary, spawn_binary, spawn_binary_with, FuseboxProcess};
 pub use body::{channel_body, empty, full, pattern, pattern_byte, random_bytes, TestBody};
 pub use bytes::Bytes;
 pub use client::{
@@ -83,16 +84,20 @@ impl Fusebox {
 
 /// The `[service]`, `[listener]`, `[admin]` and `[logging]` tables of a test config:
 /// loopback port 0 everywhere, access log off (in-process tests share stdout).
-/// `listener_extra` adds lines to `[listener]`.
+/// `listener_extra` adds lines to `[listener]` (shutdown_timeout defaults to 5 s here).
 pub fn base_config(listener_extra: &str) -> String {
+    let shutdown = if listener_extra.contains("shutdown_timeout") {
+        ""
+    } else {
+        "shutdown_timeout = \"5s\"\n"
+    };
     format!(
         r#"[service]
 name = "fusion-test"
 
 [listener]
 address = "127.0.0.1:0"
-shutdown_timeout = "5s"
-{listener_extra}
+{shutdown}{listener_extra}
 
 [admin]
 address = "127.0.0.1:0"

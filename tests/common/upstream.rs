@@ -75,7 +75,8 @@ pub enum Behaviour {
         headers: Vec<(String, String)>,
         body: Bytes,
     },
-    /// Answer 200 with the request as JSON: method, uri, version, headers, body, body_len.
+    /// Answer 200 with the request as JSON: method, uri (the request target as sent),
+    /// path (path and query), version, headers, body, body_len.
     Echo,
     /// Wait, then behave as the inner behaviour.
     Delay(Duration, Box<Behaviour>),
@@ -175,6 +176,7 @@ struct State {
     requests: Mutex<Vec<Recorded>>,
     hits: AtomicUsize,
     connections: AtomicUsize,
+    closed: AtomicUsize,
     body_bytes: AtomicU64,
 }
 
@@ -202,6 +204,7 @@ impl TestUpstream {
             requests: Mutex::new(Vec::new()),
             hits: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
         });
         let st = state.clone();
@@ -234,6 +237,11 @@ impl TestUpstream {
     /// TCP connections accepted.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections that have ended (closed by either side).
+    pub fn closed_connections(&self) -> usize {
+        self.state.closed.load(Ordering::SeqCst)
     }
 
     /// Request body bytes received so far, over all requests (counted per frame).
@@ -274,6 +282,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, st: Arc<State>) {
     // A `Reset` request wakes this to drop the connection without answering.
     let kill = Arc::new(Notify::new());
     let k = kill.clone();
+    let counters = st.clone();
     let svc = service_fn(move |req| handle(req, st.clone(), k.clone()));
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -281,6 +290,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, st: Arc<State>) {
         _ = conn => {}
         _ = kill.notified() => {}
     }
+    counters.closed.fetch_add(1, Ordering::SeqCst);
 }
 
 async fn handle(
@@ -360,6 +370,7 @@ async fn handle(
             let json = serde_json::json!({
                 "method": rec.method.as_str(),
                 "uri": rec.uri.to_string(),
+                "path": rec.path_and_query(),
                 "version": format!("{:?}", rec.version),
                 "headers": headers,
                 "body": String::from_utf8_lossy(&rec.body),

@@ -1,0 +1,312 @@
+//! `GET /config`: the active config as JSON, with every table and every effective value
+//! (defaults filled in), keyed as in the TOML file. Durations are humantime strings
+//! (`"30s"`, `"250ms"`, `"1s 500ms"`: each parses back as a config value), sizes are
+//! integers of bytes, and the admin token is shown only as `"<redacted>"`.
+//!
+//! Written here rather than as `Serialize` on the config types so that what the admin
+//! API shows (redaction, units) is decided in one place.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{
+    AdminConfig, BreakerConfig, Config, EndpointConfig, FallbackConfig, HealthCheckConfig,
+    HostMatch, ListenerConfig, LoadBalancing, LogFormat, PartitionKey, Protocol, RateLimitKey,
+    RetryConfig, RouteConfig, UpstreamConfig,
+};
+use crate::control::Control;
+
+/// What the admin token is shown as.
+pub(super) const REDACTED: &str = "<redacted>";
+
+/// The whole `/config` body: version, load history and the config.
+pub(super) fn document(ctrl: &Control) -> Value {
+    let snap = ctrl.snapshot();
+    let history = ctrl.history();
+    let last_reload = history.last_reload.map(|r| {
+        json!({
+            "at": timestamp(r.at),
+            "result": r.result,
+            "error": r.error,
+        })
+    });
+    json!({
+        "version": snap.version,
+        "loaded_at": timestamp(history.loaded_at),
+        "last_reload": last_reload,
+        "config": config(&snap.config),
+    })
+}
+
+fn timestamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn dur(d: Duration) -> Value {
+    json!(humantime::format_duration(d).to_string())
+}
+
+fn opt_dur(d: Option<Duration>) -> Value {
+    d.map_or(Value::Null, dur)
+}
+
+fn path(p: &Path) -> Value {
+    json!(p.display().to_string())
+}
+
+fn config(c: &Config) -> Value {
+    let upstreams: Map<String, Value> = c
+        .upstreams
+        .iter()
+        .map(|(name, u)| (name.clone(), upstream(u)))
+        .collect();
+    json!({
+        "service": {"name": c.service.name},
+        "listener": listener(&c.listener),
+        "admin": admin(&c.admin),
+        "logging": {
+            "format": match c.logging.format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+            },
+            "level": c.logging.level,
+            "access_log": c.logging.access_log,
+        },
+        "correlation": {
+            "propagate": c.correlation.propagate.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+        },
+        "upstreams": upstreams,
+        "routes": c.routes.iter().map(route).collect::<Vec<_>>(),
+        "source": c.source.as_deref().map_or(Value::Null, path),
+    })
+}
+
+fn listener(l: &ListenerConfig) -> Value {
+    json!({
+        "address": l.address.to_string(),
+        "tls": l.tls.as_ref().map(|t| json!({
+            "cert": path(&t.cert),
+            "key": path(&t.key),
+            "client_ca": t.client_ca.as_deref().map_or(Value::Null, path),
+        })),
+        "max_connections": l.max_connections,
+        "header_read_timeout": dur(l.header_read_timeout),
+        "idle_timeout": dur(l.idle_timeout),
+        "max_header_bytes": l.max_header_bytes,
+        "max_request_body": l.max_request_body,
+        "shutdown_timeout": dur(l.shutdown_timeout),
+    })
+}
+
+fn admin(a: &AdminConfig) -> Value {
+    json!({
+        "address": a.address.to_string(),
+        "token_env": a.token_env,
+        "token": a.token.as_ref().map(|_| REDACTED),
+    })
+}
+
+fn upstream(u: &UpstreamConfig) -> Value {
+    json!({
+        "endpoints": u.endpoints.iter().map(endpoint).collect::<Vec<_>>(),
+        "protocol": match u.protocol {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::Https => "https",
+            Protocol::H2 => "h2",
+        },
+        "load_balancing": match u.load_balancing {
+            LoadBalancing::RoundRobin => "round_robin",
+            LoadBalancing::LeastRequest => "least_request",
+            LoadBalancing::Random => "random",
+            LoadBalancing::Weighted => "weighted",
+        },
+        "dns_refresh": dur(u.dns_refresh),
+        "slow_start": dur(u.slow_start),
+        "pool": {
+            "max_connections_per_host": u.pool.max_connections_per_host,
+            "max_idle_per_host": u.pool.max_idle_per_host,
+            "idle_timeout": dur(u.pool.idle_timeout),
+        },
+        "timeouts": {
+            "connect": dur(u.timeouts.connect),
+            "request": dur(u.timeouts.request),
+            "idle": dur(u.timeouts.idle),
+        },
+        "circuit_breaker": breaker(&u.circuit_breaker),
+        "retry": retry(&u.retry),
+        "health_check": u.health_check.as_ref().map(health_check),
+        "fallback": u.fallback.as_ref().map(fallback),
+        "tls": u.tls.as_ref().map(|t| json!({
+            "ca": t.ca.as_deref().map_or(Value::Null, path),
+            "server_name": t.server_name,
+            "client_cert": t.client_cert.as_deref().map_or(Value::Null, path),
+            "client_key": t.client_key.as_deref().map_or(Value::Null, path),
+        })),
+    })
+}
+
+fn endpoint(e: &EndpointConfig) -> Value {
+    json!({"address": e.address.to_string(), "weight": e.weight})
+}
+
+fn breaker(b: &BreakerConfig) -> Value {
+    let rate = b.error_rate.as_ref();
+    json!({
+        "failure_threshold": b.failure_threshold,
+        "recovery_timeout": dur(b.recovery_timeout),
+        "success_threshold": b.success_threshold,
+        "half_open_max_requests": b.half_open_max_requests,
+        "max_recovery_timeout": dur(b.max_recovery_timeout),
+        "failure_status_codes": b.failure_status_codes,
+        "window": opt_dur(rate.map(|r| r.window)),
+        "request_volume_threshold": rate.map(|r| r.request_volume_threshold),
+        "error_threshold_percentage": rate.map(|r| r.error_threshold_percentage),
+        "slow_call_duration": opt_dur(b.slow_call_duration),
+        "slow_call_rate_threshold": b.slow_call_rate_threshold,
+        "partition_by": b.partition_by.as_ref().map(|PartitionKey::Header(h)| format!("header:{h}")),
+        "max_partitions": b.max_partitions,
+        "jitter": b.jitter,
+    })
+}
+
+fn retry(r: &RetryConfig) -> Value {
+    json!({
+        "max_retries": r.max_retries,
+        "base_delay": dur(r.base_delay),
+        "max_delay": dur(r.max_delay),
+        "jitter": r.jitter,
+        "retry_status_codes": r.retry_status_codes,
+        "retry_non_idempotent": r.retry_non_idempotent,
+        "max_replay_body": r.max_replay_body,
+        "budget_percent": r.budget_percent,
+        "budget_min_per_second": r.budget_min_per_second,
+    })
+}
+
+fn health_check(h: &HealthCheckConfig) -> Value {
+    json!({
+        "path": h.path,
+        "interval": dur(h.interval),
+        "timeout": dur(h.timeout),
+        "unhealthy_threshold": h.unhealthy_threshold,
+        "healthy_threshold": h.healthy_threshold,
+    })
+}
+
+fn fallback(f: &FallbackConfig) -> Value {
+    match f {
+        FallbackConfig::Static {
+            status,
+            content_type,
+            body,
+        } => json!({
+            "status": status.as_u16(),
+            "content_type": String::from_utf8_lossy(content_type.as_bytes()),
+            "body": String::from_utf8_lossy(body),
+        }),
+        FallbackConfig::Upstream(name) => json!({"upstream": name}),
+    }
+}
+
+fn route(r: &RouteConfig) -> Value {
+    let headers: Map<String, Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                json!(String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
+        .collect();
+    json!({
+        "name": r.name,
+        "host": r.host.as_ref().map(|h| match h {
+            HostMatch::Exact(s) => s.clone(),
+            HostMatch::Suffix(s) => format!("*{s}"),
+        }),
+        "path_prefix": r.path_prefix,
+        "methods": r.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        "headers": headers,
+        "upstream": r.upstream,
+        "timeout": dur(r.timeout),
+        "strip_prefix": r.strip_prefix,
+        "rate_limit": r.rate_limit.as_ref().map(|l| json!({
+            "requests_per_second": l.requests_per_second,
+            "burst": l.burst,
+            "key": match &l.key {
+                RateLimitKey::Global => "global".to_owned(),
+                RateLimitKey::ClientIp => "client_ip".to_owned(),
+                RateLimitKey::Header(h) => format!("header:{h}"),
+            },
+            "max_keys": l.max_keys,
+        })),
+        "concurrency": r.concurrency.as_ref().map(|c| json!({
+            "max_in_flight": c.max_in_flight,
+            "max_queue": c.max_queue,
+            "queue_timeout": dur(c.queue_timeout),
+        })),
+        "fault": r.fault.as_ref().map(|f| json!({
+            "abort_percent": f.abort_percent,
+            "abort_status": f.abort_status.as_u16(),
+            "delay_percent": f.delay_percent,
+            "delay": dur(f.delay),
+        })),
+        "retry": r.retry.as_ref().map(retry),
+        "circuit_breaker": r.circuit_breaker.as_ref().map(breaker),
+        "propagate_deadline": r.propagate_deadline,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_is_rendered_and_the_token_redacted() {
+        let text = r#"
+[admin]
+address = "127.0.0.1:0"
+token_env = "TOK"
+
+[upstreams.yolo]
+endpoints = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 2 }]
+[upstreams.yolo.circuit_breaker]
+recovery_timeout = "1.5s"
+window = "10s"
+partition_by = "header:X-Camera-ID"
+[upstreams.yolo.fallback]
+status = 200
+body = "{}"
+
+[[routes]]
+name = "detect"
+path_prefix = "/detect"
+host = "*.local"
+upstream = "yolo"
+rate_limit = { requests_per_second = 30, burst = 60, key = "header:X-Camera-ID" }
+"#;
+        let cfg = crate::config::parse_with_env(text, "t.toml", None, &|n| {
+            (n == "TOK").then(|| "s3cret".to_owned())
+        })
+        .unwrap();
+        let v = config(&cfg);
+        let s = v.to_string();
+        assert!(!s.contains("s3cret"), "{s}");
+        assert_eq!(v["admin"]["token"], REDACTED);
+        assert_eq!(v["admin"]["token_env"], "TOK");
+        let cb = &v["upstreams"]["yolo"]["circuit_breaker"];
+        assert_eq!(cb["recovery_timeout"], "1s 500ms");
+        assert_eq!(cb["window"], "10s");
+        assert_eq!(cb["partition_by"], "header:x-camera-id");
+        assert_eq!(v["listener"]["max_header_bytes"], 65536);
+        assert_eq!(v["upstreams"]["yolo"]["endpoints"][1]["weight"], 2);
+        assert_eq!(v["upstreams"]["yolo"]["fallback"]["status"], 200);
+        assert_eq!(v["routes"][0]["host"], "*.local");
+        assert_eq!(v["routes"][0]["rate_limit"]["key"], "header:x-camera-id");
+        assert!(v["routes"][0]["retry"].is_null());
+    }
+}

@@ -1,0 +1,394 @@
+//! The connection pool of one endpoint. Hand-written rather than hyper-util's pooling
+//! client because a proxy needs what that client does not do: a hard cap of open
+//! connections per endpoint (`max_connections_per_host`, waiters time out after the
+//! connect timeout), no speculative connect racing a returning idle connection (which
+//! under load opens and closes a connection every few requests), LIFO reuse so the
+//! warmest connection goes first, open/idle counts for the metrics, and no spawned task
+//! or hash lookup per request.
+//!
+//! HTTP/1.1: idle connections are a stack; a request takes one (or opens one while under
+//! the cap, or waits for one to come back) and holds it in a [`Lease`] until its
+//! response body has been read to the end, when the connection goes back on the stack.
+//! A body dropped half-read discards the connection. h2c: one multiplexed connection
+//! shared by every request, replaced when it closes.
+//!
+//! Touched per request: `send` (one short lock on checkout and one on return).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::{PoolConfig, Protocol, TimeoutsConfig};
+use crate::proxy::body::ReqBody;
+
+/// Settings of a pool, taken from the upstream's `pool`, `timeouts` and `protocol`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub http2: bool,
+    pub max_connections: usize,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl PoolSettings {
+    pub fn new(protocol: Protocol, pool: &PoolConfig, timeouts: &TimeoutsConfig) -> Self {
+        PoolSettings {
+            http2: matches!(protocol, Protocol::H2c | Protocol::H2),
+            max_connections: pool.max_connections_per_host.max(1),
+            max_idle: pool.max_idle_per_host,
+            idle_timeout: pool.idle_timeout,
+            connect_timeout: timeouts.connect,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connect to {0} timed out after {1:?}")]
+    ConnectTimeout(SocketAddr, Duration),
+    #[error("connect to {0} failed: {1}")]
+    Connect(SocketAddr, #[source] io::Error),
+    #[error("HTTP handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, #[source] hyper::Error),
+    /// The request reached the connection; nothing is known of what the upstream did.
+    #[error("{0}")]
+    Sent(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// Nothing reached the upstream: safe to retry for any method.
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, SendError::Sent(_))
+    }
+}
+
+/// How long idle connections beyond `max_idle_per_host` are kept before the sweeper
+/// closes them: long enough to bridge the gaps of a busy stream of requests.
+pub const SURPLUS_GRACE: Duration = Duration::from_secs(1);
+
+/// The sweeper's period ceiling (it runs every half `idle_timeout` when that is shorter).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct Idle {
+    tx: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// The pool of one endpoint.
+pub struct Pool {
+    addr: SocketAddr,
+    pub settings: PoolSettings,
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+    slots: Arc<Semaphore>,
+    /// Signalled when a connection returns to the stack or closes.
+    returned: Notify,
+    open: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("addr", &self.addr)
+            .field("open", &self.open())
+            .field("idle", &self.idle_count())
+            .finish()
+    }
+}
+
+/// Holds an HTTP/1 connection while its response body streams; returns it on
+/// [`Lease::release`], discards it on drop.
+pub struct Lease {
+    tx: Option<http1::SendRequest<ReqBody>>,
+    pool: Weak<Pool>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+impl Lease {
+    /// The response was read to the end: the connection can serve the next request.
+    pub fn release(mut self) {
+        if let (Some(tx), Some(pool)) = (self.tx.take(), self.pool.upgrade()) {
+            pool.put_back(tx);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Dropped unreleased: the response was not read to the end, so the connection
+        // is in an unknown state. Dropping the sender closes it.
+        if self.tx.take().is_some() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.returned.notify_one();
+            }
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(addr: SocketAddr, settings: PoolSettings) -> Arc<Pool> {
+        Arc::new(Pool {
+            addr,
+            slots: Arc::new(Semaphore::new(settings.max_connections)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            returned: Notify::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Connections open now (idle ones included).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Sends one request; for HTTP/1 the returned [`Lease`] must be released once the
+    /// response body is read to the end.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        if self.settings.http2 {
+            return self.send_h2(req).await.map(|r| (r, None));
+        }
+        // A pooled connection the upstream closed while idle hands the request back
+        // unsent; try the next one (bounded: each round consumes a connection).
+        for _ in 0..=self.settings.max_idle.min(16) {
+            let mut tx = self.checkout().await?;
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        tx: Some(tx),
+                        pool: Arc::downgrade(self),
+                    };
+                    return Ok((resp, Some(lease)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(SendError::Sent(e.into_error())),
+                },
+            }
+        }
+        let mut tx = self.connect_h1().await?;
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok((
+                resp,
+                Some(Lease {
+                    tx: Some(tx),
+                    pool: Arc::downgrade(self),
+                }),
+            )),
+            Err(e) => Err(SendError::Sent(e.into_error())),
+        }
+    }
+
+    /// An idle connection, a new one while under the cap, or the next one to come
+    /// back; waiting is bounded by the connect timeout.
+    async fn checkout(self: &Arc<Self>) -> Result<http1::SendRequest<ReqBody>, SendError> {
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        loop {
+            let notified = self.returned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            while let Some(mut tx) = self.pop_idle() {
+                if tx.is_ready() {
+                    return Ok(tx);
+                }
+                // Just returned: the connection task has not caught up yet.
+                if tx.ready().await.is_ok() {
+                    return Ok(tx);
+                }
+            }
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return self.connect_h1_with(permit, deadline).await;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(SendError::ConnectTimeout(
+                    self.addr,
+                    self.settings.connect_timeout,
+                ));
+            }
+        }
+    }
+
+    fn pop_idle(&self) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while let Some(c) = idle.pop() {
+            if !c.tx.is_closed()
+                && now.saturating_duration_since(c.since) < self.settings.idle_timeout
+            {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, tx: http1::SendRequest<ReqBody>) {
+        if tx.is_closed() {
+            self.returned.notify_one();
+            return;
+        }
+        if self.settings.max_idle == 0 {
+            // Pooling off: every connection serves one request.
+            self.returned.notify_one();
+            return;
+        }
+        // Kept even past `max_idle`: under load every connection is idle for a moment
+        // between requests, and closing the surplus then would reopen it microseconds
+        // later. `sweep` trims what stays idle past [`SURPLUS_GRACE`].
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        self.returned.notify_one();
+    }
+
+    /// Closes connections idle longer than `idle_timeout`, and the oldest idle ones
+    /// past `max_idle` that stayed idle for [`SURPLUS_GRACE`] (called every
+    /// [`SWEEP_EVERY`] at most).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|c| {
+            !c.tx.is_closed() && now.saturating_duration_since(c.since) < self.settings.idle_timeout
+        });
+        // The stack's bottom holds the longest idle.
+        let surplus = idle.len().saturating_sub(self.settings.max_idle);
+        let stale = idle
+            .iter()
+            .take(surplus)
+            .take_while(|c| now.saturating_duration_since(c.since) >= SURPLUS_GRACE)
+            .count();
+        idle.drain(..stale);
+        if self.settings.http2 {
+            let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            if h2.as_ref().is_some_and(|t| t.is_closed()) {
+                *h2 = None;
+            }
+        }
+    }
+
+    async fn connect_h1(self: &Arc<Self>) -> Result<http1::SendRequest<ReqBody>, SendError> {
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        let permit = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| SendError::ConnectTimeout(self.addr, self.settings.connect_timeout))?
+            .map_err(|_| SendError::ConnectTimeout(self.addr, self.settings.connect_timeout))?;
+        self.connect_h1_with(permit, deadline).await
+    }
+
+    async fn tcp(&self, deadline: Instant) -> Result<TokioIo<TcpStream>, SendError> {
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| SendError::ConnectTimeout(self.addr, self.settings.connect_timeout))?
+            .map_err(|e| SendError::Connect(self.addr, e))?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_h1_with(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
+        let io = self.tcp(deadline).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Handshake(self.addr, e))?;
+        self.spawn_conn(permit, conn);
+        Ok(tx)
+    }
+
+    fn spawn_conn<F>(self: &Arc<Self>, permit: OwnedSemaphorePermit, conn: F)
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        let open = self.open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            if let Some(p) = pool.upgrade() {
+                p.returned.notify_one();
+            }
+        });
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let existing = {
+            let h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            h2.as_ref().filter(|t| !t.is_closed()).cloned()
+        };
+        let mut tx = match existing {
+            Some(tx) => tx,
+            None => {
+                let deadline = Instant::now() + self.settings.connect_timeout;
+                let permit = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| {
+                        SendError::ConnectTimeout(self.addr, self.settings.connect_timeout)
+                    })?
+                    .map_err(|_| {
+                        SendError::ConnectTimeout(self.addr, self.settings.connect_timeout)
+                    })?;
+                let io = self.tcp(deadline).await?;
+                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|e| SendError::Handshake(self.addr, e))?;
+                self.spawn_conn(permit, conn);
+                *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+                tx
+            }
+        };
+        if tx.ready().await.is_err() {
+            *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Err(SendError::Connect(
+                self.addr,
+                io::Error::new(io::ErrorKind::ConnectionReset, "h2 connection closed"),
+            ));
+        }
+        tx.try_send_request(req).await.map_err(|e| {
+            if e.message().is_some() {
+                SendError::Connect(
+                    self.addr,
+                    io::Error::new(io::ErrorKind::ConnectionReset, e.into_error().to_string()),
+                )
+            } else {
+                SendError::Sent(e.into_error())
+            }
+        })
+    }
+}

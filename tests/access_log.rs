@@ -1,0 +1,137 @@
+//! The access log of the binary: one JSON line per request on stdout with the fields of
+//! DESIGN.md "Access log", matching what the caller and the upstream saw.
+
+mod common;
+
+use common::*;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn config(up: std::net::SocketAddr) -> String {
+    format!(
+        "{}{}{}",
+        base_config(""),
+        upstream_toml("yolo", &[up], ""),
+        route_toml("detect", "/detect", "yolo", "")
+    )
+    .replace("access_log = false", "access_log = true")
+}
+
+/// Waits for the access line of the request whose id the caller got back.
+async fn access_line(p: &mut FuseboxProcess, request_id: &str) -> serde_json::Value {
+    let rid = request_id.to_owned();
+    p.wait_json(WAIT, move |v| {
+        v["message"] == "access" && v["request_id"] == rid.as_str()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_request_is_logged_with_every_field() {
+    let up = TestUpstream::start(Behaviour::respond(201, vec![b'r'; 77])).await;
+    let mut p = spawn_binary(&config(up.addr)).await;
+    let body = random_bytes(1234, 4);
+    let r = send(
+        &http1_client(),
+        request(Method::POST, &p.url("/detect/frame?secret=1"))
+            .header("x-correlation-id", "corr-log-1")
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+            .header("x-org-id", "org123")
+            .header("x-camera-id", "cam-9")
+            .body(full(body))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let rid = r.header("x-request-id").unwrap().to_owned();
+    let v = access_line(&mut p, &rid).await;
+
+    assert_eq!(v["level"], "INFO", "{v}");
+    let ts = v["timestamp"].as_str().expect("timestamp");
+    assert!(
+        ts.contains('T') && ts.ends_with('Z'),
+        "RFC 3339 UTC timestamp: {ts}"
+    );
+    assert_eq!(v["service"], "fusion-test");
+    assert_eq!(v["route"], "detect");
+    assert_eq!(v["upstream"], "yolo");
+    assert_eq!(v["endpoint"], up.addr.to_string());
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/detect/frame", "the path, without the query");
+    assert_eq!(v["status"], 201);
+    assert!(v["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{v}");
+    assert_eq!(v["attempts"], 1);
+    assert_eq!(v["correlation_id"], "corr-log-1");
+    assert_eq!(v["request_id"], rid.as_str());
+    assert_eq!(v["trace_id"], TRACE);
+    assert_eq!(v["org_id"], "org123");
+    assert_eq!(v["camera_id"], "cam-9");
+    assert!(v["error_code"].is_null(), "no error_code on success: {v}");
+    assert_eq!(v["bytes_in"], 1234);
+    assert_eq!(v["bytes_out"], 77);
+
+    // The ids in the log are the ones the upstream got.
+    let rec = up.last();
+    assert_eq!(rec.header("x-request-id"), rid);
+    assert!(rec.header("traceparent").contains(TRACE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fusebox_errors_are_logged_with_their_code() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let mut p = spawn_binary(&config(up.addr)).await;
+    let c = http1_client();
+
+    let r = get(&c, &p.url("/nowhere")).await;
+    assert_eq!(r.status, 404);
+    let v = access_line(&mut p, r.header("x-request-id").unwrap()).await;
+    assert_eq!(v["status"], 404);
+    assert_eq!(v["error_code"], "NO_ROUTE");
+    assert!(v["route"].is_null(), "{v}");
+    assert_eq!(v["path"], "/nowhere");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["correlation_id"], r.header("x-correlation-id").unwrap());
+    let trace = v["trace_id"].as_str().expect("a trace id even for errors");
+    assert_eq!(trace.len(), 32, "{v}");
+    assert_eq!(v["attempts"], 0);
+
+    // An upstream that answers nothing: the endpoint tried is logged.
+    up.set(Behaviour::Reset);
+    let r = get(&c, &p.url("/detect")).await;
+    assert_eq!(r.status, 502);
+    let v = access_line(&mut p, r.header("x-request-id").unwrap()).await;
+    assert_eq!(v["status"], 502);
+    assert_eq!(v["error_code"], "UPSTREAM_RESET");
+    assert_eq!(v["route"], "detect");
+    assert_eq!(v["upstream"], "yolo");
+    assert_eq!(v["endpoint"], up.addr.to_string());
+    assert_eq!(v["attempts"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_line_per_request() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let mut p = spawn_binary(&config(up.addr)).await;
+    let c = http1_client();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let r = get(&c, &p.url("/detect/n")).await;
+        ids.push(r.header("x-request-id").unwrap().to_owned());
+    }
+    for id in &ids {
+        access_line(&mut p, id).await;
+    }
+    let count = |p: &FuseboxProcess| {
+        p.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "access")
+            .count()
+    };
+    assert_eq!(
+        count(&p),
+        5,
+        "one access line per request:\n{}",
+        p.seen.join("\n")
+    );
+}

@@ -1,0 +1,95 @@
+//! HTTP/2 prior knowledge (h2c) from the caller to fusebox, on the same port as
+//! HTTP/1.1; the upstream (protocol http1) still gets HTTP/1.1 with a Host header.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_get_and_post_are_forwarded() {
+    let up = TestUpstream::start(Behaviour::ok("over h2").with_header("x-up", "1")).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = h2c_client();
+
+    let r = send(
+        &c,
+        request(Method::GET, &fb.url("/h2/get?q=1"))
+            .header("x-correlation-id", "h2-corr")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.version, Version::HTTP_2);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "over h2");
+    assert_eq!(r.header("x-up"), Some("1"));
+    assert_eq!(r.header("x-correlation-id"), Some("h2-corr"));
+    let rec = up.last();
+    assert_eq!(rec.version, Version::HTTP_11, "protocol = http1 upstream");
+    assert_eq!(rec.path_and_query(), "/h2/get?q=1");
+    assert_eq!(
+        rec.header("host"),
+        fb.addr.to_string(),
+        ":authority becomes Host"
+    );
+    assert_eq!(rec.header("x-correlation-id"), "h2-corr");
+
+    let payload = random_bytes(200 * 1024, 21);
+    let r = send(
+        &c,
+        request(Method::POST, &fb.url("/h2/post"))
+            .body(full(payload.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let rec = up.last();
+    assert_eq!(rec.method, Method::POST);
+    assert!(rec.body == payload, "h2 body arrived changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_concurrent_streams_on_one_connection() {
+    let up = TestUpstream::start(Behaviour::Echo).await;
+    let fb = spawn_fusebox(&simple_config(up.addr)).await;
+    let c = h2c_client();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let c = c.clone();
+        let url = fb.url(&format!("/stream/{i}"));
+        tasks.push(tokio::spawn(async move {
+            send(
+                &c,
+                request(Method::POST, &url)
+                    .body(full(format!("body-{i}")))
+                    .unwrap(),
+            )
+            .await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = within(WAIT, "concurrent h2 responses", t).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.version, Version::HTTP_2);
+        let v = r.json();
+        assert_eq!(v["path"], format!("/stream/{i}"));
+        assert_eq!(v["body"], format!("body-{i}"));
+    }
+    assert_eq!(up.hits(), 20);
+}
+
+/// Errors fusebox answers itself reach h2 callers in the same shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_gets_contract_errors() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let config = format!(
+        "{}{}{}",
+        base_config(""),
+        upstream_toml("app", &[up.addr], ""),
+        route_toml("api", "/api", "app", "")
+    );
+    let fb = spawn_fusebox(&config).await;
+    let r = get(&h2c_client(), &fb.url("/nowhere")).await;
+    assert_eq!(r.version, Version::HTTP_2);
+    assert_fusebox_error(&r, 404, "NO_ROUTE", None);
+}

@@ -1,0 +1,154 @@
+//! Graceful shutdown: new connections are refused, requests in flight finish (up to
+//! `shutdown_timeout`), idle keep-alive connections are closed; the binary does this on
+//! SIGTERM and exits 0.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn config(up: std::net::SocketAddr, shutdown_timeout: &str) -> String {
+    format!(
+        "{}{}{}",
+        base_config(&format!(
+            "idle_timeout = \"60s\"\nshutdown_timeout = \"{shutdown_timeout}\""
+        )),
+        upstream_toml("app", &[up], ""),
+        route_toml("all", "/", "app", "")
+    )
+}
+
+async fn refused(addr: std::net::SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
+/// Waits (bounded) until connecting to `addr` is refused.
+async fn wait_refused(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !refused(addr).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts connections"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// In-process: shutdown stops accepting, lets the in-flight request finish, closes an
+/// idle keep-alive connection, and reports that everything drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_and_closes_idle_connections() {
+    let gate = Gate::new();
+    let up = TestUpstream::start(Behaviour::gated(&gate, Behaviour::ok("finished"))).await;
+    let fb = spawn_fusebox(&config(up.addr, "10s")).await;
+    let addr = fb.addr;
+
+    // An idle keep-alive connection (one request served, then nothing).
+    up.set(Behaviour::ok("quick"));
+    let mut idle = RawConn::connect(addr).await;
+    idle.write(b"GET /idle HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(idle.read_response().await.status, 200);
+
+    // A request in flight, held at the upstream.
+    up.set(Behaviour::gated(&gate, Behaviour::ok("finished")));
+    let c = http1_client();
+    let url = fb.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&c, &url).await });
+    up.wait_hits(2).await;
+
+    let shutdown = tokio::spawn(fb.shutdown());
+    wait_refused(addr).await;
+    assert_eq!(
+        idle.wait_closed(WAIT).await,
+        Ending::Closed(Vec::new()),
+        "the idle keep-alive connection is closed on shutdown"
+    );
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown must wait for the request in flight"
+    );
+    assert!(!in_flight.is_finished());
+
+    gate.open();
+    let r = within(WAIT, "the in-flight request", in_flight)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "finished");
+    let drained = within(WAIT, "shutdown", shutdown).await.unwrap();
+    assert!(drained, "everything drained within shutdown_timeout");
+}
+
+/// In-process: a request still in flight when shutdown_timeout passes does not keep
+/// the proxy up; shutdown reports it did not drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_after_shutdown_timeout() {
+    let up = TestUpstream::start(Behaviour::Hang).await;
+    let fb = spawn_fusebox(&config(up.addr, "300ms")).await;
+    let c = http1_client();
+    let url = fb.url("/hang");
+    let _in_flight = tokio::spawn(async move {
+        try_send(&c, request(Method::GET, &url).body(empty()).unwrap()).await
+    });
+    up.wait_hits(1).await;
+    let started = std::time::Instant::now();
+    let drained = within(WAIT, "shutdown", fb.shutdown()).await;
+    assert!(!drained, "a hanging request cannot drain");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// The binary on SIGTERM: refuses new connections, finishes the request in flight,
+/// then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_request_and_exits_zero() {
+    let gate = Gate::new();
+    let up = TestUpstream::start(Behaviour::gated(
+        &gate,
+        Behaviour::ok("finished after SIGTERM"),
+    ))
+    .await;
+    let mut p = spawn_binary(&config(up.addr, "20s")).await;
+    let c = http1_client();
+    let url = p.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&c, &url).await });
+    up.wait_hits(1).await;
+
+    p.sigterm();
+    wait_refused(p.addr).await;
+    assert!(
+        p.try_exit().is_none(),
+        "fusebox exited with a request in flight"
+    );
+
+    gate.open();
+    let r = within(WAIT, "the in-flight request", in_flight)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "finished after SIGTERM");
+    let status = p.wait_exit(WAIT).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; stderr: {}",
+        p.stderr()
+    );
+}
+
+/// The binary on SIGTERM with nothing in flight (one idle keep-alive connection open)
+/// exits 0 well before its 20 s shutdown_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_when_idle_exits_zero() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let mut p = spawn_binary(&config(up.addr, "20s")).await;
+    // The client keeps its keep-alive connection open: shutdown must close it.
+    let c = http1_client();
+    assert_eq!(get(&c, &p.url("/x")).await.status, 200);
+    p.sigterm();
+    let status = p.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(0), "stderr: {}", p.stderr());
+    drop(c);
+}

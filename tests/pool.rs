@@ -1,0 +1,132 @@
+//! The upstream connection pool: `max_connections_per_host` is a hard cap (extra
+//! requests wait for a connection, and fail after the connect timeout if none frees),
+//! `max_idle_per_host = 0` disables reuse, and `pool.idle_timeout` closes idle pooled
+//! connections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(up: std::net::SocketAddr, upstream_extra: &str) -> String {
+    format!(
+        "{}{}{}{}",
+        base_config(""),
+        upstream_toml("app", &[up], ""),
+        upstream_extra,
+        route_toml("all", "/", "app", "")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_per_host_is_a_hard_cap() {
+    let gate = Gate::new();
+    let up = TestUpstream::start(Behaviour::gated(&gate, Behaviour::ok("ok"))).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "[upstreams.app.pool]\nmax_connections_per_host = 2\n\n\
+         [upstreams.app.timeouts]\nconnect = \"10s\"\n\n",
+    ))
+    .await;
+    let c = http1_client();
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let c = c.clone();
+        let url = fb.url(&format!("/cap/{i}"));
+        tasks.push(tokio::spawn(async move { get(&c, &url).await }));
+    }
+    up.wait_hits(2).await;
+    // The other two wait for a connection; none opens meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.hits(), 2, "requests past the cap reached the upstream");
+    assert_eq!(up.connections(), 2, "connections past the cap were opened");
+
+    // Once connections free up, the waiting requests are served too.
+    gate.open();
+    for t in tasks {
+        let r = within(WAIT, "capped requests", t).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_capped_connection_times_out_as_connect_failure() {
+    let gate = Gate::new();
+    let up = TestUpstream::start(Behaviour::gated(&gate, Behaviour::ok("first"))).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "[upstreams.app.pool]\nmax_connections_per_host = 1\n\n\
+         [upstreams.app.timeouts]\nconnect = \"300ms\"\n\n",
+    ))
+    .await;
+    let c = http1_client();
+    let url = fb.url("/first");
+    let first = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, &url).await }
+    });
+    up.wait_hits(1).await;
+
+    let started = Instant::now();
+    let r = get(&c, &fb.url("/second")).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "failed before the connect timeout"
+    );
+    assert_fusebox_error(&r, 502, "UPSTREAM_CONNECT_FAILED", Some("app"));
+    assert_eq!(
+        up.hits(),
+        1,
+        "the second request never reached the upstream"
+    );
+
+    gate.open();
+    let r = within(WAIT, "the first request", first).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_idle_per_host_zero_disables_reuse() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "[upstreams.app.pool]\nmax_idle_per_host = 0\n\n",
+    ))
+    .await;
+    let c = http1_client();
+    for _ in 0..5 {
+        assert_eq!(get(&c, &fb.url("/n")).await.status, 200);
+    }
+    assert_eq!(
+        up.connections(),
+        5,
+        "each request used a new upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_are_closed_after_pool_idle_timeout() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "[upstreams.app.pool]\nidle_timeout = \"2s\"\n\n",
+    ))
+    .await;
+    let c = http1_client();
+    // Back to back, the pooled connection is reused...
+    assert_eq!(get(&c, &fb.url("/n")).await.status, 200);
+    assert_eq!(get(&c, &fb.url("/n")).await.status, 200);
+    assert_eq!(up.connections(), 1, "the idle connection was reused");
+    // ...and closed once idle past the pool's idle_timeout.
+    eventually("the idle pooled connection to close", WAIT, || {
+        up.closed_connections() == 1
+    })
+    .await;
+    // A later request opens a fresh connection and succeeds.
+    assert_eq!(get(&c, &fb.url("/n")).await.status, 200);
+    assert_eq!(up.connections(), 2);
+    assert_eq!(up.hits(), 3);
+}

@@ -1,0 +1,367 @@
+//! Circuit breakers seen through the data port: consecutive-failure and error-rate
+//! tripping, CIRCUIT_OPEN answered without touching the upstream, half-open probe
+//! limits and closing, the backed-off open time, the open time set by a `Retry-After`,
+//! and a route's own `circuit_breaker` table. Upstream hit counts prove what reached
+//! the upstream; breaker state is read in-process where timing matters.
+
+mod common;
+
+use common::scripted::*;
+use common::*;
+use fusebox::upstream::breaker::BreakerState;
+use tokio::time::Instant;
+
+/// One upstream `app` on `up` with these breaker lines, behind a catch-all route.
+async fn proxy_with_breaker(up: &Scripted, breaker: &str) -> Proxy {
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("app", &[up.addr])
+            .breaker(breaker)
+            .build(),
+        route_toml("all", "/", "app", "")
+    );
+    spawn_proxy(&tables).await
+}
+
+fn fail() -> Behaviour {
+    Behaviour::respond(503, "model overloaded")
+}
+
+/// Proves: only `failure_threshold` *consecutive* failures open the breaker (a success
+/// in between starts the count again), every failing request up to then reaches the
+/// upstream and comes back unchanged, and the next request is answered CIRCUIT_OPEN
+/// (503, `Retry-After` within the recovery time) without reaching the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_after_exactly_failure_threshold_consecutive_failures() {
+    let up = Scripted::start(fail()).await;
+    up.then([fail(), fail(), Behaviour::ok("fine")]);
+    let fb = proxy_with_breaker(
+        &up,
+        "failure_threshold = 3\nrecovery_timeout = \"30s\"\njitter = false",
+    )
+    .await;
+    let c = http1_client();
+
+    let mut statuses = Vec::new();
+    for i in 1..=5 {
+        let r = get(&c, &fb.url("/detect")).await;
+        assert_eq!(
+            r.header("x-fusebox-error"),
+            None,
+            "request {i} is the upstream's"
+        );
+        statuses.push(r.status.as_u16());
+    }
+    assert_eq!(statuses, [503, 503, 200, 503, 503]);
+    assert_eq!(
+        fb.breaker_state("app", up.addr),
+        BreakerState::Closed,
+        "two failures after a success are not three consecutive ones"
+    );
+
+    let third = get(&c, &fb.url("/detect")).await;
+    assert_eq!(third.status, 503);
+    assert_eq!(
+        third.text(),
+        "model overloaded",
+        "the upstream's answer, unchanged"
+    );
+    assert_eq!(fb.breaker_state("app", up.addr), BreakerState::Open);
+    assert_eq!(up.hits(), 6);
+
+    for _ in 0..3 {
+        let r = get(&c, &fb.url("/detect")).await;
+        assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+        let ra = retry_after_secs(&r);
+        assert!(
+            (1..=30).contains(&ra),
+            "Retry-After {ra} within recovery_timeout"
+        );
+    }
+    assert_eq!(
+        up.hits(),
+        6,
+        "CIRCUIT_OPEN answers never reach the upstream"
+    );
+}
+
+/// Proves: in error-rate mode a window holding fewer than `request_volume_threshold`
+/// attempts does not trip even at 100 % failures (all 9 reach the upstream), and the
+/// attempt that brings it to the volume does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_rate_mode_does_not_trip_below_the_volume_threshold() {
+    let up = Scripted::start(fail()).await;
+    let fb = proxy_with_breaker(
+        &up,
+        "failure_threshold = 1000\nrecovery_timeout = \"30s\"\nwindow = \"60s\"\n\
+         request_volume_threshold = 10\nerror_threshold_percentage = 50.0",
+    )
+    .await;
+    let c = http1_client();
+    for i in 1..=9 {
+        let r = get(&c, &fb.url("/x")).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.header("x-fusebox-error"),
+            None,
+            "request {i} reached the upstream"
+        );
+    }
+    assert_eq!(up.hits(), 9);
+    assert_eq!(fb.breaker_state("app", up.addr), BreakerState::Closed);
+
+    let tenth = get(&c, &fb.url("/x")).await;
+    assert_eq!(
+        tenth.header("x-fusebox-error"),
+        None,
+        "the 10th is still sent"
+    );
+    assert_eq!(fb.breaker_state("app", up.addr), BreakerState::Open);
+    let r = get(&c, &fb.url("/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    assert_eq!(up.hits(), 10);
+}
+
+/// Proves: at the volume, a failure share below `error_threshold_percentage` (40 %,
+/// then 45 %) keeps the breaker closed, and reaching it (6 of 12 = 50 %) opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_rate_mode_trips_at_the_percentage() {
+    let up = Scripted::start(fail()).await;
+    up.then((0..6).map(|_| Behaviour::ok("fine")));
+    let fb = proxy_with_breaker(
+        &up,
+        "failure_threshold = 1000\nrecovery_timeout = \"30s\"\nwindow = \"60s\"\n\
+         request_volume_threshold = 10\nerror_threshold_percentage = 50.0",
+    )
+    .await;
+    let c = http1_client();
+    for i in 1..=11 {
+        let r = get(&c, &fb.url("/x")).await;
+        assert_eq!(
+            r.header("x-fusebox-error"),
+            None,
+            "request {i} reached the upstream"
+        );
+        assert_eq!(
+            fb.breaker_state("app", up.addr),
+            BreakerState::Closed,
+            "after request {i}: {} % failures",
+            (i.max(6) - 6) * 100 / i
+        );
+    }
+    let twelfth = get(&c, &fb.url("/x")).await;
+    assert_eq!(twelfth.header("x-fusebox-error"), None);
+    assert_eq!(
+        fb.breaker_state("app", up.addr),
+        BreakerState::Open,
+        "6/12 = 50 %"
+    );
+    let r = get(&c, &fb.url("/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    assert_eq!(up.hits(), 12);
+}
+
+/// Proves: slow calls count as failures in error-rate mode: 200 answers slower than
+/// `slow_call_duration` open the breaker once the volume is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_calls_count_as_failures_in_error_rate_mode() {
+    let up = Scripted::start(Behaviour::delayed(ms(150), Behaviour::ok("slow"))).await;
+    let fb = proxy_with_breaker(
+        &up,
+        "failure_threshold = 1000\nrecovery_timeout = \"30s\"\nwindow = \"60s\"\n\
+         request_volume_threshold = 4\nerror_threshold_percentage = 50.0\n\
+         slow_call_duration = \"50ms\"",
+    )
+    .await;
+    let c = http1_client();
+    for _ in 0..4 {
+        let r = get(&c, &fb.url("/x")).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "slow"));
+    }
+    assert_eq!(fb.breaker_state("app", up.addr), BreakerState::Open);
+    let r = get(&c, &fb.url("/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    assert_eq!(up.hits(), 4);
+}
+
+/// Proves: while half open, of 6 concurrent requests exactly `half_open_max_requests`
+/// (2) reach the upstream and the other 4 get CIRCUIT_OPEN at once; two successful
+/// probes are not yet `success_threshold` (3), a third closes the breaker, and then
+/// every request reaches the upstream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_admits_only_the_probes_and_closes_after_success_threshold() {
+    let up = Scripted::start(fail()).await;
+    let fb = proxy_with_breaker(
+        &up,
+        "failure_threshold = 1\nrecovery_timeout = \"200ms\"\njitter = false\n\
+         half_open_max_requests = 2\nsuccess_threshold = 3",
+    )
+    .await;
+    let c = http1_client();
+    assert_eq!(get(&c, &fb.url("/x")).await.status, 503);
+    assert_eq!(fb.breaker_state("app", up.addr), BreakerState::Open);
+
+    let gate = Gate::new();
+    up.set(Behaviour::gated(&gate, Behaviour::ok("probe ok")));
+    fb.wait_breaker("app", up.addr, BreakerState::HalfOpen)
+        .await;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..6 {
+        let (c, url, tx) = (c.clone(), fb.url("/x"), tx.clone());
+        tokio::spawn(async move {
+            let r = get(&c, &url).await;
+            let _ = tx.send(r);
+        });
+    }
+    drop(tx);
+    let mut rejected = 0;
+    while rejected < 4 {
+        let r = within(WAIT, "the non-probe answers", rx.recv())
+            .await
+            .expect("every task answers");
+        assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+        assert!(retry_after_secs(&r) >= 1);
+        rejected += 1;
+    }
+    up.wait_hits(3).await;
+    assert_eq!(up.hits(), 3, "1 opening failure + exactly 2 probes");
+
+    gate.open();
+    for _ in 0..2 {
+        let r = within(WAIT, "the probes", rx.recv()).await.expect("probe");
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "probe ok"));
+    }
+    assert_eq!(
+        fb.breaker_state("app", up.addr),
+        BreakerState::HalfOpen,
+        "2 successes < success_threshold 3"
+    );
+    assert_eq!(get(&c, &fb.url("/x")).await.status, 200);
+    assert_eq!(fb.breaker_state("app", up.addr), BreakerState::Closed);
+    for _ in 0..5 {
+        assert_eq!(get(&c, &fb.url("/x")).await.status, 200);
+    }
+    assert_eq!(up.hits(), 9);
+}
+
+/// Proves: the open time doubles on each re-open (recovery 200 ms, no jitter): after a
+/// failed probe the breaker stays open 400 ms, so a request ~250 ms after the re-open
+/// is still refused without reaching the upstream; after the next failed probe it
+/// stays open 800 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_time_backs_off_on_each_reopen() {
+    let up = Scripted::start(fail()).await;
+    let fb = proxy_with_breaker(
+        &up,
+        "failure_threshold = 1\nrecovery_timeout = \"200ms\"\nmax_recovery_timeout = \"2s\"\n\
+         jitter = false",
+    )
+    .await;
+    let c = http1_client();
+    let ep = fb.endpoint("app", up.addr);
+    let time_left = || {
+        ep.breakers
+            .main
+            .rejection(Instant::now())
+            .map(|r| r.retry_after)
+            .unwrap_or_default()
+    };
+
+    assert_eq!(get(&c, &fb.url("/x")).await.status, 503);
+    let first = time_left();
+    assert!(
+        first > ms(0) && first <= ms(200),
+        "first open: {first:?} left"
+    );
+
+    fb.wait_breaker("app", up.addr, BreakerState::HalfOpen)
+        .await;
+    let probe_sent = Instant::now(); // the re-open comes after this
+    let probe = get(&c, &fb.url("/x")).await;
+    let reopened_by = Instant::now(); // ... and before this
+    assert_eq!(
+        (probe.status.as_u16(), up.hits()),
+        (503, 2),
+        "the probe went out"
+    );
+    let second = time_left();
+    assert!(
+        second > ms(250) && second <= ms(400),
+        "second open is 400 ms: {second:?} left"
+    );
+
+    tokio::time::sleep_until(reopened_by + ms(250)).await;
+    let r = get(&c, &fb.url("/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    assert_eq!(up.hits(), 2, "still open 250 ms after the re-open");
+
+    fb.wait_breaker("app", up.addr, BreakerState::HalfOpen)
+        .await;
+    assert!(
+        probe_sent.elapsed() >= ms(400),
+        "half open only after the doubled time"
+    );
+    assert_eq!(get(&c, &fb.url("/x")).await.status, 503);
+    assert_eq!(up.hits(), 3);
+    let third = time_left();
+    assert!(
+        third > ms(600) && third <= ms(800),
+        "third open is 800 ms: {third:?} left"
+    );
+}
+
+/// Proves: a `Retry-After: 2` on the 503 that opens the breaker keeps it open for 2 s
+/// instead of the 200 ms `recovery_timeout`, and the CIRCUIT_OPEN answer says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_the_opening_503_sets_the_open_time() {
+    let up = Scripted::start(fail().with_header("retry-after", "2")).await;
+    let fb = proxy_with_breaker(
+        &up,
+        "failure_threshold = 1\nrecovery_timeout = \"200ms\"\nmax_recovery_timeout = \"10s\"\n\
+         jitter = false",
+    )
+    .await;
+    let c = http1_client();
+    let sent = Instant::now(); // the breaker opens after this
+    let r = get(&c, &fb.url("/x")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("retry-after")),
+        (503, Some("2"))
+    );
+    tokio::time::sleep(ms(400)).await;
+    let r = get(&c, &fb.url("/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    let ra = retry_after_secs(&r);
+    assert!((1..=2).contains(&ra), "Retry-After {ra}");
+    assert_eq!(up.hits(), 1);
+    fb.wait_breaker("app", up.addr, BreakerState::HalfOpen)
+        .await;
+    assert!(sent.elapsed() >= ms(2000), "open for the upstream's 2 s");
+}
+
+/// Proves: a route's own `circuit_breaker` table overrides the upstream's for that
+/// route (DESIGN.md: "retry / circuit_breaker tables here override the upstream's for
+/// this route"): with the upstream at 1000 failures and the route at 2, the third
+/// request on the route is CIRCUIT_OPEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_circuit_breaker_table_overrides_the_upstreams() {
+    let up = Scripted::start(fail()).await;
+    let tables = format!(
+        "{}{}[routes.circuit_breaker]\nfailure_threshold = 2\nrecovery_timeout = \"30s\"\n\n",
+        UpstreamToml::new("app", &[up.addr]).build(),
+        route_toml("strict", "/", "app", "")
+    );
+    let fb = spawn_proxy(&tables).await;
+    let c = http1_client();
+    for _ in 0..2 {
+        let r = get(&c, &fb.url("/x")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.header("x-fusebox-error")),
+            (503, None)
+        );
+    }
+    let r = get(&c, &fb.url("/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    assert_eq!(up.hits(), 2);
+}

@@ -1,0 +1,140 @@
+//! Fallbacks: the static answer and the second upstream, marked `x-fusebox-fallback`,
+//! used when the last attempt failed without an HTTP response (connect failure,
+//! timeout) or every breaker is open, and not when the upstream did answer.
+
+mod common;
+
+use common::scripted::*;
+use common::*;
+
+const STATIC: &str = "status = 200\ncontent_type = \"application/json\"\n\
+                      body = '{\"detections\": [], \"degraded\": true}'";
+
+fn proxy_tables(ups: &[UpstreamToml]) -> String {
+    let mut s: String = ups.iter().map(UpstreamToml::build).collect();
+    s.push_str(&route_toml("detect", "/detect", "yolo", ""));
+    s
+}
+
+fn assert_static_fallback(r: &Reply) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-fusebox-fallback"), Some("static"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"detections": [], "degraded": true})
+    );
+    assert!(r.header("x-request-id").is_some(), "ids are still echoed");
+}
+
+/// Proves: when the only endpoint refuses connections, the static fallback answers
+/// with its status, content type and body, marked `x-fusebox-fallback: static`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_fallback_answers_a_connect_failure() {
+    let yolo = UpstreamToml::new("yolo", &[closed_port()]).table("fallback", STATIC);
+    let fb = spawn_proxy(&proxy_tables(&[yolo])).await;
+    let r = get(&http1_client(), &fb.url("/detect")).await;
+    assert_static_fallback(&r);
+}
+
+/// Proves: a last attempt that timed out (no response headers within
+/// `timeouts.request`) is answered by the static fallback too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_fallback_answers_a_timeout() {
+    let up = Scripted::start(Behaviour::Hang).await;
+    let yolo = UpstreamToml::new("yolo", &[up.addr])
+        .table("timeouts", "request = \"150ms\"")
+        .table("fallback", STATIC);
+    let fb = spawn_proxy(&proxy_tables(&[yolo])).await;
+    let r = get(&http1_client(), &fb.url("/detect")).await;
+    assert_static_fallback(&r);
+    assert_eq!(up.hits(), 1);
+}
+
+/// Proves: with `fallback.upstream`, a request whose primary attempt failed to connect
+/// is sent to the second upstream (method, path and body intact) and its answer comes
+/// back marked `x-fusebox-fallback: upstream`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_fallback_serves_from_the_second_upstream() {
+    let cpu = Scripted::ok("cpu detections").await;
+    let yolo =
+        UpstreamToml::new("yolo", &[closed_port()]).table("fallback", "upstream = \"yolo_cpu\"");
+    let fb = spawn_proxy(&proxy_tables(&[
+        yolo,
+        UpstreamToml::new("yolo_cpu", &[cpu.addr]),
+    ]))
+    .await;
+    let r = call(
+        &http1_client(),
+        Method::POST,
+        &fb.url("/detect/v1?x=1"),
+        &[],
+        "jpeg bytes",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (200, "cpu detections")
+    );
+    assert_eq!(r.header("x-fusebox-fallback"), Some("upstream"));
+    let seen = cpu.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/detect/v1")
+    );
+    assert_eq!(&seen[0].body[..], b"jpeg bytes");
+}
+
+/// Proves: an upstream HTTP answer is never replaced by the fallback (the two 503s that
+/// open the breaker come back unchanged); once every endpoint's breaker is open, the
+/// fallback answers without the upstream being called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_answers_when_every_breaker_is_open() {
+    let a = Scripted::start(Behaviour::respond(503, "gpu busy")).await;
+    let b = Scripted::start(Behaviour::respond(503, "gpu busy")).await;
+    let cpu = Scripted::ok("cpu detections").await;
+    let yolo = UpstreamToml::new("yolo", &[a.addr, b.addr])
+        .breaker("failure_threshold = 1\nrecovery_timeout = \"30s\"")
+        .table("fallback", "upstream = \"yolo_cpu\"");
+    let fb = spawn_proxy(&proxy_tables(&[
+        yolo,
+        UpstreamToml::new("yolo_cpu", &[cpu.addr]),
+    ]))
+    .await;
+    let c = http1_client();
+    for _ in 0..2 {
+        let r = get(&c, &fb.url("/detect")).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (503, "gpu busy"));
+        assert_eq!(r.header("x-fusebox-fallback"), None);
+    }
+    assert_eq!((a.hits(), b.hits(), cpu.hits()), (1, 1, 0));
+    for _ in 0..3 {
+        let r = get(&c, &fb.url("/detect")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "cpu detections")
+        );
+        assert_eq!(r.header("x-fusebox-fallback"), Some("upstream"));
+    }
+    assert_eq!((a.hits(), b.hits(), cpu.hits()), (1, 1, 3));
+}
+
+/// Proves: the static fallback also answers when every breaker is open (instead of
+/// CIRCUIT_OPEN), and the upstream is not called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_fallback_replaces_circuit_open() {
+    let up = Scripted::start(Behaviour::respond(500, "crashed")).await;
+    let yolo = UpstreamToml::new("yolo", &[up.addr])
+        .breaker("failure_threshold = 2\nrecovery_timeout = \"30s\"")
+        .table("fallback", STATIC);
+    let fb = spawn_proxy(&proxy_tables(&[yolo])).await;
+    let c = http1_client();
+    for _ in 0..2 {
+        assert_eq!(get(&c, &fb.url("/detect")).await.status, 500);
+    }
+    for _ in 0..3 {
+        assert_static_fallback(&get(&c, &fb.url("/detect")).await);
+    }
+    assert_eq!(up.hits(), 2);
+}

@@ -1,0 +1,94 @@
+//! Active health checks: an endpoint failing `unhealthy_threshold` checks leaves the
+//! balancer and returns after `healthy_threshold` passes; when every endpoint fails its
+//! checks, traffic still goes to all of them (panic mode). The endpoints answer real
+//! traffic on `/work` normally throughout; only their `/health` answers change.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::scripted::*;
+use common::*;
+
+const CHECKS: &str = "path = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n\
+                      unhealthy_threshold = 2\nhealthy_threshold = 2";
+
+async fn proxy(a: &Scripted, b: &Scripted) -> Proxy {
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("app", &[a.addr, b.addr])
+            .table("health_check", CHECKS)
+            .build(),
+        route_toml("work", "/work", "app", "")
+    );
+    spawn_proxy(&tables).await
+}
+
+/// Sends `n` GETs to `/work` and returns how many each endpoint answered.
+async fn spread(c: &TestClient, fb: &Proxy, n: usize) -> (usize, usize) {
+    let (mut a, mut b) = (0, 0);
+    for _ in 0..n {
+        let r = get(c, &fb.url("/work")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        match r.text().as_str() {
+            "a" => a += 1,
+            "b" => b += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    (a, b)
+}
+
+/// Proves: an endpoint whose `/health` fails is taken out of the balancer (all traffic
+/// goes to the other, though it would still answer), and once its checks pass again
+/// it is brought back into the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_checks_take_an_endpoint_out_and_passing_ones_bring_it_back() {
+    let a = Scripted::ok("a").await;
+    let b = Scripted::ok("b").await;
+    a.rule(Match::path("/health"), Behaviour::respond(503, "sick"));
+    let fb = proxy(&a, &b).await;
+    let ep_a = fb.endpoint("app", a.addr);
+    let ep_b = fb.endpoint("app", b.addr);
+    eventually("a to fail its checks", WAIT, || {
+        !ep_a.healthy.load(Ordering::Relaxed)
+    })
+    .await;
+    assert!(ep_b.is_healthy());
+    assert!(b.seen_on("/health").len() >= 2, "b is checked too");
+
+    let c = http1_client();
+    assert_eq!(
+        spread(&c, &fb, 20).await,
+        (0, 20),
+        "a is out of the balancer"
+    );
+    assert!(a.seen_on("/work").is_empty());
+
+    a.rule(Match::path("/health"), Behaviour::ok("well"));
+    eventually("a to pass its checks", WAIT, || ep_a.is_healthy()).await;
+    assert_eq!(
+        spread(&c, &fb, 20).await,
+        (10, 10),
+        "a is back in the rotation"
+    );
+}
+
+/// Proves: when every endpoint fails its checks, requests are still served by all of
+/// them (panic mode) rather than refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_endpoint_is_unhealthy_traffic_goes_to_all() {
+    let a = Scripted::ok("a").await;
+    let b = Scripted::ok("b").await;
+    for up in [&a, &b] {
+        up.rule(Match::path("/health"), Behaviour::respond(503, "sick"));
+    }
+    let fb = proxy(&a, &b).await;
+    let (ep_a, ep_b) = (fb.endpoint("app", a.addr), fb.endpoint("app", b.addr));
+    eventually("both to fail their checks", WAIT, || {
+        !ep_a.is_healthy() && !ep_b.is_healthy()
+    })
+    .await;
+    let (na, nb) = spread(&http1_client(), &fb, 20).await;
+    assert!(na > 0 && nb > 0, "both still serve: a {na}, b {nb}");
+}

@@ -1,0 +1,275 @@
+//! Listener limits: `max_header_bytes` (431), `max_request_body` (413 for a declared
+//! length; an undeclared chunked body is cut when it passes the limit and never reaches
+//! the upstream whole), `header_read_timeout` (slow headers -> connection closed),
+//! `max_connections` (a second connection waits while the first is open) and
+//! `idle_timeout` (idle keep-alive connections are closed).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn config(up: std::net::SocketAddr, listener: &str) -> String {
+    format!(
+        "{}{}{}",
+        base_config(listener),
+        upstream_toml("app", &[up], ""),
+        route_toml("all", "/", "app", "")
+    )
+}
+
+fn get_with_header(name: &str, value_len: usize) -> Vec<u8> {
+    format!(
+        "GET /h HTTP/1.1\r\nHost: t\r\n{name}: {}\r\n\r\n",
+        "v".repeat(value_len)
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_max_header_bytes_get_431() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(up.addr, "max_header_bytes = \"16KiB\"")).await;
+
+    // Under the limit: served.
+    let mut conn = RawConn::connect(fb.addr).await;
+    conn.write(&get_with_header("X-Small", 8 * 1024))
+        .await
+        .unwrap();
+    assert_eq!(conn.read_response().await.status, 200);
+    assert_eq!(up.hits(), 1);
+
+    // Over it: 431, not forwarded.
+    let mut conn = RawConn::connect(fb.addr).await;
+    conn.write(&get_with_header("X-Big", 20 * 1024))
+        .await
+        .unwrap();
+    let resp = conn.read_response().await;
+    assert_eq!(resp.status, 431);
+    assert_eq!(up.hits(), 1, "the oversized request was not forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_body_over_max_request_body_gets_413_unforwarded() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(up.addr, "max_request_body = \"1KiB\"")).await;
+    let c = http1_client();
+
+    let at_limit = random_bytes(1024, 1);
+    let r = send(
+        &c,
+        request(Method::POST, &fb.url("/u"))
+            .body(full(at_limit.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "a body of exactly the limit passes");
+    assert!(up.last().body == at_limit);
+
+    let over = random_bytes(2048, 2);
+    let r = send(
+        &http1_client(),
+        request(Method::POST, &fb.url("/u"))
+            .body(full(over))
+            .unwrap(),
+    )
+    .await;
+    assert_fusebox_error(&r, 413, "REQUEST_TOO_LARGE", None);
+    assert_eq!(up.hits(), 1, "the oversized body was not forwarded");
+}
+
+/// A body sent chunked (no declared length) that passes `max_request_body` is cut: the
+/// caller gets 413 (or the connection is closed on it), and the upstream never receives
+/// the whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_chunked_body_over_limit_is_cut() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(up.addr, "max_request_body = \"64KiB\"")).await;
+    let payload = random_bytes(512 * 1024, 9);
+    let (tx, body) = channel_body(2);
+    let chunks: Vec<Bytes> = payload
+        .chunks(16 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    tokio::spawn(async move {
+        for ch in chunks {
+            if tx.send(ch).await.is_err() {
+                return; // the request was abandoned
+            }
+        }
+    });
+    let result = try_send(
+        &http1_client(),
+        request(Method::POST, &fb.url("/u")).body(body).unwrap(),
+    )
+    .await;
+    match &result {
+        Ok(r) => {
+            assert_fusebox_error(r, 413, "REQUEST_TOO_LARGE", None);
+        }
+        Err(e) => eprintln!("connection cut instead of a 413: {e}"),
+    }
+    // Whatever reached the upstream is settled (its body read ended) before judging.
+    let hits = up.hits();
+    up.wait_requests(hits).await;
+    for rec in up.requests() {
+        assert!(
+            !(rec.body_complete && rec.body.len() == payload.len()),
+            "the upstream received the whole over-limit body"
+        );
+        assert!(
+            !rec.body_complete || rec.body.len() <= 64 * 1024,
+            "the upstream saw a complete body of {} bytes, over the limit",
+            rec.body.len()
+        );
+    }
+}
+
+/// A caller trickling header lines (slowloris) is disconnected once
+/// `header_read_timeout` passes, although it never stops sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_headers_are_cut_after_header_read_timeout() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(up.addr, "header_read_timeout = \"30s\"")).await;
+    let mut conn = RawConn::connect(fb.addr).await;
+    conn.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let mut closed = None;
+    // Bounded: at most 100 lines, 100 ms apart (10 s), far past the 300 ms limit.
+    for i in 0..100 {
+        if conn
+            .write(format!("X-Drip-{i}: x\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = Some(Vec::new());
+            break;
+        }
+        if let Ending::Closed(data) = conn.wait_closed(Duration::from_millis(100)).await {
+            closed = Some(data);
+            break;
+        }
+    }
+    let data = closed.expect("a slowloris connection was kept open for 10 s");
+    if !data.is_empty() {
+        let text = String::from_utf8_lossy(&data);
+        assert!(
+            text.starts_with("HTTP/1.1 408"),
+            "only a 408 may be sent: {text:?}"
+        );
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+/// A caller that sends part of its headers and goes silent is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_partial_headers_are_cut_after_header_read_timeout() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(up.addr, "header_read_timeout = \"30s\"")).await;
+    let mut conn = RawConn::connect(fb.addr).await;
+    conn.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    match conn.wait_closed(WAIT).await {
+        Ending::Closed(data) => {
+            let text = String::from_utf8_lossy(&data);
+            assert!(
+                data.is_empty() || text.starts_with("HTTP/1.1 408"),
+                "only a 408 may be sent: {text:?}"
+            );
+        }
+        Ending::Open => panic!("a connection with unfinished headers stayed open for {WAIT:?}"),
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+/// With `max_connections = 1`, a second connection is not served while the first is
+/// open, and is served once the first closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_connection_waits_while_max_connections_is_reached() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "max_connections = 1\nidle_timeout = \"60s\"",
+    ))
+    .await;
+    let req = b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    let mut first = RawConn::connect(fb.addr).await;
+    first.write(req).await.unwrap();
+    assert_eq!(first.read_response().await.status, 200);
+
+    // The kernel completes the handshake, but fusebox must not serve it yet.
+    let mut second = RawConn::connect(fb.addr).await;
+    second.write(req).await.unwrap();
+    let early = second.response_within(Duration::from_millis(500)).await;
+    assert!(
+        early.is_none(),
+        "a second connection was served past max_connections = 1"
+    );
+    assert_eq!(up.hits(), 1);
+
+    // The first one still works (keep-alive), then closes.
+    first.write(req).await.unwrap();
+    assert_eq!(first.read_response().await.status, 200);
+    drop(first);
+
+    assert_eq!(second.read_response().await.status, 200);
+    assert_eq!(up.hits(), 3);
+}
+
+/// A keep-alive connection serves several requests, then is closed once idle for
+/// `idle_timeout` (header_read_timeout is long here, so only idle_timeout can close it
+/// within the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_is_closed() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "idle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
+    ))
+    .await;
+    let mut conn = RawConn::connect(fb.addr).await;
+    for _ in 0..3 {
+        conn.write(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(conn.read_response().await.status, 200);
+    }
+    assert_eq!(
+        conn.wait_closed(WAIT).await,
+        Ending::Closed(Vec::new()),
+        "an idle keep-alive connection must be closed after idle_timeout"
+    );
+}
+
+/// `header_read_timeout` guards a request head that has started arriving; it must not
+/// cut a keep-alive connection that is merely idle between requests (that is
+/// `idle_timeout`'s job, 60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_outlives_header_read_timeout() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "header_read_timeout = \"200ms\"\nidle_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut conn = RawConn::connect(fb.addr).await;
+    conn.write(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(conn.read_response().await.status, 200);
+    // Idle for five header_read_timeouts: the connection must still be open...
+    assert_eq!(
+        conn.wait_closed(Duration::from_secs(1)).await,
+        Ending::Open,
+        "an idle keep-alive connection was closed by header_read_timeout, long before idle_timeout"
+    );
+    // ...and still serve.
+    conn.write(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(conn.read_response().await.status, 200);
+}
