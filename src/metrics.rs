@@ -283,12 +283,19 @@ pub struct UpstreamMetrics {
     pub retry_reset: IntCounter,
     /// One per status in `retry_status_codes` (`reason` = `status_503`, ...).
     pub retry_status: Vec<(u16, IntCounter)>,
+    /// One per code in `retry_grpc_codes` (`reason` = `grpc_14`, ...).
+    pub retry_grpc: Vec<(u8, IntCounter)>,
     pub fallback_static: IntCounter,
     pub fallback_upstream: IntCounter,
 }
 
 impl UpstreamMetrics {
-    pub fn new(m: &Arc<Metrics>, service: &str, retry_codes: &[u16]) -> UpstreamMetrics {
+    pub fn new(
+        m: &Arc<Metrics>,
+        service: &str,
+        retry_codes: &[u16],
+        grpc_codes: &[u8],
+    ) -> UpstreamMetrics {
         let r = |reason: &str| m.retries.with_label_values(&[service, reason]);
         UpstreamMetrics {
             retry_connect: r("connect_failure"),
@@ -297,6 +304,10 @@ impl UpstreamMetrics {
             retry_status: retry_codes
                 .iter()
                 .map(|c| (*c, r(&format!("status_{c}"))))
+                .collect(),
+            retry_grpc: grpc_codes
+                .iter()
+                .map(|c| (*c, r(&format!("grpc_{c}"))))
                 .collect(),
             fallback_static: m.fallbacks.with_label_values(&[service, "static"]),
             fallback_upstream: m.fallbacks.with_label_values(&[service, "upstream"]),
@@ -312,6 +323,13 @@ impl UpstreamMetrics {
             .map(|(_, c)| c)
     }
 
+    pub fn retry_for_grpc(&self, code: u8) -> Option<&IntCounter> {
+        self.retry_grpc
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, c)| c)
+    }
+
     /// Drops every series of this upstream (removed by a reload).
     pub fn remove(&self) {
         let f = &self.family;
@@ -321,6 +339,9 @@ impl UpstreamMetrics {
         }
         for (c, _) in &self.retry_status {
             let _ = f.retries.remove_label_values(&[s, &format!("status_{c}")]);
+        }
+        for (c, _) in &self.retry_grpc {
+            let _ = f.retries.remove_label_values(&[s, &format!("grpc_{c}")]);
         }
         for kind in ["static", "upstream"] {
             let _ = f.fallbacks.remove_label_values(&[s, kind]);

@@ -343,25 +343,36 @@ async fn retry_after_on_the_opening_503_sets_the_open_time() {
 /// Proves: a route's own `circuit_breaker` table overrides the upstream's for that
 /// route (DESIGN.md: "retry / circuit_breaker tables here override the upstream's for
 /// this route"): with the upstream at 1000 failures and the route at 2, the third
-/// request on the route is CIRCUIT_OPEN.
+/// request on the route is CIRCUIT_OPEN, while another route to the same endpoint,
+/// without a table, keeps reaching it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_circuit_breaker_table_overrides_the_upstreams() {
     let up = Scripted::start(fail()).await;
     let tables = format!(
-        "{}{}[routes.circuit_breaker]\nfailure_threshold = 2\nrecovery_timeout = \"30s\"\n\n",
+        "{}{}[routes.circuit_breaker]\nfailure_threshold = 2\nrecovery_timeout = \"30s\"\n\n{}",
         UpstreamToml::new("app", &[up.addr]).build(),
-        route_toml("strict", "/", "app", "")
+        route_toml("strict", "/strict", "app", ""),
+        route_toml("other", "/other", "app", ""),
     );
     let fb = spawn_proxy(&tables).await;
     let c = http1_client();
     for _ in 0..2 {
-        let r = get(&c, &fb.url("/x")).await;
+        let r = get(&c, &fb.url("/strict/x")).await;
         assert_eq!(
             (r.status.as_u16(), r.header("x-fusebox-error")),
             (503, None)
         );
     }
-    let r = get(&c, &fb.url("/x")).await;
+    let r = get(&c, &fb.url("/strict/x")).await;
     assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
     assert_eq!(up.hits(), 2);
+    for _ in 0..3 {
+        let r = get(&c, &fb.url("/other/x")).await;
+        assert_eq!(
+            r.header("x-fusebox-error"),
+            None,
+            "the upstream's own breaker"
+        );
+    }
+    assert_eq!(up.hits(), 5);
 }

@@ -31,7 +31,8 @@ fn assert_static_fallback(r: &Reply) {
 /// with its status, content type and body, marked `x-fusebox-fallback: static`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_fallback_answers_a_connect_failure() {
-    let yolo = UpstreamToml::new("yolo", &[closed_port()]).table("fallback", STATIC);
+    let dead = dead_port(); // refuses connections while held
+    let yolo = UpstreamToml::new("yolo", &[dead.addr]).table("fallback", STATIC);
     let fb = spawn_proxy(&proxy_tables(&[yolo])).await;
     let r = get(&http1_client(), &fb.url("/detect")).await;
     assert_static_fallback(&r);
@@ -57,8 +58,8 @@ async fn static_fallback_answers_a_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_fallback_serves_from_the_second_upstream() {
     let cpu = Scripted::ok("cpu detections").await;
-    let yolo =
-        UpstreamToml::new("yolo", &[closed_port()]).table("fallback", "upstream = \"yolo_cpu\"");
+    let dead = dead_port(); // refuses connections while held
+    let yolo = UpstreamToml::new("yolo", &[dead.addr]).table("fallback", "upstream = \"yolo_cpu\"");
     let fb = spawn_proxy(&proxy_tables(&[
         yolo,
         UpstreamToml::new("yolo_cpu", &[cpu.addr]),

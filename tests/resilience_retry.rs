@@ -33,7 +33,8 @@ fn unavailable() -> Behaviour {
 /// each request exactly once, and the dead endpoint's breaker opened on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gets_recover_on_the_live_endpoint_while_the_other_is_dead() {
-    let dead = closed_port();
+    let held = dead_port(); // refuses connections while held
+    let dead = held.addr;
     let live = Scripted::ok("alive").await;
     let fb = proxy(
         UpstreamToml::new("app", &[dead, live.addr])
@@ -165,7 +166,8 @@ async fn timeouts_are_retried_only_for_idempotent_requests() {
 /// the attempt on a closed port failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200kb_post_body_is_replayed_byte_exact_after_a_connect_failure() {
-    let dead = closed_port();
+    let held = dead_port(); // refuses connections while held
+    let dead = held.addr;
     let live = Scripted::start(Behaviour::Echo).await;
     let fb = proxy(UpstreamToml::new("app", &[dead, live.addr]).retry(RETRY_TWICE)).await;
     let c = http1_client();

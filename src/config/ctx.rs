@@ -175,6 +175,26 @@ impl Ctx<'_> {
             .collect()
     }
 
+    /// gRPC status names (`unavailable`, `DEADLINE_EXCEEDED`, ...) or numbers as strings.
+    pub fn grpc_codes(&mut self, path: &Path, v: Option<&Vec<String>>, default: &[u8]) -> Vec<u8> {
+        let Some(list) = v else {
+            return default.to_vec();
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for (i, name) in list.iter().enumerate() {
+            match crate::config::grpc_code(name) {
+                Some(c) => out.push(c),
+                None => self.problem(
+                    &path.idx(i),
+                    format!(
+                        "unknown gRPC status {name:?}; expected a name such as unavailable, deadline_exceeded, internal, unknown, resource_exhausted, or a number 0-16"
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
     /// One of a fixed set of names (case-insensitive); the error lists them.
     pub fn choice<T: Copy>(
         &mut self,

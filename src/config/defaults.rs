@@ -173,6 +173,14 @@ impl Default for TimeoutsConfig {
     }
 }
 
+/// gRPC statuses that count as breaker failures: UNKNOWN (2), DEADLINE_EXCEEDED (4),
+/// INTERNAL (13), UNAVAILABLE (14) — the upstream's fault, not the caller's.
+pub const DEFAULT_FAILURE_GRPC_CODES: &[u8] = &[2, 4, 13, 14];
+
+/// gRPC statuses retried: UNAVAILABLE (14) only, which gRPC defines as "not processed,
+/// safe to retry".
+pub const DEFAULT_RETRY_GRPC_CODES: &[u8] = &[14];
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
@@ -182,6 +190,7 @@ impl Default for BreakerConfig {
             half_open_max_requests: DEFAULT_HALF_OPEN_MAX_REQUESTS,
             max_recovery_timeout: DEFAULT_MAX_RECOVERY_TIMEOUT,
             failure_status_codes: DEFAULT_FAILURE_STATUS_CODES.to_vec(),
+            failure_grpc_codes: DEFAULT_FAILURE_GRPC_CODES.to_vec(),
             error_rate: None,
             slow_call_duration: None,
             slow_call_rate_threshold: DEFAULT_SLOW_CALL_RATE_THRESHOLD,
@@ -200,6 +209,7 @@ impl Default for RetryConfig {
             max_delay: DEFAULT_RETRY_MAX_DELAY,
             jitter: DEFAULT_RETRY_JITTER,
             retry_status_codes: DEFAULT_RETRY_STATUS_CODES.to_vec(),
+            retry_grpc_codes: DEFAULT_RETRY_GRPC_CODES.to_vec(),
             retry_non_idempotent: DEFAULT_RETRY_NON_IDEMPOTENT,
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
             budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,

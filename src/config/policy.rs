@@ -183,6 +183,11 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
             f.failure_status_codes.as_ref(),
             &base.failure_status_codes,
         ),
+        failure_grpc_codes: cx.grpc_codes(
+            &p.key("failure_grpc_codes"),
+            f.failure_grpc_codes.as_ref(),
+            &base.failure_grpc_codes,
+        ),
         error_rate,
         slow_call_duration,
         slow_call_rate_threshold: cx.percent(
@@ -237,6 +242,11 @@ pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> Retry
             &p.key("retry_status_codes"),
             f.retry_status_codes.as_ref(),
             &base.retry_status_codes,
+        ),
+        retry_grpc_codes: cx.grpc_codes(
+            &p.key("retry_grpc_codes"),
+            f.retry_grpc_codes.as_ref(),
+            &base.retry_grpc_codes,
         ),
         retry_non_idempotent: f.retry_non_idempotent.unwrap_or(base.retry_non_idempotent),
         max_replay_body: cx.size(

@@ -156,6 +156,8 @@ pub struct BreakerConfig {
     pub half_open_max_requests: u32,
     pub max_recovery_timeout: Duration,
     pub failure_status_codes: Vec<u16>,
+    /// gRPC statuses (trailers-only responses) that count as failures.
+    pub failure_grpc_codes: Vec<u8>,
     /// Error-rate mode, active when `window` is set.
     pub error_rate: Option<ErrorRateConfig>,
     pub slow_call_duration: Option<Duration>,
@@ -173,6 +175,9 @@ pub struct RetryConfig {
     pub max_delay: Duration,
     pub jitter: bool,
     pub retry_status_codes: Vec<u16>,
+    /// gRPC statuses (trailers-only responses) retried for any method: the upstream
+    /// did not process the call.
+    pub retry_grpc_codes: Vec<u8>,
     pub retry_non_idempotent: bool,
     pub max_replay_body: u64,
     pub budget_percent: f64,

@@ -68,6 +68,51 @@ struct Outbound<'a> {
     body: Option<&'a Arc<ReplaySource>>,
     /// Non-idempotent requests are retried only after connect failures.
     retry_any_failure: bool,
+    /// A gRPC call: `grpc-timeout` carries the time left, `grpc-status` classifies.
+    grpc: bool,
+    /// Send the time left as `x-request-timeout-ms` (route `propagate_deadline`).
+    propagate_deadline: bool,
+}
+
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+static X_REQUEST_TIMEOUT_MS: http::HeaderName =
+    http::HeaderName::from_static("x-request-timeout-ms");
+
+/// A `grpc-timeout` value (`1-8 digits` + `H M S m u n`) as a duration.
+pub fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
+    let b = v.as_bytes();
+    if b.len() < 2 || b.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = b.split_at(b.len() - 1);
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit[0] {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The time left, as milliseconds in a header value (at least 1).
+fn millis_value(left: Duration, suffix: &str) -> HeaderValue {
+    let ms = left.as_millis().clamp(1, 99_999_999);
+    HeaderValue::from_str(&format!("{ms}{suffix}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("1"))
+}
+
+/// The `grpc-status` of a trailers-only response (status in the headers).
+fn grpc_status_of(r: &Response<hyper::body::Incoming>) -> Option<u8> {
+    r.headers()
+        .get(&GRPC_STATUS)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
 }
 
 /// How one attempt ended.
@@ -121,6 +166,17 @@ pub async fn send(
         retry_any_failure: is_idempotent(&parts.method)
             || parts.headers.contains_key(&IDEMPOTENCY_KEY)
             || route.retry.cfg.retry_non_idempotent,
+        grpc: super::is_grpc(&parts.headers),
+        propagate_deadline: route.cfg.propagate_deadline,
+    };
+    // A gRPC caller's own deadline wins when it is shorter than the route's.
+    let deadline = match parts
+        .headers
+        .get(&GRPC_TIMEOUT)
+        .and_then(parse_grpc_timeout)
+    {
+        Some(t) if out.grpc => deadline.min(started + t),
+        _ => deadline,
     };
     up.budget.record_request(started);
     match attempts(
@@ -253,6 +309,7 @@ async fn attempts(
             out,
             per_attempt,
             per_attempt < up.cfg.timeouts.request,
+            left,
         )
         .await;
         let elapsed = t0.elapsed();
@@ -275,7 +332,10 @@ async fn attempts(
                 .then(|| r.headers().get(RETRY_AFTER))
                 .flatten()
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                let failure = breaker_cfg.failure_status_codes.contains(&s.as_u16());
+                let failure = breaker_cfg.failure_status_codes.contains(&s.as_u16())
+                    || (out.grpc
+                        && grpc_status_of(r)
+                            .is_some_and(|g| breaker_cfg.failure_grpc_codes.contains(&g)));
                 (failure, ra, Some(s.as_u16()))
             }
             _ => (true, None, None),
@@ -300,7 +360,9 @@ async fn attempts(
             Attempt::Reset(_) => out.retry_any_failure,
             Attempt::Timeout { deadline, .. } => out.retry_any_failure && !deadline,
             Attempt::Response(r, _) => {
-                out.retry_any_failure && retry.retry_status_codes.contains(&r.status().as_u16())
+                (out.retry_any_failure && retry.retry_status_codes.contains(&r.status().as_u16()))
+                    || (out.grpc
+                        && grpc_status_of(r).is_some_and(|g| retry.retry_grpc_codes.contains(&g)))
             }
         };
         let may_retry = retryable
@@ -328,7 +390,11 @@ async fn attempts(
             Attempt::Reset(_) => up.metrics.retry_reset.inc(),
             Attempt::Timeout { .. } => up.metrics.retry_timeout.inc(),
             Attempt::Response(r, _) => {
-                if let Some(c) = up.metrics.retry_for_status(r.status().as_u16()) {
+                let counter = match grpc_status_of(r).filter(|_| out.grpc) {
+                    Some(g) => up.metrics.retry_for_grpc(g),
+                    None => up.metrics.retry_for_status(r.status().as_u16()),
+                };
+                if let Some(c) = counter {
                     c.inc();
                 }
             }
@@ -440,6 +506,7 @@ async fn send_once(
     out: &Outbound<'_>,
     timeout: Duration,
     capped_by_deadline: bool,
+    left: Duration,
 ) -> Attempt {
     let http2 = matches!(up.cfg.protocol, Protocol::H2c | Protocol::H2);
     // HTTP/1.1 sends the origin form (`/path?q`); HTTP/2 needs scheme and authority for
@@ -473,6 +540,14 @@ async fn send_once(
         Version::HTTP_11
     };
     *req.headers_mut() = out.headers.clone();
+    if out.grpc {
+        req.headers_mut()
+            .insert(GRPC_TIMEOUT.clone(), millis_value(left, "m"));
+    }
+    if out.propagate_deadline {
+        req.headers_mut()
+            .insert(X_REQUEST_TIMEOUT_MS.clone(), millis_value(left, ""));
+    }
     let pool = ep.pool.load_full();
     match tokio::time::timeout(timeout, pool.send(req)).await {
         Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
@@ -537,6 +612,19 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let p = |s: &'static str| parse_grpc_timeout(&HeaderValue::from_static(s));
+        assert_eq!(p("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(p("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(p("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(p("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(p("123456789m"), None);
+        assert_eq!(p("m"), None);
+        assert_eq!(p("1x"), None);
+        assert_eq!(millis_value(Duration::from_micros(10), "m"), "1m");
+    }
 
     #[test]
     fn strip_prefix_rewrites_path_and_keeps_query() {

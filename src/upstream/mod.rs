@@ -71,9 +71,18 @@ impl EndpointBreakers {
         }
     }
 
+    /// The endpoint's breaker when an operator forced it open: that overrides every
+    /// partition (one atomic load while closed).
+    fn forced(&self, now: Instant) -> Option<breaker::Rejected> {
+        self.main.rejection(now).filter(|r| r.forced)
+    }
+
     /// The breaker for a request with these headers.
     pub fn for_request<'a>(&'a self, headers: &'a HeaderMap) -> BreakerRef<'a> {
         if let Some((name, parts)) = &self.partitions {
+            if self.forced(Instant::now()).is_some() {
+                return BreakerRef::Main(&self.main);
+            }
             if let Some(v) = headers.get(name) {
                 return BreakerRef::Keyed(parts.get(v.as_bytes()), v.as_bytes());
             }
@@ -85,6 +94,9 @@ impl EndpointBreakers {
     /// without a breaker yet is closed; looking does not create one.
     pub fn available(&self, headers: &HeaderMap, now: Instant) -> bool {
         if let Some((name, parts)) = &self.partitions {
+            if self.forced(now).is_some() {
+                return false;
+            }
             if let Some(v) = headers.get(name) {
                 return parts.peek(v.as_bytes()).is_none_or(|b| b.is_available(now));
             }
@@ -95,6 +107,9 @@ impl EndpointBreakers {
     /// What the breaker for these headers would refuse with (`None`: it admits).
     pub fn rejection(&self, headers: &HeaderMap, now: Instant) -> Option<breaker::Rejected> {
         if let Some((name, parts)) = &self.partitions {
+            if let Some(r) = self.forced(now) {
+                return Some(r);
+            }
             if let Some(v) = headers.get(name) {
                 return parts.peek(v.as_bytes()).and_then(|b| b.rejection(now));
             }
@@ -396,7 +411,12 @@ impl Upstream {
             _ => Arc::new(RetryBudget::from_config(&cfg.retry)),
         };
         Upstream {
-            metrics: UpstreamMetrics::new(metrics, &name, &cfg.retry.retry_status_codes),
+            metrics: UpstreamMetrics::new(
+                metrics,
+                &name,
+                &cfg.retry.retry_status_codes,
+                &cfg.retry.retry_grpc_codes,
+            ),
             family: metrics.clone(),
             name,
             cfg: cfg.clone(),

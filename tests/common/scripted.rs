@@ -422,6 +422,32 @@ pub async fn call(
     super::send(c, b.body(full(body.into())).expect("request")).await
 }
 
+/// An address that refuses connections for as long as this value lives: a socket bound
+/// to 127.0.0.1:0 that never listens, so the kernel answers each SYN with a reset. Unlike
+/// a released port (`closed_port`), no other test running in parallel can bind it and
+/// start answering in the meantime.
+pub struct DeadPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+pub fn dead_port() -> DeadPort {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket =
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("a TCP socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind a dead port");
+    let addr = socket
+        .local_addr()
+        .expect("bound address")
+        .as_socket()
+        .expect("an IP address");
+    DeadPort {
+        addr,
+        _socket: socket,
+    }
+}
+
 /// `n` milliseconds.
 pub const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
