@@ -12,17 +12,27 @@
 //! ```text
 //! main.rs          CLI -> config -> logging -> app::run
 //! cli.rs           clap definitions (run, validate, demo, demo-upstream)
-//! app.rs           wiring: snapshot, bind, serve, shutdown; start() for tests
-//! config/          file.rs (serde mirror) -> validate.rs -> types.rs (valid values)
+//! app.rs           wiring: snapshot, bind, serve, admin, reloader, shutdown order;
+//!                  start() / start_with() for tests
+//! config/          file.rs (serde mirror) -> validate.rs, policy.rs, routes.rs ->
+//!                  types.rs (valid values); defaults.rs, units.rs, env.rs, error.rs
 //! snapshot.rs      everything built from one Config, held in one ArcSwap
+//! control.rs       what the admin API and reloader share: snapshot, metrics, readiness
+//! reload.rs        directory watch + SIGHUP -> debounce -> parse -> build -> swap
+//! metrics.rs       every metric name; handles resolved per route/upstream/endpoint
 //! proxy/mod.rs     the request path as one straight line
-//! proxy/listener   accept loop, connection limits, graceful drain
+//! proxy/listener   accept loop, connection limits, header/idle timeouts, drain
 //! proxy/correlate  ids, traceparent, forwarding and hop-by-hop headers
 //! proxy/route      the route table (most specific wins)
-//! proxy/forward    the attempt loop: pick, send, classify
-//! proxy/body       streaming bodies with caps, idle timeouts and the access-log hook
+//! proxy/admit      rate limits, concurrency shedding, fault injection
+//! proxy/forward    the attempt loop: pick, breaker, send, classify, retry, fallback
+//! proxy/body       streaming bodies: caps, replay for retries, idle timeouts,
+//!                  the access-log hook
 //! proxy/error      typed errors -> the contract's JSON / gRPC answers
-//! upstream/        endpoints, balancer, pooled client, DNS refresh
+//! upstream/mod.rs  upstreams and endpoints (state that survives reloads)
+//! upstream/pool    per-endpoint connection pool (HTTP/1.1 stack, h2c shared)
+//! upstream/balancer, breaker/, partition, retry, health, dns
+//! admin/           the admin listener: metrics, breakers, health, config
 //! access_log.rs    one JSON line per request, buffered
 //! telemetry.rs     tracing subscriber (JSON or text)
 //! demo.rs          demo upstreams and `fusebox demo`
@@ -33,11 +43,15 @@
 //! ```text
 //! accept (listener: HTTP/1.1 + h2c)
 //!   -> correlate (ids, traceparent, X-Forwarded-*, hop-by-hop strip)
-//!   -> admit (declared body size)
 //!   -> route (host, path prefix, method, headers; most specific wins)
-//!   -> forward: pick endpoint -> pooled connection -> send (per-attempt timeout
-//!      capped by the route deadline) -> classify
-//!   -> respond (ids echoed; the access-log line is written when the body is done)
+//!   -> admit (declared body size, rate limit, concurrency, fault injection)
+//!   -> attempt loop, bounded by the route deadline:
+//!        pick endpoint (balancer skips open breakers) -> breaker admit -> pooled
+//!        connection -> send (per-attempt timeout capped by the time left) ->
+//!        classify -> record on breaker -> retry? (policy, budget, backoff, another
+//!        endpoint, replayed body)
+//!   -> fallback (static answer or a second upstream)
+//!   -> respond (ids echoed; metrics; the access-log line when the body is done)
 //! ```
 
 pub mod access_log;
