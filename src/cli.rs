@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
              retries with budgets, deadlines, pooled keep-alive and correlation IDs.",
     long_about = None,
     after_help = "With no subcommand, fusebox runs: with --config (or FUSEBOX_CONFIG) it serves \
-                  that file, otherwise the embedded default config.\n\
+                  that file, else config/fusebox.toml when it exists, else the embedded default config.\n\
                   Examples:\n  fusebox demo\n  fusebox --config config/fusebox.toml\n  \
                   fusebox validate --config config/fusebox.toml"
 )]
@@ -40,7 +40,8 @@ pub enum Command {
 
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// Config file (TOML). Without it the embedded default config is served.
+    /// Config file (TOML). Without it, `config/fusebox.toml` when that exists, else the
+    /// embedded default config.
     #[arg(long, short = 'c', env = "FUSEBOX_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }

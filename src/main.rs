@@ -6,6 +6,9 @@ use clap::Parser;
 use fusebox::cli::{Cli, Command};
 use fusebox::{app, config, demo, telemetry};
 
+/// The config file used when none is named (relative to the working directory).
+const DEFAULT_CONFIG_PATH: &str = "config/fusebox.toml";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(cli.run));
@@ -25,7 +28,12 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run(a) => {
+        Command::Run(mut a) => {
+            // No --config / FUSEBOX_CONFIG: the default file when it exists, else the
+            // embedded default.
+            if a.config.is_none() && std::path::Path::new(DEFAULT_CONFIG_PATH).is_file() {
+                a.config = Some(DEFAULT_CONFIG_PATH.into());
+            }
             let (cfg, text) = match &a.config {
                 Some(path) => match load_with_text(path) {
                     Ok(x) => x,
@@ -41,7 +49,7 @@ fn main() -> ExitCode {
             };
             telemetry::init(&cfg.logging);
             if a.config.is_none() {
-                tracing::info!("no --config given: serving the embedded default config");
+                tracing::info!("no config file given and no {DEFAULT_CONFIG_PATH}: serving the embedded default config");
             }
             let version = config::content_hash(&text);
             exit(runtime().and_then(|rt| {
