@@ -66,4 +66,5 @@ pub mod proxy;
 pub mod reload;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

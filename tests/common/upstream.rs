@@ -420,8 +420,10 @@ async fn handle(
 
 /// An address nothing listens on: bound, then released (connecting is refused).
 pub fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind for a closed port");
-    let addr = l.local_addr().expect("address");
-    drop(l);
+    // Bound but never listening, and kept for the life of the test process: connects
+    // are refused, and no parallel test can take the port over.
+    let port = super::scripted::dead_port();
+    let addr = port.addr;
+    std::mem::forget(port);
     addr
 }
