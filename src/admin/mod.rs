@@ -125,6 +125,8 @@ enum Target<'a> {
 /// The read-only endpoints (`GET`, `HEAD`).
 #[derive(Debug, PartialEq, Eq)]
 enum Read {
+    /// The HTML status page (`GET /`).
+    StatusPage,
     Metrics,
     Breakers,
     Health,
@@ -140,6 +142,7 @@ fn parse_target(path: &str) -> Option<Target<'_>> {
         _ => path,
     };
     let read = match path {
+        "/" => Read::StatusPage,
         "/metrics" => Read::Metrics,
         "/circuit_breakers" => Read::Breakers,
         "/health" => Read::Health,
@@ -198,9 +201,23 @@ fn handle(ctrl: &Control, req: &Request<Incoming>, peer: SocketAddr) -> Response
     }
 }
 
+/// The operator's status page: one self-contained HTML file (no external assets) that
+/// refreshes itself from the JSON endpoints.
+const STATUS_PAGE: &str = include_str!("../admin_status.html");
+
 fn answer_read(ctrl: &Control, read: Read) -> Response<Full<Bytes>> {
     let now = Instant::now();
     match read {
+        Read::StatusPage => {
+            let mut r = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
         Read::Metrics => {
             breakers::refresh_gauges(&ctrl.snapshot(), now);
             let mut r = Response::new(Full::new(Bytes::from(ctrl.metrics.render())));
