@@ -108,6 +108,12 @@ pub async fn start_with(
     let shutdown_timeout = config.listener.shutdown_timeout;
     let addr = config.listener.address;
     let admin_addr = config.admin.address;
+    // Listener TLS is read once at start; the certificate and key files are then
+    // polled and reloaded on change (a config reload does not rebind the listener).
+    let tls = match &config.listener.tls {
+        Some(t) => Some(crate::tls::ServerTls::load(t)?),
+        None => None,
+    };
     let metrics = Metrics::new();
     let snap = Snapshot::build(config, version, None, &metrics)?;
     snap.start_background().await;
@@ -130,7 +136,10 @@ pub async fn start_with(
         logger: logger.clone(),
     });
     let (tx, rx) = watch::channel(false);
-    let serve = tokio::spawn(listener::serve(listener, proxy, limits, rx));
+    if let Some(t) = &tls {
+        t.spawn_watcher();
+    }
+    let serve = tokio::spawn(listener::serve(listener, proxy, limits, tls, rx));
     ctrl.set_ready(true);
     tracing::info!(address = %data_addr, admin = %admin_addr, "fusebox listening");
     Ok(Running {

@@ -15,6 +15,7 @@ use crate::proxy::admit::{Concurrency, Fault, RateLimiter};
 use crate::proxy::correlate::HeaderPolicy;
 use crate::proxy::forward::RetryPolicy;
 use crate::proxy::route::Router;
+use crate::tls;
 use crate::upstream::retry::Backoff;
 use crate::upstream::{RouteBreakers, Upstream};
 
@@ -70,8 +71,8 @@ pub struct Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("upstream '{0}': protocol {1:?} needs TLS, which this build does not support yet")]
-    Unsupported(String, Protocol),
+    #[error("upstream '{0}': {1}")]
+    Tls(String, #[source] Box<tls::TlsError>),
     #[error("route '{0}' names unknown upstream '{1}'")]
     UnknownUpstream(String, String),
     #[error("{0}: retry policy: {1}")]
@@ -91,11 +92,20 @@ impl Snapshot {
     ) -> Result<Snapshot, BuildError> {
         let mut upstreams = HashMap::new();
         for (name, ucfg) in &config.upstreams {
-            if matches!(ucfg.protocol, Protocol::Https | Protocol::H2) {
-                return Err(BuildError::Unsupported(name.clone(), ucfg.protocol));
-            }
+            // Built once per upstream per config build: reads the CA (or the system
+            // roots) and the client certificate; a bad file fails the build.
+            let tls = match ucfg.protocol {
+                Protocol::Https | Protocol::H2 => Some(
+                    tls::client_config(ucfg.tls.as_ref(), ucfg.protocol == Protocol::H2)
+                        .map_err(|e| BuildError::Tls(name.clone(), Box::new(e)))?,
+                ),
+                Protocol::Http1 | Protocol::H2c => None,
+            };
             let prev = previous.and_then(|p| p.upstreams.get(name)).map(|u| &**u);
-            upstreams.insert(name.clone(), Arc::new(Upstream::build(ucfg, prev, metrics)));
+            upstreams.insert(
+                name.clone(),
+                Arc::new(Upstream::build(ucfg, prev, metrics, tls)),
+            );
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {

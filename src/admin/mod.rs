@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(parse_target("/circuit_breakers/yolo//open"), None);
         assert_eq!(parse_target("/circuit_breakers/a/b/close"), None);
         assert_eq!(parse_target("/circuit_breakers/a/b/c/reset"), None);
-        assert_eq!(parse_target("/"), None);
+        assert_eq!(parse_target("/"), Some(Target::Read(Read::StatusPage)));
         assert_eq!(parse_target("/metricsx"), None);
     }
 }

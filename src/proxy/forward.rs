@@ -513,7 +513,11 @@ async fn send_once(
     // its pseudo-headers.
     let uri = if http2 {
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
+        uri.scheme = Some(if up.cfg.protocol == Protocol::H2 {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         uri.authority = Some(ep.authority.clone());
         uri.path_and_query = Some(out.pq.clone());
         match Uri::from_parts(uri) {

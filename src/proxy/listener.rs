@@ -21,11 +21,13 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use super::Proxy;
 use crate::config::ListenerConfig;
+use crate::tls::ServerTls;
 
 /// Per-connection state shared with the requests it carries.
 #[derive(Debug)]
@@ -80,6 +82,7 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limits: ConnLimits,
+    tls: Option<Arc<ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -119,8 +122,30 @@ pub async fn serve(
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let limits = limits.clone();
+        // One atomic load: a rotated certificate applies from the next handshake on.
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            serve_conn(stream, peer, proxy, &builder, &limits, shutdown).await;
+            let _ = stream.set_nodelay(true);
+            match acceptor {
+                None => serve_conn(stream, peer, proxy, &builder, &limits, shutdown).await,
+                Some(acceptor) => {
+                    // The handshake is bounded like a request head: a client that
+                    // opens TCP and says nothing must not hold a slot.
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_conn(tls, peer, proxy, &builder, &limits, shutdown).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake not complete within header_read_timeout; closing")
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -131,15 +156,16 @@ pub async fn serve(
         .await;
 }
 
-async fn serve_conn(
-    stream: TcpStream,
+async fn serve_conn<S>(
+    stream: S,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     limits: &ConnLimits,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let state = Arc::new(ConnState {
@@ -219,8 +245,10 @@ fn now_ms() -> u64 {
 
 /// The caller's socket, noting when a request head starts arriving on an idle
 /// HTTP/1 connection (for the header read timeout).
-struct ConnIo {
-    inner: TcpStream,
+struct ConnIo<S> {
+    /// The TCP stream, or the TLS stream over it (so the bytes seen here are
+    /// plaintext HTTP either way).
+    inner: S,
     state: Arc<ConnState>,
     first_read: bool,
     /// HTTP/2 connections are exempt: their frames (pings, settings) arrive between
@@ -228,7 +256,7 @@ struct ConnIo {
     exempt: bool,
 }
 
-impl tokio::io::AsyncRead for ConnIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -254,7 +282,7 @@ impl tokio::io::AsyncRead for ConnIo {
     }
 }
 
-impl tokio::io::AsyncWrite for ConnIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

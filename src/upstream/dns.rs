@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-use super::{reuse_or_new, Endpoint, Upstream};
+use super::{pool_settings, reuse_or_new, Endpoint, Upstream};
 use crate::config::EndpointAddr;
 
 impl Upstream {
@@ -26,6 +26,7 @@ impl Upstream {
                     Some(&old),
                     *addr,
                     e.weight,
+                    pool_settings(&self.cfg, self.tls.as_ref(), *addr, None),
                     &self.name,
                     &self.cfg,
                     &self.family,
@@ -39,6 +40,12 @@ impl Upstream {
                                         Some(&old),
                                         addr,
                                         e.weight,
+                                        pool_settings(
+                                            &self.cfg,
+                                            self.tls.as_ref(),
+                                            addr,
+                                            Some(host),
+                                        ),
                                         &self.name,
                                         &self.cfg,
                                         &self.family,

@@ -26,7 +26,7 @@ use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
 use balancer::{Balancer, Tried};
 use breaker::{Breaker, BreakerState, Transition};
 use partition::PartitionedBreakers;
-use pool::{Pool, PoolSettings};
+use pool::{Pool, PoolSettings, PoolTls};
 use retry::RetryBudget;
 
 /// The breakers of one endpoint: the endpoint's own, plus one per key when the upstream
@@ -362,6 +362,9 @@ pub struct Upstream {
     pub budget: Arc<RetryBudget>,
     pub metrics: UpstreamMetrics,
     pub family: Arc<Metrics>,
+    /// The client config of an `https` / `h2` upstream, built with the snapshot; DNS
+    /// refreshes hand it to the endpoints they add.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Upstream {
@@ -372,6 +375,7 @@ impl Upstream {
         cfg: &UpstreamConfig,
         previous: Option<&Upstream>,
         metrics: &Arc<Metrics>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Upstream {
         let name: Arc<str> = cfg.name.as_str().into();
         let old = previous.map(|p| p.endpoints());
@@ -382,6 +386,7 @@ impl Upstream {
                     old.as_deref(),
                     addr,
                     e.weight,
+                    pool_settings(cfg, tls.as_ref(), addr, None),
                     &name,
                     cfg,
                     metrics,
@@ -423,6 +428,7 @@ impl Upstream {
             endpoints: ArcSwap::from_pointee(eps),
             balancer: Balancer::new(cfg.load_balancing),
             budget,
+            tls,
         }
     }
 
@@ -480,12 +486,36 @@ impl Upstream {
     }
 }
 
+/// The pool settings of the endpoint at `addr`; `host` is the DNS name it was
+/// resolved from (certificates name hosts), else its IP is the TLS server name.
+fn pool_settings(
+    cfg: &UpstreamConfig,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    addr: SocketAddr,
+    host: Option<&str>,
+) -> PoolSettings {
+    let tls = tls.map(|config| {
+        let ip = addr.ip();
+        let name = match host {
+            Some(h) => crate::tls::server_name(cfg.tls.as_ref(), h),
+            None => crate::tls::server_name(cfg.tls.as_ref(), &ip.to_string()),
+        };
+        PoolTls {
+            config: config.clone(),
+            // The snapshot build checked the name; failing closed on the IP if not.
+            server_name: name.unwrap_or(rustls::pki_types::ServerName::IpAddress(ip.into())),
+        }
+    });
+    PoolSettings::new(cfg.protocol, &cfg.pool, &cfg.timeouts, tls)
+}
+
 /// The endpoint of `old` with this address and weight (its breaker takes the new
 /// settings), else a new one.
 fn reuse_or_new(
     old: Option<&Vec<Arc<Endpoint>>>,
     addr: SocketAddr,
     weight: u32,
+    settings: PoolSettings,
     service: &Arc<str>,
     cfg: &UpstreamConfig,
     metrics: &Arc<Metrics>,
@@ -504,7 +534,6 @@ fn reuse_or_new(
     }) {
         Some(e) => {
             e.breakers.set_config(&cfg.circuit_breaker);
-            let settings = PoolSettings::new(cfg.protocol, &cfg.pool, &cfg.timeouts);
             if e.pool.load().settings != settings {
                 e.pool.store(Pool::new(addr, settings));
             }
@@ -516,7 +545,7 @@ fn reuse_or_new(
             service,
             &cfg.circuit_breaker,
             metrics,
-            PoolSettings::new(cfg.protocol, &cfg.pool, &cfg.timeouts),
+            settings,
         )),
     }
 }

@@ -28,10 +28,16 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
 use crate::config::{PoolConfig, Protocol, TimeoutsConfig};
 use crate::proxy::body::ReqBody;
 
-/// Settings of a pool, taken from the upstream's `pool`, `timeouts` and `protocol`.
+/// Settings of a pool, taken from the upstream's `pool`, `timeouts`, `protocol` and
+/// `tls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub http2: bool,
@@ -39,19 +45,47 @@ pub struct PoolSettings {
     pub max_idle: usize,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Set for `https` and `h2`: every connection is TLS.
+    pub tls: Option<PoolTls>,
 }
 
 impl PoolSettings {
-    pub fn new(protocol: Protocol, pool: &PoolConfig, timeouts: &TimeoutsConfig) -> Self {
+    pub fn new(
+        protocol: Protocol,
+        pool: &PoolConfig,
+        timeouts: &TimeoutsConfig,
+        tls: Option<PoolTls>,
+    ) -> Self {
         PoolSettings {
             http2: matches!(protocol, Protocol::H2c | Protocol::H2),
             max_connections: pool.max_connections_per_host.max(1),
             max_idle: pool.max_idle_per_host,
             idle_timeout: pool.idle_timeout,
             connect_timeout: timeouts.connect,
+            tls,
         }
     }
 }
+
+/// How a pool's connections do TLS: the upstream's client config (built once per
+/// config build by [`crate::tls::client_config`]) and the name this endpoint's
+/// certificate must carry.
+#[derive(Debug, Clone)]
+pub struct PoolTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+/// Same config object and name. Each config build makes a new client config (re-reading
+/// the CA and client certificate files), so a reload replaces TLS pools; their
+/// in-flight requests finish on the old connections.
+impl PartialEq for PoolTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Eq for PoolTls {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -59,6 +93,8 @@ pub enum SendError {
     ConnectTimeout(SocketAddr, Duration),
     #[error("connect to {0} failed: {1}")]
     Connect(SocketAddr, #[source] io::Error),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, #[source] io::Error),
     #[error("HTTP handshake with {0} failed: {1}")]
     Handshake(SocketAddr, #[source] hyper::Error),
     /// The request reached the connection; nothing is known of what the upstream did.
@@ -302,13 +338,38 @@ impl Pool {
         self.connect_h1_with(permit, deadline).await
     }
 
-    async fn tcp(&self, deadline: Instant) -> Result<TokioIo<TcpStream>, SendError> {
+    async fn tcp(&self, deadline: Instant) -> Result<TcpStream, SendError> {
         let stream = tokio::time::timeout_at(deadline, TcpStream::connect(self.addr))
             .await
             .map_err(|_| SendError::ConnectTimeout(self.addr, self.settings.connect_timeout))?
             .map_err(|e| SendError::Connect(self.addr, e))?;
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
+    }
+
+    /// The TLS handshake over `tcp`, bounded by the same connect deadline. For `h2`
+    /// the upstream must select `h2` by ALPN (the only protocol offered).
+    async fn tls(
+        &self,
+        tls: &PoolTls,
+        tcp: TcpStream,
+        deadline: Instant,
+    ) -> Result<TlsStream<TcpStream>, SendError> {
+        let connect = TlsConnector::from(tls.config.clone()).connect(tls.server_name.clone(), tcp);
+        let stream = tokio::time::timeout_at(deadline, connect)
+            .await
+            .map_err(|_| SendError::ConnectTimeout(self.addr, self.settings.connect_timeout))?
+            .map_err(|e| SendError::Tls(self.addr, e))?;
+        if self.settings.http2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(SendError::Tls(
+                self.addr,
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "upstream did not select h2 by ALPN",
+                ),
+            ));
+        }
+        Ok(stream)
     }
 
     async fn connect_h1_with(
@@ -316,9 +377,43 @@ impl Pool {
         permit: OwnedSemaphorePermit,
         deadline: Instant,
     ) -> Result<http1::SendRequest<ReqBody>, SendError> {
-        let io = self.tcp(deadline).await?;
+        let tcp = self.tcp(deadline).await?;
+        match &self.settings.tls {
+            None => self.h1_over(permit, tcp).await,
+            Some(tls) => {
+                let stream = self.tls(tls, tcp, deadline).await?;
+                self.h1_over(permit, stream).await
+            }
+        }
+    }
+
+    async fn h1_over<I>(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        io: I,
+    ) -> Result<http1::SendRequest<ReqBody>, SendError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, conn) = http1::Builder::new()
-            .handshake(io)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Handshake(self.addr, e))?;
+        self.spawn_conn(permit, conn);
+        Ok(tx)
+    }
+
+    async fn h2_over<I>(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        io: I,
+    ) -> Result<http2::SendRequest<ReqBody>, SendError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| SendError::Handshake(self.addr, e))?;
         self.spawn_conn(permit, conn);
@@ -362,13 +457,14 @@ impl Pool {
                     .map_err(|_| {
                         SendError::ConnectTimeout(self.addr, self.settings.connect_timeout)
                     })?;
-                let io = self.tcp(deadline).await?;
-                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|e| SendError::Handshake(self.addr, e))?;
-                self.spawn_conn(permit, conn);
+                let tcp = self.tcp(deadline).await?;
+                let tx = match &self.settings.tls {
+                    None => self.h2_over(permit, tcp).await?,
+                    Some(tls) => {
+                        let stream = self.tls(tls, tcp, deadline).await?;
+                        self.h2_over(permit, stream).await?
+                    }
+                };
                 *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
                 tx
             }

@@ -10,6 +10,7 @@ pub mod binary;
 pub mod body;
 pub mod client;
 pub mod scripted;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
