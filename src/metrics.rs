@@ -179,7 +179,9 @@ pub struct RouteMetrics {
     pub rejected_budget: IntCounter,
     pub fault_abort: IntCounter,
     pub fault_delay: IntCounter,
-    duration: [Histogram; 8],
+    /// Resolved on a method's first request: 8 histograms x 1,000 routes would make up
+    /// half of a config build.
+    duration: [std::sync::OnceLock<Histogram>; 8],
     /// (method slot, status) -> counter; filled on first use, copied on write.
     requests: ArcSwap<HashMap<(usize, u16), IntCounter>>,
 }
@@ -195,7 +197,7 @@ impl RouteMetrics {
             rejected_budget: rej("budget"),
             fault_abort: m.faults.with_label_values(&[route, "abort"]),
             fault_delay: m.faults.with_label_values(&[route, "delay"]),
-            duration: METHODS.map(|meth| m.duration.with_label_values(&[service, route, meth])),
+            duration: Default::default(),
             requests: ArcSwap::from_pointee(HashMap::new()),
             family: m.clone(),
             service: service.into(),
@@ -206,7 +208,13 @@ impl RouteMetrics {
     /// Counts one answered request and observes its duration.
     pub fn observe(&self, method: &Method, status: u16, secs: f64) {
         let slot = method_slot(method);
-        self.duration[slot].observe(secs);
+        self.duration[slot]
+            .get_or_init(|| {
+                self.family
+                    .duration
+                    .with_label_values(&[&self.service, &self.route, METHODS[slot]])
+            })
+            .observe(secs);
         if let Some(c) = self.requests.load().get(&(slot, status)) {
             c.inc();
             return;
@@ -236,10 +244,12 @@ impl RouteMetrics {
         for kind in ["abort", "delay"] {
             let _ = f.faults.remove_label_values(&[&self.route, kind]);
         }
-        for meth in METHODS {
-            let _ = f
-                .duration
-                .remove_label_values(&[&self.service, &self.route, meth]);
+        for (slot, meth) in METHODS.iter().enumerate() {
+            if self.duration[slot].get().is_some() {
+                let _ = f
+                    .duration
+                    .remove_label_values(&[&*self.service, &*self.route, *meth]);
+            }
         }
         for ((slot, status), _) in self.requests.load().iter() {
             let mut b = itoa_u16(*status);
