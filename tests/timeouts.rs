@@ -119,3 +119,30 @@ async fn stalled_body_is_cut_after_idle_timeout() {
     assert!(got <= 1000, "only the first chunk was ever sent");
     drop(never);
 }
+
+/// `propagate_deadline = true` tells the upstream how long the caller still waits, as
+/// `x-request-timeout-ms`, no more than the route timeout; without it nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propagate_deadline_sends_the_time_left() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "request = \"5s\"",
+        "timeout = \"2s\"\npropagate_deadline = true",
+    ))
+    .await;
+    let r = get(&http1_client(), &fb.url("/infer")).await;
+    assert_eq!(r.status.as_u16(), 200);
+    let sent: u64 = up
+        .last()
+        .header("x-request-timeout-ms")
+        .parse()
+        .expect("x-request-timeout-ms is a number of milliseconds");
+    assert!(sent > 0 && sent <= 2000, "x-request-timeout-ms = {sent}");
+
+    let up2 = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb2 = spawn_fusebox(&config(up2.addr, "request = \"5s\"", "timeout = \"2s\"")).await;
+    let r = get(&http1_client(), &fb2.url("/infer")).await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(up2.last().opt_header("x-request-timeout-ms"), None);
+}
