@@ -72,6 +72,9 @@ struct Outbound<'a> {
     grpc: bool,
     /// Send the time left as `x-request-timeout-ms` (route `propagate_deadline`).
     propagate_deadline: bool,
+    /// The deadline is the caller's own (`grpc-timeout` shorter than the route's): a
+    /// timeout it causes says nothing about the upstream, so the breaker ignores it.
+    caller_deadline: bool,
 }
 
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
@@ -158,7 +161,7 @@ pub async fn send(
             .and_then(|v| v.to_str().ok()?.parse().ok());
         ReplaySource::new(body, route.retry.cfg.max_replay_body, declared)
     });
-    let out = Outbound {
+    let mut out = Outbound {
         method: &parts.method,
         headers: &parts.headers,
         pq: &pq,
@@ -168,6 +171,7 @@ pub async fn send(
             || route.retry.cfg.retry_non_idempotent,
         grpc: super::is_grpc(&parts.headers),
         propagate_deadline: route.cfg.propagate_deadline,
+        caller_deadline: false,
     };
     // A gRPC caller's own deadline wins when it is shorter than the route's.
     let deadline = match parts
@@ -175,7 +179,10 @@ pub async fn send(
         .get(&GRPC_TIMEOUT)
         .and_then(parse_grpc_timeout)
     {
-        Some(t) if out.grpc => deadline.min(started + t),
+        Some(t) if out.grpc && started + t < deadline => {
+            out.caller_deadline = true;
+            started + t
+        }
         _ => deadline,
     };
     up.budget.record_request(started);
@@ -314,6 +321,10 @@ async fn attempts(
         .await;
         let elapsed = t0.elapsed();
 
+        if out.caller_deadline && matches!(attempt, Attempt::Timeout { deadline: true, .. }) {
+            drop(permit); // the caller's short deadline: the breaker learns nothing
+            return finish(attempt, in_flight, up, done);
+        }
         if done.body.too_large.load(Ordering::Relaxed) {
             drop(permit); // the caller's fault: the breaker learns nothing
             return LoopEnd::Error {
