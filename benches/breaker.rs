@@ -12,22 +12,9 @@ use fusebox::upstream::breaker::{Breaker, Outcome};
 use fusebox::upstream::retry::RetryBudget;
 use tokio::time::Instant;
 
+/// The contract's defaults (5 / 30 s / 2 / 1 / 5 m, jitter on).
 fn config() -> BreakerConfig {
-    BreakerConfig {
-        failure_threshold: 5,
-        recovery_timeout: Duration::from_secs(30),
-        success_threshold: 2,
-        half_open_max_requests: 1,
-        max_recovery_timeout: Duration::from_secs(300),
-        failure_status_codes: vec![500, 502, 503, 504],
-        failure_grpc_codes: vec![2, 4, 13, 14],
-        error_rate: None,
-        slow_call_duration: None,
-        slow_call_rate_threshold: 100.0,
-        partition_by: None,
-        max_partitions: 10_000,
-        jitter: true,
-    }
+    BreakerConfig::default()
 }
 
 fn admit_and_record(breaker: &Breaker, now: Instant) {

@@ -137,18 +137,10 @@ mod tests {
     fn cfg(max_partitions: usize) -> BreakerConfig {
         BreakerConfig {
             failure_threshold: 1,
-            recovery_timeout: Duration::from_secs(30),
             success_threshold: 1,
-            half_open_max_requests: 1,
-            max_recovery_timeout: Duration::from_secs(300),
-            failure_status_codes: vec![500, 502, 503, 504],
-            failure_grpc_codes: vec![2, 4, 13, 14],
-            error_rate: None,
-            slow_call_duration: None,
-            slow_call_rate_threshold: 100.0,
-            partition_by: None,
             max_partitions,
             jitter: false,
+            ..BreakerConfig::default()
         }
     }
 

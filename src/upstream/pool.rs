@@ -331,11 +331,17 @@ impl Pool {
 
     async fn connect_h1(self: &Arc<Self>) -> Result<http1::SendRequest<ReqBody>, SendError> {
         let deadline = Instant::now() + self.settings.connect_timeout;
-        let permit = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| SendError::ConnectTimeout(self.addr, self.settings.connect_timeout))?
-            .map_err(|_| SendError::ConnectTimeout(self.addr, self.settings.connect_timeout))?;
+        let permit = self.slot(deadline).await?;
         self.connect_h1_with(permit, deadline).await
+    }
+
+    /// A connection slot under the per-endpoint cap, waiting at most until `deadline`.
+    async fn slot(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, SendError> {
+        let timeout = SendError::ConnectTimeout(self.addr, self.settings.connect_timeout);
+        match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(timeout),
+        }
     }
 
     async fn tcp(&self, deadline: Instant) -> Result<TcpStream, SendError> {
@@ -449,14 +455,7 @@ impl Pool {
             Some(tx) => tx,
             None => {
                 let deadline = Instant::now() + self.settings.connect_timeout;
-                let permit = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
-                    .await
-                    .map_err(|_| {
-                        SendError::ConnectTimeout(self.addr, self.settings.connect_timeout)
-                    })?
-                    .map_err(|_| {
-                        SendError::ConnectTimeout(self.addr, self.settings.connect_timeout)
-                    })?;
+                let permit = self.slot(deadline).await?;
                 let tcp = self.tcp(deadline).await?;
                 let tx = match &self.settings.tls {
                     None => self.h2_over(permit, tcp).await?,

@@ -21,14 +21,8 @@ pub(super) fn cfg() -> BreakerConfig {
         success_threshold: 2,
         half_open_max_requests: 1,
         max_recovery_timeout: 60 * SEC,
-        failure_status_codes: vec![500, 502, 503, 504],
-        failure_grpc_codes: vec![2, 4, 13, 14],
-        error_rate: None,
-        slow_call_duration: None,
-        slow_call_rate_threshold: 100.0,
-        partition_by: None,
-        max_partitions: 10_000,
         jitter: false,
+        ..BreakerConfig::default()
     }
 }
 
