@@ -34,6 +34,9 @@ pub struct Control {
     /// Listeners bound and not draining.
     ready: AtomicBool,
     history: Mutex<LoadHistory>,
+    /// Content hash of the last file text that failed to load: the same text is not
+    /// tried (and reported) again until it changes.
+    last_failed: Mutex<Option<String>>,
 }
 
 impl Control {
@@ -47,6 +50,7 @@ impl Control {
             metrics,
             config_path,
             ready: AtomicBool::new(false),
+            last_failed: Mutex::new(None),
             history: Mutex::new(LoadHistory {
                 loaded_at: SystemTime::now(),
                 last_reload: None,
@@ -71,6 +75,20 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether `version` is the text that failed last time.
+    pub fn failed_before(&self, version: &str) -> bool {
+        self.last_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            == Some(version)
+    }
+
+    /// Remembers (`Some`) or forgets (`None`) the text that failed to load.
+    pub fn set_failed(&self, version: Option<String>) {
+        *self.last_failed.lock().unwrap_or_else(|p| p.into_inner()) = version;
     }
 
     /// Records a reload attempt (and, on success, the new load time).

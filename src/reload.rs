@@ -36,11 +36,22 @@ pub async fn reload_from(ctrl: &Control, path: &Path) -> Result<ReloadOutcome, S
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let version = config::content_hash(&text);
     let old = ctrl.snapshot();
+    // Reading the file makes events of its own; the same text is judged only once.
     if version == old.version {
+        ctrl.set_failed(None);
         return Ok(ReloadOutcome::Unchanged);
     }
-    let cfg = config::parse(&text, &path.display().to_string(), Some(path.to_path_buf()))
-        .map_err(|e| e.to_string())?;
+    if ctrl.failed_before(&version) {
+        return Ok(ReloadOutcome::Unchanged);
+    }
+    let cfg = match config::parse(&text, &path.display().to_string(), Some(path.to_path_buf())) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            ctrl.set_failed(Some(version));
+            return Err(e.to_string());
+        }
+    };
+    ctrl.set_failed(None);
     if cfg.listener.address != old.config.listener.address
         || cfg.admin.address != old.config.admin.address
     {
@@ -112,9 +123,19 @@ pub fn spawn(ctrl: Arc<Control>, path: PathBuf) -> anyhow::Result<notify::Recomm
         _ => PathBuf::from("."),
     };
     let ftx = tx.clone();
+    let name = path.file_name().map(|n| n.to_os_string());
+    // Only events that can change what the file reads: the file's own name (edits and
+    // an editor's rename over it) and Kubernetes' `..data` / `..<timestamp>` entries.
+    // Other files in the directory (a log written beside the config) are ignored.
+    let relevant = move |p: &std::path::Path| match p.file_name() {
+        Some(n) => Some(n) == name.as_deref() || n.to_string_lossy().starts_with(".."),
+        None => true,
+    };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+            let wanted = !matches!(ev.kind, notify::EventKind::Access(_))
+                && (ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(p)));
+            if wanted {
                 let _ = ftx.send(());
             }
         }

@@ -352,6 +352,15 @@ async fn invalid_file_keeps_the_old_config_serving() {
             .await,
         None
     );
+    // Reading the file raises events of its own: the same broken text must not be
+    // retried (and counted) in a loop. Four debounce periods later it is still one.
+    tokio::time::sleep(fusebox::reload::DEBOUNCE * 4).await;
+    assert_eq!(
+        w.metric(r#"gateway_config_reloads_total{result="failure"}"#)
+            .await,
+        Some(1.0),
+        "one broken file, one failure"
+    );
 
     // A semantically invalid file (unknown upstream) is refused the same way.
     write_by_rename(&w.path, &config(&a, &b, "nope", "", ""));
@@ -420,5 +429,39 @@ async fn breaker_state_survives_a_reload_that_keeps_its_endpoint() {
         assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("a"));
     }
     assert_eq!(a.hits(), hits, "nothing reached the open endpoint");
+    assert!(w.running.shutdown().await);
+}
+
+/// Proves: a broken file written in place (an editor or `echo >>` that keeps the inode)
+/// is reported once, not retried in a loop by other writes in the directory (fusebox's
+/// own log redirected next to its config did exactly that).
+#[tokio::test]
+async fn broken_file_written_in_place_fails_once() {
+    let a = TestUpstream::start(Behaviour::ok("A")).await;
+    let b = TestUpstream::start(Behaviour::ok("B")).await;
+    let v1 = config(&a, &b, "a", "", "");
+    let w = start_file(&v1).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&w.path)
+        .expect("open the config in place");
+    std::io::Write::write_all(&mut f, b"\ngarbage = [\n").expect("append");
+    drop(f);
+    w.wait_config("a failed reload", |v| {
+        v["last_reload"]["result"] == "failure"
+    })
+    .await;
+    let log = w.path.with_file_name("fusebox.log");
+    for i in 0..4 {
+        std::fs::write(&log, format!("log line {i}\n")).expect("write beside the config");
+        tokio::time::sleep(fusebox::reload::DEBOUNCE * 2).await;
+    }
+    assert_eq!(
+        w.metric(r#"gateway_config_reloads_total{result="failure"}"#)
+            .await,
+        Some(1.0),
+        "one broken file, one failure"
+    );
+    assert_eq!(w.data_get("/r").await.text(), "A");
     assert!(w.running.shutdown().await);
 }
