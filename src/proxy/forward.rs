@@ -154,22 +154,33 @@ pub async fn send(
             }
         }
     }
+    let retry_any_failure = is_idempotent(&parts.method)
+        || parts.headers.contains_key(&IDEMPOTENCY_KEY)
+        || route.retry.cfg.retry_non_idempotent;
+    let grpc = super::is_grpc(&parts.headers);
+    // A body is kept for replay only when a retry after it was sent is allowed (and
+    // gRPC, whose UNAVAILABLE is retried for any call). Otherwise only a connect
+    // failure is retried, and that happens before any byte is read: keeping the body
+    // would cost memory for nothing.
+    let keep = if retry_any_failure || grpc {
+        route.retry.cfg.max_replay_body
+    } else {
+        0
+    };
     let source = (!body.is_end_stream()).then(|| {
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        ReplaySource::new(body, route.retry.cfg.max_replay_body, declared)
+        ReplaySource::new(body, keep, declared)
     });
     let mut out = Outbound {
         method: &parts.method,
         headers: &parts.headers,
         pq: &pq,
         body: source.as_ref(),
-        retry_any_failure: is_idempotent(&parts.method)
-            || parts.headers.contains_key(&IDEMPOTENCY_KEY)
-            || route.retry.cfg.retry_non_idempotent,
-        grpc: super::is_grpc(&parts.headers),
+        retry_any_failure,
+        grpc,
         propagate_deadline: route.cfg.propagate_deadline,
         caller_deadline: false,
     };
