@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
-use fusebox::metrics::Metrics;
-use fusebox::snapshot::Snapshot;
+use fusebox::snapshot::{Shared, Snapshot};
 
 fn config_text(routes: usize) -> String {
     let mut s =
@@ -38,15 +37,15 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let metrics = Metrics::new();
+    let shared = Shared::new();
     let cfg = fusebox::config::parse(&text, "bench", None).unwrap();
-    let first = Snapshot::build(cfg, "v0".into(), None, &metrics).unwrap();
+    let first = Snapshot::build(cfg, "v0".into(), None, &shared).unwrap();
     let cell = ArcSwap::from_pointee(first);
     c.bench_function("reload/parse_build_swap_1000_routes", |b| {
         b.iter(|| {
             let cfg = fusebox::config::parse(&text, "bench", None).unwrap();
             let old = cell.load_full();
-            let snap = Snapshot::build(cfg, "v1".into(), Some(&old), &metrics).unwrap();
+            let snap = Snapshot::build(cfg, "v1".into(), Some(&old), &shared).unwrap();
             cell.store(Arc::new(snap));
         })
     });

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use fusebox::config::{HostMatch, RouteConfig};
-use fusebox::proxy::correlate::{prepare_request, HeaderPolicy};
-use fusebox::proxy::route::Router;
+use fusebox::proxy::correlate::prepare_request;
+use fusebox::router::Router;
+use fusebox::snapshot::HeaderPolicy;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 fn route(i: usize, host: Option<HostMatch>, prefix: String) -> RouteConfig {

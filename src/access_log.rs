@@ -1,78 +1,144 @@
-//! The access log: one line per request, JSON (or text), on stdout. Lines are formatted
-//! by hand into a shared buffer that a background task flushes every
-//! [`FLUSH_INTERVAL`] (and any request flushes once the buffer passes
-//! [`FLUSH_BYTES`]), so a request costs one short buffer append and no write system call.
-//! tracing's JSON layer would cost a visitor, a map and a `write` per line; this path is
-//! per request, so it is written out here (the other log lines go through tracing).
+//! The access log: one line per request, JSON (or text), on stdout. A request formats
+//! its line (into a reused per-thread buffer) and appends it to a shared batch under a
+//! short lock; full batches, and every [`FLUSH_INTERVAL`] the current one, go through a
+//! bounded queue to one writer thread that does the blocking writes. So the request
+//! path never writes to stdout itself and never waits for it: when stdout cannot keep
+//! up (a stalled log shipper), the queue fills and batches are dropped and their lines
+//! counted in `gateway_access_log_dropped_total`, as a sidecar must rather than block
+//! traffic. tracing's JSON layer would cost a visitor, a map and a `write` per line;
+//! this path is per request, so it is written out here (other log lines go through
+//! tracing).
 //!
-//! [`Completion`] is carried in the response body and writes the line on drop: after the
-//! last byte was sent, or when the caller went away.
+//! The log reads an [`Entry`] that the request's context fills in when the response is
+//! done; it owns nothing of the request.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Method, Uri};
-use tokio::time::Instant;
+use http::{HeaderName, HeaderValue};
 
 use crate::config::LogFormat;
-use crate::proxy::body::BodyShared;
-use crate::proxy::listener::ConnState;
 
 /// How often buffered lines reach stdout at the latest.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
-/// Buffer size past which the request that appended writes the buffer out itself.
+/// Batch size past which the request that appended hands the batch to the writer.
 pub const FLUSH_BYTES: usize = 32 * 1024;
+/// Batches queued for the writer at most (with [`FLUSH_BYTES`]: ~2 MiB of lines); past
+/// it lines are dropped and counted.
+pub const QUEUE_BATCHES: usize = 64;
+
+/// Lines of one batch.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: u64,
+}
 
 /// Where access-log lines go. One per process; shared by every snapshot.
 #[derive(Debug)]
 pub struct AccessLogger {
-    buf: Mutex<Vec<u8>>,
+    batch: Mutex<Batch>,
+    queue: SyncSender<Msg>,
+    dropped: prometheus::IntCounter,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Lines(Vec<u8>),
+    /// Everything sent before has been written when the reply arrives.
+    Sync(SyncSender<()>),
+}
+
+thread_local! {
+    /// The line being formatted: reused, so formatting allocates nothing once warm.
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl AccessLogger {
-    pub fn new() -> Arc<Self> {
+    /// A logger writing to stdout from its own thread; dropped lines count on `dropped`.
+    pub fn new(dropped: prometheus::IntCounter) -> Arc<Self> {
+        Self::with_sink(dropped, Box::new(std::io::stdout()))
+    }
+
+    /// As [`AccessLogger::new`], writing to `sink` (tests use a pipe that stalls).
+    pub fn with_sink(
+        dropped: prometheus::IntCounter,
+        sink: Box<dyn std::io::Write + Send>,
+    ) -> Arc<Self> {
+        let (tx, rx) = sync_channel(QUEUE_BATCHES);
+        let spawned = std::thread::Builder::new()
+            .name("fusebox-access-log".into())
+            .spawn(move || writer(rx, sink));
+        if let Err(e) = spawned {
+            // No thread: every batch is dropped (and counted); traffic is unaffected.
+            tracing::error!(error = %e, "cannot start the access-log writer thread");
+        }
         Arc::new(AccessLogger {
-            buf: Mutex::new(Vec::with_capacity(FLUSH_BYTES * 2)),
+            batch: Mutex::new(Batch::default()),
+            queue: tx,
+            dropped,
         })
     }
 
-    fn append(&self, line: &str) {
+    /// Formats and appends one request's line.
+    pub fn write(&self, entry: &Entry<'_>, format: LogFormat) {
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            entry.format_into(&mut line, format);
+            self.append(line.as_bytes());
+        });
+    }
+
+    fn append(&self, line: &[u8]) {
         let full = {
-            let mut b = match self.buf.lock() {
-                Ok(b) => b,
-                Err(p) => p.into_inner(),
-            };
-            b.extend_from_slice(line.as_bytes());
-            if b.len() >= FLUSH_BYTES {
-                Some(std::mem::replace(
-                    &mut *b,
-                    Vec::with_capacity(FLUSH_BYTES * 2),
-                ))
-            } else {
-                None
+            let mut b = lock(&self.batch);
+            if b.bytes.capacity() == 0 {
+                b.bytes.reserve(FLUSH_BYTES + 1024);
             }
+            b.bytes.extend_from_slice(line);
+            b.lines += 1;
+            (b.bytes.len() >= FLUSH_BYTES).then(|| std::mem::take(&mut *b))
         };
-        if let Some(data) = full {
-            write_stdout(&data);
+        if let Some(batch) = full {
+            self.send(batch);
         }
     }
 
-    /// Writes whatever is buffered.
-    pub fn flush(&self) {
-        let data = {
-            let mut b = match self.buf.lock() {
-                Ok(b) => b,
-                Err(p) => p.into_inner(),
-            };
-            if b.is_empty() {
-                return;
+    fn send(&self, batch: Batch) {
+        if batch.lines == 0 {
+            return;
+        }
+        match self.queue.try_send(Msg::Lines(batch.bytes)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.inc_by(batch.lines);
             }
-            std::mem::take(&mut *b)
-        };
-        write_stdout(&data);
+        }
+    }
+
+    /// Hands whatever is buffered to the writer (never blocks).
+    pub fn flush(&self) {
+        let batch = std::mem::take(&mut *lock(&self.batch));
+        self.send(batch);
+    }
+
+    /// Flushes and waits up to `timeout` for the writer to have written everything
+    /// (shutdown: the last lines must not be lost).
+    pub fn flush_and_wait(&self, timeout: Duration) {
+        self.flush();
+        let (tx, rx) = sync_channel(1);
+        if self.queue.try_send(Msg::Sync(tx)).is_ok() {
+            let _ = rx.recv_timeout(timeout);
+        }
     }
 
     /// Flushes every [`FLUSH_INTERVAL`] until the logger is dropped elsewhere.
@@ -91,127 +157,129 @@ impl AccessLogger {
     }
 }
 
-fn write_stdout(data: &[u8]) {
-    let out = std::io::stdout();
-    let mut lock = out.lock();
-    // A closed stdout must not take the proxy down; the line is lost either way.
-    let _ = lock.write_all(data);
-    let _ = lock.flush();
-}
-
-/// What the access log says of one request; filled in along the request path.
-#[derive(Debug)]
-pub struct AccessRecord {
-    pub service: Arc<str>,
-    pub route: Option<Arc<str>>,
-    pub upstream: Option<Arc<str>>,
-    pub endpoint: Option<Arc<str>>,
-    pub method: Method,
-    pub uri: Uri,
-    pub status: u16,
-    pub attempts: u32,
-    pub correlation_id: HeaderValue,
-    pub request_id: HeaderValue,
-    pub traceparent: Option<HeaderValue>,
-    pub org_id: Option<HeaderValue>,
-    pub camera_id: Option<HeaderValue>,
-    pub error_code: Option<&'static str>,
-}
-
-/// Finishes a request when dropped: writes its access-log line (when enabled) and tells
-/// the connection one request fewer is in flight.
-#[derive(Debug)]
-pub struct Completion {
-    pub started: Instant,
-    pub record: AccessRecord,
-    pub bytes_out: u64,
-    /// The response body failed mid-stream (upstream reset or idle timeout).
-    pub body_error: bool,
-    pub body: Arc<BodyShared>,
-    pub logger: Option<(Arc<AccessLogger>, LogFormat)>,
-    pub conn: Option<Arc<ConnState>>,
-    /// Keeps the endpoint's in-flight count up while the response body streams.
-    pub in_flight: Option<crate::upstream::InFlight>,
-    /// The route's concurrency slot, held until the response body is done.
-    pub admission: Option<crate::proxy::admit::ConcurrencyPermit>,
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        if let Some(conn) = &self.conn {
-            conn.request_done();
-        }
-        if let Some((logger, format)) = &self.logger {
-            let line = self.format(*format);
-            logger.append(&line);
+/// The writer thread: blocking writes, as slow as stdout is; ends when the logger goes.
+fn writer(rx: Receiver<Msg>, mut sink: Box<dyn std::io::Write + Send>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Lines(bytes) => {
+                // A closed stdout must not take the proxy down; the lines are lost.
+                let _ = sink.write_all(&bytes);
+                let _ = sink.flush();
+            }
+            Msg::Sync(done) => {
+                let _ = done.send(());
+            }
         }
     }
 }
 
-impl Completion {
-    fn format(&self, format: LogFormat) -> String {
-        let r = &self.record;
-        let elapsed = self.started.elapsed();
-        let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        let bytes_in = self.body.bytes_in.load(Ordering::Relaxed);
+/// What the access log says of one request, borrowed from its context.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    pub service: &'a str,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: Duration,
+    pub attempts: u32,
+    pub correlation_id: &'a [u8],
+    pub request_id: &'a [u8],
+    pub trace_id: Option<&'a str>,
+    pub org_id: Option<&'a [u8]>,
+    pub camera_id: Option<&'a [u8]>,
+    pub priority: &'a str,
+    pub error_code: Option<&'a str>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub body_error: bool,
+    /// `correlation.propagate` headers present on the request.
+    pub propagated: &'a [(HeaderName, HeaderValue)],
+}
+
+impl Entry<'_> {
+    /// Appends the line (with its newline) to `s`.
+    pub fn format_into(&self, s: &mut String, format: LogFormat) {
         let ts = humantime::format_rfc3339_millis(SystemTime::now());
-        let trace_id = r.traceparent.as_ref().and_then(trace_id_of);
-        let mut s = String::with_capacity(512);
+        let duration_ms = self.duration.as_secs_f64() * 1000.0;
         match format {
             LogFormat::Json => {
                 let _ = write!(
                     s,
                     "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"access\""
                 );
-                json_str(&mut s, "service", Some(&r.service));
-                json_str(&mut s, "route", r.route.as_deref());
-                json_str(&mut s, "upstream", r.upstream.as_deref());
-                json_str(&mut s, "endpoint", r.endpoint.as_deref());
-                json_str(&mut s, "method", Some(r.method.as_str()));
-                json_str(&mut s, "path", Some(r.uri.path()));
+                json_str(s, "service", Some(self.service));
+                json_str(s, "route", self.route);
+                json_str(s, "upstream", self.upstream);
+                json_str(s, "endpoint", self.endpoint);
+                json_str(s, "method", Some(self.method));
+                json_str(s, "path", Some(self.path));
                 let _ = write!(
                     s,
                     ",\"status\":{},\"duration_ms\":{:.3},\"attempts\":{}",
-                    r.status, duration_ms, r.attempts
+                    self.status, duration_ms, self.attempts
                 );
-                json_hv(&mut s, "correlation_id", Some(&r.correlation_id));
-                json_hv(&mut s, "request_id", Some(&r.request_id));
-                json_str(&mut s, "trace_id", trace_id);
-                json_hv(&mut s, "org_id", r.org_id.as_ref());
-                json_hv(&mut s, "camera_id", r.camera_id.as_ref());
-                json_str(&mut s, "error_code", r.error_code);
+                json_bytes(s, "correlation_id", Some(self.correlation_id));
+                json_bytes(s, "request_id", Some(self.request_id));
+                json_str(s, "trace_id", self.trace_id);
+                json_bytes(s, "org_id", self.org_id);
+                json_bytes(s, "camera_id", self.camera_id);
+                json_str(s, "priority", Some(self.priority));
+                json_str(s, "error_code", self.error_code);
                 let _ = write!(
                     s,
-                    ",\"bytes_in\":{bytes_in},\"bytes_out\":{}",
-                    self.bytes_out
+                    ",\"bytes_in\":{},\"bytes_out\":{}",
+                    self.bytes_in, self.bytes_out
                 );
                 if self.body_error {
                     s.push_str(",\"body_error\":true");
                 }
+                if !self.propagated.is_empty() {
+                    s.push_str(",\"propagated\":{");
+                    for (i, (name, value)) in self.propagated.iter().enumerate() {
+                        if i > 0 {
+                            s.push(',');
+                        }
+                        json_escape(s, name.as_str());
+                        s.push(':');
+                        json_escape(s, &String::from_utf8_lossy(value.as_bytes()));
+                    }
+                    s.push('}');
+                }
                 s.push_str("}\n");
             }
             LogFormat::Text => {
+                let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                 let _ = write!(
                     s,
-                    "{ts}  INFO access: {} {} status={} duration_ms={:.3} route={} upstream={} endpoint={} attempts={} correlation_id={} request_id={} error_code={} bytes_in={} bytes_out={}",
-                    r.method,
-                    r.uri.path(),
-                    r.status,
+                    "{ts}  INFO access: {} {} status={} duration_ms={:.3} service={} route={} upstream={} endpoint={} attempts={} correlation_id={} request_id={} trace_id={} org_id={} camera_id={} priority={} error_code={} bytes_in={} bytes_out={}",
+                    self.method,
+                    self.path,
+                    self.status,
                     duration_ms,
-                    r.route.as_deref().unwrap_or("-"),
-                    r.upstream.as_deref().unwrap_or("-"),
-                    r.endpoint.as_deref().unwrap_or("-"),
-                    r.attempts,
-                    String::from_utf8_lossy(r.correlation_id.as_bytes()),
-                    String::from_utf8_lossy(r.request_id.as_bytes()),
-                    r.error_code.unwrap_or("-"),
-                    bytes_in,
+                    self.service,
+                    self.route.unwrap_or("-"),
+                    self.upstream.unwrap_or("-"),
+                    self.endpoint.unwrap_or("-"),
+                    self.attempts,
+                    lossy(self.correlation_id),
+                    lossy(self.request_id),
+                    self.trace_id.unwrap_or("-"),
+                    self.org_id.map_or_else(|| "-".into(), lossy),
+                    self.camera_id.map_or_else(|| "-".into(), lossy),
+                    self.priority,
+                    self.error_code.unwrap_or("-"),
+                    self.bytes_in,
                     self.bytes_out,
                 );
+                for (name, value) in self.propagated {
+                    let _ = write!(s, " {}={}", name, lossy(value.as_bytes()));
+                }
                 s.push('\n');
             }
         }
-        s
     }
 }
 
@@ -229,10 +297,10 @@ fn json_str(s: &mut String, key: &str, v: Option<&str>) {
     }
 }
 
-fn json_hv(s: &mut String, key: &str, v: Option<&HeaderValue>) {
+fn json_bytes(s: &mut String, key: &str, v: Option<&[u8]>) {
     match v {
         None => json_str(s, key, None),
-        Some(v) => json_str(s, key, Some(&String::from_utf8_lossy(v.as_bytes()))),
+        Some(v) => json_str(s, key, Some(&String::from_utf8_lossy(v))),
     }
 }
 
@@ -256,69 +324,4 @@ pub fn json_escape(s: &mut String, v: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_line_has_every_contract_field() {
-        let c = Completion {
-            started: Instant::now(),
-            record: AccessRecord {
-                service: "fusion".into(),
-                route: Some("detect".into()),
-                upstream: Some("yolo".into()),
-                endpoint: Some("127.0.0.1:9001".into()),
-                method: Method::POST,
-                uri: Uri::from_static("/detect/x?secret=1"),
-                status: 200,
-                attempts: 2,
-                correlation_id: HeaderValue::from_static("c\"1"),
-                request_id: HeaderValue::from_static("r1"),
-                traceparent: Some(HeaderValue::from_static(
-                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                )),
-                org_id: Some(HeaderValue::from_static("org1")),
-                camera_id: None,
-                error_code: None,
-            },
-            bytes_out: 10,
-            body_error: false,
-            body: Arc::new(BodyShared::default()),
-            logger: None,
-            conn: None,
-            in_flight: None,
-            admission: None,
-        };
-        let line = c.format(LogFormat::Json);
-        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-        for k in [
-            "timestamp",
-            "level",
-            "message",
-            "service",
-            "route",
-            "upstream",
-            "endpoint",
-            "method",
-            "path",
-            "status",
-            "duration_ms",
-            "attempts",
-            "correlation_id",
-            "request_id",
-            "trace_id",
-            "org_id",
-            "camera_id",
-            "error_code",
-            "bytes_in",
-            "bytes_out",
-        ] {
-            assert!(v.get(k).is_some(), "missing {k}: {line}");
-        }
-        assert_eq!(v["path"], "/detect/x");
-        assert_eq!(v["correlation_id"], "c\"1");
-        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(v["status"], 200);
-        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
-    }
-}
+mod tests;

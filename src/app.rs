@@ -17,10 +17,9 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessLogger;
 use crate::config::Config;
 use crate::control::Control;
-use crate::metrics::Metrics;
 use crate::proxy::listener::{self, ConnLimits};
 use crate::proxy::Proxy;
-use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::snapshot::{Shared, Snapshot, SnapshotCell};
 use crate::{admin, reload};
 
 /// How to start: where the config came from (watched for hot reload when set).
@@ -69,7 +68,7 @@ impl Running {
         }
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin.await;
-        self.logger.flush();
+        self.logger.flush_and_wait(Duration::from_secs(2));
         drained
     }
 }
@@ -114,22 +113,24 @@ pub async fn start_with(
         Some(t) => Some(crate::tls::ServerTls::load(t)?),
         None => None,
     };
-    let metrics = Metrics::new();
-    let snap = Snapshot::build(config, version, None, &metrics)?;
-    snap.start_background().await;
+    let shared = Shared::new();
+    let snap = Snapshot::build(config, version, None, &shared)?;
     let listener = bind(addr)?;
     let data_addr = listener.local_addr()?;
     let admin_listener = bind(admin_addr)?;
     let admin_addr = admin_listener.local_addr()?;
+    // Bound first; then one bounded round of DNS before traffic is admitted.
+    snap.resolve_all().await;
+    snap.start_background(false);
     let state = Arc::new(ArcSwap::from_pointee(snap));
-    let ctrl = Control::new(state.clone(), metrics, opts.config_path.clone());
+    let ctrl = Control::new(state.clone(), shared.clone(), opts.config_path.clone());
     let (admin_tx, admin_rx) = watch::channel(false);
     let admin = tokio::spawn(admin::serve(admin_listener, ctrl.clone(), admin_rx));
     let watcher = match &opts.config_path {
         Some(p) => Some(reload::spawn(ctrl.clone(), p.clone())?),
         None => None,
     };
-    let logger = AccessLogger::new();
+    let logger = AccessLogger::new(shared.metrics.access_log_dropped.clone());
     logger.spawn_flusher();
     let proxy = Arc::new(Proxy {
         state: state.clone(),

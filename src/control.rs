@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::metrics::Metrics;
-use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::snapshot::{Shared, Snapshot, SnapshotCell};
 
 /// The outcome of the last reload attempt, as `/config` shows it.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct LoadHistory {
 pub struct Control {
     pub state: Arc<SnapshotCell>,
     pub metrics: Arc<Metrics>,
+    /// What every snapshot build needs (registry, replay budget).
+    pub shared: Arc<Shared>,
     /// The config file being served and watched (`None`: embedded or in-memory config).
     pub config_path: Option<PathBuf>,
     /// Listeners bound and not draining.
@@ -42,12 +44,17 @@ pub struct Control {
 impl Control {
     pub fn new(
         state: Arc<SnapshotCell>,
-        metrics: Arc<Metrics>,
+        shared: Arc<Shared>,
         config_path: Option<PathBuf>,
     ) -> Arc<Control> {
+        // Both series exist from the start, so an alert on failures has one to read.
+        for result in ["success", "failure"] {
+            let _ = shared.metrics.reloads.with_label_values(&[result]);
+        }
         Arc::new(Control {
             state,
-            metrics,
+            metrics: shared.metrics.clone(),
+            shared,
             config_path,
             ready: AtomicBool::new(false),
             last_failed: Mutex::new(None),

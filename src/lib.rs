@@ -56,7 +56,9 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
 pub mod app;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -64,6 +66,7 @@ pub mod demo;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod router;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;

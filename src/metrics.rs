@@ -25,13 +25,38 @@ pub const FALLBACKS_TOTAL: &str = "gateway_proxy_fallbacks_total";
 pub const UPSTREAM_CONNECTIONS: &str = "gateway_upstream_connections";
 pub const IN_FLIGHT: &str = "gateway_proxy_in_flight_requests";
 pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
+pub const UPSTREAM_REQUEST_DURATION: &str = "gateway_upstream_request_duration_seconds";
+pub const POOL_WAIT: &str = "gateway_upstream_pool_wait_seconds";
+pub const ATTEMPTS_PER_REQUEST: &str = "gateway_proxy_attempts_per_request";
+pub const CONCURRENCY_LIMIT: &str = "gateway_upstream_concurrency_limit";
+pub const UNBUFFERED_BODIES: &str = "gateway_proxy_unbuffered_bodies_total";
+pub const ACCESS_LOG_DROPPED: &str = "gateway_access_log_dropped_total";
 /// Not in the contract's table; counts injected faults (`kind` = abort, delay).
 pub const FAULTS_TOTAL: &str = "gateway_proxy_faults_injected_total";
+
+/// The `reason` labels of `gateway_proxy_rejected_total`.
+pub const REJECT_REASONS: [&str; 6] = [
+    "circuit_open",
+    "overloaded",
+    "rate_limited",
+    "budget",
+    "deadline",
+    "priority",
+];
 
 /// Histogram buckets for inference calls: 1 ms to 30 s.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Buckets for waits for a pooled connection: 10 us (a pooled connection was ready)
+/// to 5 s (the connect timeout's range).
+pub const POOL_WAIT_BUCKETS: &[f64] = &[
+    0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Buckets for attempts per request: 1 (no retry) to 10.
+pub const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0];
 
 /// The metric families. One per process; snapshots hold an `Arc` to it.
 #[derive(Debug)]
@@ -48,6 +73,12 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub faults: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub pool_wait: HistogramVec,
+    pub attempts: HistogramVec,
+    pub concurrency_limit: IntGaugeVec,
+    pub unbuffered: IntCounterVec,
+    pub access_log_dropped: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -65,19 +96,38 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(h.clone()));
+    h
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                REQUEST_DURATION,
-                "Request duration until response headers, retries included.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+        let duration = histogram(
+            &r,
+            REQUEST_DURATION,
+            "Request duration until response headers, retries included.",
             &["service", "route", "method"],
+            DURATION_BUCKETS,
+        );
+        let access_log_dropped = IntCounter::new(
+            ACCESS_LOG_DROPPED,
+            "Access-log lines dropped because stdout could not keep up.",
         )
-        .unwrap_or_else(|e| panic!("metric {REQUEST_DURATION}: {e}"));
-        let _ = r.register(Box::new(duration.clone()));
+        .unwrap_or_else(|e| panic!("metric {ACCESS_LOG_DROPPED}: {e}"));
+        let _ = r.register(Box::new(access_log_dropped.clone()));
         #[cfg(target_os = "linux")]
         {
             let _ = r.register(Box::new(
@@ -101,14 +151,14 @@ impl Metrics {
             breaker_state: gauge(
                 &r,
                 BREAKER_STATE,
-                "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half open.",
-                &["service", "endpoint"],
+                "Circuit breaker state per endpoint (and route with its own breakers): 0 closed, 1 open, 2 half open.",
+                &["service", "endpoint", "route"],
             ),
             breaker_changes: counter(
                 &r,
                 BREAKER_CHANGES,
                 "Circuit breaker state changes, by the state entered.",
-                &["service", "endpoint", "state"],
+                &["service", "endpoint", "route", "state"],
             ),
             rejected: counter(
                 &r,
@@ -136,6 +186,40 @@ impl Metrics {
                 "Injected faults by route and kind (abort, delay).",
                 &["route", "kind"],
             ),
+            upstream_duration: histogram(
+                &r,
+                UPSTREAM_REQUEST_DURATION,
+                "Duration of one attempt until response headers, per endpoint.",
+                &["service", "endpoint"],
+                DURATION_BUCKETS,
+            ),
+            pool_wait: histogram(
+                &r,
+                POOL_WAIT,
+                "Time an attempt waited for a pooled upstream connection.",
+                &["service"],
+                POOL_WAIT_BUCKETS,
+            ),
+            attempts: histogram(
+                &r,
+                ATTEMPTS_PER_REQUEST,
+                "Attempts made per request (1 = no retry).",
+                &["service"],
+                ATTEMPT_BUCKETS,
+            ),
+            concurrency_limit: gauge(
+                &r,
+                CONCURRENCY_LIMIT,
+                "Adaptive concurrency limit per endpoint.",
+                &["service", "endpoint"],
+            ),
+            unbuffered: counter(
+                &r,
+                UNBUFFERED_BODIES,
+                "Request bodies streamed without being kept for replay because the process-wide buffer budget was full.",
+                &["route"],
+            ),
+            access_log_dropped,
             registry: r,
         })
     }
@@ -177,6 +261,9 @@ pub struct RouteMetrics {
     pub rejected_overloaded: IntCounter,
     pub rejected_rate_limited: IntCounter,
     pub rejected_budget: IntCounter,
+    pub rejected_deadline: IntCounter,
+    pub rejected_priority: IntCounter,
+    pub unbuffered: IntCounter,
     pub fault_abort: IntCounter,
     pub fault_delay: IntCounter,
     /// Resolved on a method's first request: 8 histograms x 1,000 routes would make up
@@ -195,6 +282,9 @@ impl RouteMetrics {
             rejected_overloaded: rej("overloaded"),
             rejected_rate_limited: rej("rate_limited"),
             rejected_budget: rej("budget"),
+            rejected_deadline: rej("deadline"),
+            rejected_priority: rej("priority"),
+            unbuffered: m.unbuffered.with_label_values(&[route]),
             fault_abort: m.faults.with_label_values(&[route, "abort"]),
             fault_delay: m.faults.with_label_values(&[route, "delay"]),
             duration: Default::default(),
@@ -238,12 +328,20 @@ impl RouteMetrics {
     pub fn remove(&self) {
         let f = &self.family;
         let _ = f.in_flight.remove_label_values(&[&self.route]);
-        for reason in ["circuit_open", "overloaded", "rate_limited", "budget"] {
+        for reason in REJECT_REASONS {
             let _ = f.rejected.remove_label_values(&[&self.route, reason]);
         }
+        let _ = f.unbuffered.remove_label_values(&[&self.route]);
         for kind in ["abort", "delay"] {
             let _ = f.faults.remove_label_values(&[&self.route, kind]);
         }
+        self.remove_service_series();
+    }
+
+    /// Drops the series labelled with this route's upstream (the route moved to
+    /// another upstream; its route-only series stay).
+    pub fn remove_service_series(&self) {
+        let f = &self.family;
         for (slot, meth) in METHODS.iter().enumerate() {
             if self.duration[slot].get().is_some() {
                 let _ = f
@@ -297,6 +395,8 @@ pub struct UpstreamMetrics {
     pub retry_grpc: Vec<(u8, IntCounter)>,
     pub fallback_static: IntCounter,
     pub fallback_upstream: IntCounter,
+    pub pool_wait: Histogram,
+    pub attempts: Histogram,
 }
 
 impl UpstreamMetrics {
@@ -321,6 +421,8 @@ impl UpstreamMetrics {
                 .collect(),
             fallback_static: m.fallbacks.with_label_values(&[service, "static"]),
             fallback_upstream: m.fallbacks.with_label_values(&[service, "upstream"]),
+            pool_wait: m.pool_wait.with_label_values(&[service]),
+            attempts: m.attempts.with_label_values(&[service]),
             family: m.clone(),
             service: service.into(),
         }
@@ -356,49 +458,87 @@ impl UpstreamMetrics {
         for kind in ["static", "upstream"] {
             let _ = f.fallbacks.remove_label_values(&[s, kind]);
         }
+        let _ = f.pool_wait.remove_label_values(&[s]);
+        let _ = f.attempts.remove_label_values(&[s]);
     }
 }
 
-/// Handles of one endpoint of one upstream.
+/// Handles of one endpoint of one upstream (labels `service`, `endpoint`): held by the
+/// endpoint's state that survives reloads, and removed when it goes.
 #[derive(Debug)]
 pub struct EndpointMetrics {
     family: Arc<Metrics>,
     service: Arc<str>,
     endpoint: Arc<str>,
-    pub state: IntGauge,
-    /// Entered closed, open, half_open.
-    pub changes: [IntCounter; 3],
     pub conns_active: IntGauge,
     pub conns_idle: IntGauge,
+    /// Per attempt, until response headers.
+    pub duration: Histogram,
+    pub concurrency_limit: IntGauge,
 }
 
 impl EndpointMetrics {
     pub fn new(m: &Arc<Metrics>, service: &str, endpoint: &str) -> EndpointMetrics {
         EndpointMetrics {
-            state: m.breaker_state.with_label_values(&[service, endpoint]),
-            changes: ["closed", "open", "half_open"]
-                .map(|s| m.breaker_changes.with_label_values(&[service, endpoint, s])),
             conns_active: m
                 .connections
                 .with_label_values(&[service, endpoint, "active"]),
             conns_idle: m
                 .connections
                 .with_label_values(&[service, endpoint, "idle"]),
+            duration: m.upstream_duration.with_label_values(&[service, endpoint]),
+            concurrency_limit: m.concurrency_limit.with_label_values(&[service, endpoint]),
             family: m.clone(),
             service: service.into(),
             endpoint: endpoint.into(),
         }
     }
 
+    /// Drops the endpoint's series (it left its upstream).
     pub fn remove(&self) {
         let f = &self.family;
         let (s, e): (&str, &str) = (&self.service, &self.endpoint);
-        let _ = f.breaker_state.remove_label_values(&[s, e]);
-        for st in ["closed", "open", "half_open"] {
-            let _ = f.breaker_changes.remove_label_values(&[s, e, st]);
-        }
         for st in ["active", "idle"] {
             let _ = f.connections.remove_label_values(&[s, e, st]);
+        }
+        let _ = f.upstream_duration.remove_label_values(&[s, e]);
+        let _ = f.concurrency_limit.remove_label_values(&[s, e]);
+    }
+}
+
+/// Handles of one breaker set (labels `service`, `endpoint`, `route`; `route` is empty
+/// for the upstream's own breakers).
+#[derive(Debug)]
+pub struct BreakerMetrics {
+    family: Arc<Metrics>,
+    labels: [Arc<str>; 3],
+    pub state: IntGauge,
+    /// Entered closed, open, half_open.
+    pub changes: [IntCounter; 3],
+}
+
+impl BreakerMetrics {
+    pub fn new(m: &Arc<Metrics>, service: &str, endpoint: &str, route: &str) -> BreakerMetrics {
+        BreakerMetrics {
+            state: m
+                .breaker_state
+                .with_label_values(&[service, endpoint, route]),
+            changes: ["closed", "open", "half_open"].map(|s| {
+                m.breaker_changes
+                    .with_label_values(&[service, endpoint, route, s])
+            }),
+            family: m.clone(),
+            labels: [service.into(), endpoint.into(), route.into()],
+        }
+    }
+
+    pub fn remove(&self) {
+        let f = &self.family;
+        let [s, e, r] = &self.labels;
+        let (s, e, r): (&str, &str, &str) = (s, e, r);
+        let _ = f.breaker_state.remove_label_values(&[s, e, r]);
+        for st in ["closed", "open", "half_open"] {
+            let _ = f.breaker_changes.remove_label_values(&[s, e, r, st]);
         }
     }
 }

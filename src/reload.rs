@@ -60,39 +60,33 @@ pub async fn reload_from(ctrl: &Control, path: &Path) -> Result<ReloadOutcome, S
             "listener or admin address changed: addresses are bound at start; the new ones take effect after a restart, everything else now"
         );
     }
-    let snap = Snapshot::build(cfg, version.clone(), Some(&old), &ctrl.metrics)
+    let snap = Snapshot::build(cfg, version.clone(), Some(&old), &ctrl.shared)
         .map_err(|e| e.to_string())?;
-    snap.start_background().await;
+    // DNS answers of the old build serve until the background refresh replaces them.
+    snap.start_background(true);
     let new = Arc::new(snap);
     ctrl.state.store(new.clone());
     remove_stale_series(&old, &new);
     Ok(ReloadOutcome::Applied(version))
 }
 
-/// Drops the metric series of routes, upstreams and endpoints the new config no longer has.
+/// Drops the metric series of routes and upstreams the new config no longer has.
+/// Route series are labelled by route (and by route and upstream): a series goes only
+/// when no route of the new config still has its labels. Endpoint and breaker series
+/// go by themselves when the last holder of their state lets go (see
+/// `upstream::registry`).
 fn remove_stale_series(old: &Snapshot, new: &Snapshot) {
     for r in &old.routes {
-        let kept = new
-            .routes
-            .iter()
-            .any(|n| n.name == r.name && n.upstream.name == r.upstream.name);
-        if !kept {
-            r.metrics.remove();
+        let same_name = new.routes.iter().find(|n| n.name == r.name);
+        match same_name {
+            None => r.metrics.remove(),
+            Some(n) if n.upstream.name != r.upstream.name => r.metrics.remove_service_series(),
+            Some(_) => {}
         }
     }
     for (name, up) in &old.upstreams {
-        let new_up = new.upstreams.get(name);
-        if new_up.is_none() {
+        if !new.upstreams.contains_key(name) {
             up.metrics.remove();
-        }
-        let new_eps = new_up.map(|u| u.endpoints());
-        for ep in up.endpoints().iter() {
-            let kept = new_eps
-                .as_ref()
-                .is_some_and(|eps| eps.iter().any(|n| Arc::ptr_eq(n, ep)));
-            if !kept {
-                ep.metrics.remove();
-            }
         }
     }
 }

@@ -1,7 +1,13 @@
-//! Everything built from one [`Config`]: the route table, the upstreams with their pools
-//! and endpoints, and the per-route handles the request path needs. Held in one
-//! `ArcSwap<Snapshot>` ([`SnapshotCell`]), loaded once per request and swapped whole on
-//! reload, so a request finishes on the config it started with.
+//! Everything built from one [`Config`]: the route table, the upstreams with their
+//! breaker policies and endpoints, and the per-route handles the request path needs.
+//! Held in one `ArcSwap<Snapshot>` ([`SnapshotCell`]), loaded once per request and
+//! swapped whole on reload, so a request finishes on the config it started with.
+//!
+//! Built on reload only, never per request. What must outlive a config lives in
+//! [`Shared`] (one per process): the metric families, the endpoint registry (cores and
+//! breaker sets by identity) and the replay-buffer budget. Route-level state that a
+//! reload should not reset (rate-limit buckets, concurrency slots and queues, retry
+//! budgets) is carried over from the previous snapshot while its settings stay.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,15 +15,50 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use crate::config::{Config, FallbackConfig, Protocol, RetryConfig, RouteConfig};
+use crate::admission::{Concurrency, Fault, RateLimiter};
+use crate::body::ReplayBudget;
+use crate::config::{
+    ConcurrencyConfig, Config, FallbackConfig, Protocol, RateLimitConfig, RetryConfig, RouteConfig,
+};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::proxy::admit::{Concurrency, Fault, RateLimiter};
-use crate::proxy::correlate::HeaderPolicy;
-use crate::proxy::forward::RetryPolicy;
-use crate::proxy::route::Router;
+use crate::router::Router;
 use crate::tls;
-use crate::upstream::retry::Backoff;
-use crate::upstream::{RouteBreakers, Upstream};
+use crate::upstream::breakers::BreakerPolicy;
+use crate::upstream::registry::Registry;
+use crate::upstream::retry::RetryPolicy;
+use crate::upstream::Upstream;
+
+/// The process's state that outlives any one config. One per process (and per test
+/// proxy): built at start, handed to every snapshot build.
+#[derive(Debug)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    /// Request-body bytes held for replay, process-wide (`[limits]`).
+    pub replay: Arc<ReplayBudget>,
+}
+
+/// Default of the process-wide replay budget (`[limits] max_buffered_body_bytes`).
+pub const DEFAULT_REPLAY_BUDGET: u64 = 256 * 1024 * 1024;
+
+impl Shared {
+    pub fn new() -> Arc<Shared> {
+        let metrics = Metrics::new();
+        Arc::new(Shared {
+            registry: Registry::new(&metrics),
+            replay: ReplayBudget::new(DEFAULT_REPLAY_BUDGET),
+            metrics,
+        })
+    }
+}
+
+/// What the request path needs to apply the header rules, built once per config.
+#[derive(Debug, Clone)]
+pub struct HeaderPolicy {
+    pub service_name: HeaderValue,
+    /// `X-Forwarded-Proto` value of the listener.
+    pub proto: HeaderValue,
+}
 
 /// The upstream a route falls back to, with its own retry policy.
 #[derive(Debug)]
@@ -32,27 +73,20 @@ pub struct Route {
     pub name: Arc<str>,
     pub cfg: RouteConfig,
     pub upstream: Arc<Upstream>,
+    /// The breaker policy its attempts go through: its own table's slot in the
+    /// upstream when it has one, else 0 (the upstream's).
+    pub breaker_slot: usize,
     /// The route's retry table merged over the upstream's.
     pub retry: RetryPolicy,
     pub fallback: Option<FallbackRoute>,
     pub metrics: RouteMetrics,
-    pub rate_limit: Option<RateLimiter>,
+    /// Carried over on reload while its settings stay (buckets keep their tokens).
+    pub rate_limit: Option<Arc<RateLimiter>>,
     /// Carried over on reload while its settings stay, so requests admitted under the
-    /// old config still count against the cap.
+    /// old config still count against the cap and queued ones keep their place.
     pub concurrency: Option<Arc<Concurrency>>,
     pub fault: Option<Fault>,
-    /// The route's own breakers when it has a `circuit_breaker` table (carried over on
-    /// reload while the route keeps its name and upstream).
-    pub breakers: Option<Arc<RouteBreakers>>,
-}
-
-fn policy(cfg: &RetryConfig, owner: &str) -> Result<RetryPolicy, BuildError> {
-    let backoff = Backoff::from_config(cfg)
-        .map_err(|e| BuildError::Retry(owner.to_string(), e.to_string()))?;
-    Ok(RetryPolicy {
-        cfg: cfg.clone(),
-        backoff,
-    })
+    pub replay_budget: Arc<ReplayBudget>,
 }
 
 /// One config, built.
@@ -67,6 +101,9 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub headers: HeaderPolicy,
     pub metrics: Arc<Metrics>,
+    /// Counts requests answered before a route was known (`route=""`, `service=""`).
+    pub unrouted: RouteMetrics,
+    pub shared: Arc<Shared>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,89 +118,65 @@ pub enum BuildError {
     ServiceName,
 }
 
+fn policy(cfg: &RetryConfig, owner: &str) -> Result<RetryPolicy, BuildError> {
+    RetryPolicy::new(cfg).map_err(|e| BuildError::Retry(owner.to_string(), e.to_string()))
+}
+
+fn same_rate(a: &RateLimitConfig, b: &RateLimitConfig) -> bool {
+    a.requests_per_second == b.requests_per_second
+        && a.burst == b.burst
+        && a.key == b.key
+        && a.max_keys == b.max_keys
+}
+
+fn same_concurrency(a: &ConcurrencyConfig, b: &ConcurrencyConfig) -> bool {
+    a.max_in_flight == b.max_in_flight
+        && a.max_queue == b.max_queue
+        && a.queue_timeout == b.queue_timeout
+}
+
 impl Snapshot {
-    /// Builds a snapshot, carrying endpoint state over from `previous` for upstreams and
-    /// endpoints that remain.
+    /// Builds a snapshot; endpoint state comes from the registry by identity, route
+    /// state from `previous` while its settings stay.
     pub fn build(
         config: Config,
         version: String,
         previous: Option<&Snapshot>,
-        metrics: &Arc<Metrics>,
+        shared: &Arc<Shared>,
     ) -> Result<Snapshot, BuildError> {
         let mut upstreams = HashMap::new();
         for (name, ucfg) in &config.upstreams {
-            // Built once per upstream per config build: reads the CA (or the system
-            // roots) and the client certificate; a bad file fails the build.
+            // Read once per upstream per build (the CA or the system roots and the
+            // client certificate); unchanged files keep the previous config object.
             let tls = match ucfg.protocol {
                 Protocol::Https | Protocol::H2 => Some(
-                    tls::client_config(ucfg.tls.as_ref(), ucfg.protocol == Protocol::H2)
+                    shared
+                        .registry
+                        .tls_config(name, ucfg.tls.as_ref(), ucfg.protocol == Protocol::H2)
                         .map_err(|e| BuildError::Tls(name.clone(), Box::new(e)))?,
                 ),
                 Protocol::Http1 | Protocol::H2c => None,
             };
+            let mut policies = vec![BreakerPolicy {
+                route: None,
+                cfg: ucfg.circuit_breaker.clone(),
+            }];
+            for r in config.routes.iter().filter(|r| &r.upstream == name) {
+                if let Some(b) = &r.circuit_breaker {
+                    policies.push(BreakerPolicy {
+                        route: Some(r.name.as_str().into()),
+                        cfg: b.clone(),
+                    });
+                }
+            }
             let prev = previous.and_then(|p| p.upstreams.get(name)).map(|u| &**u);
-            upstreams.insert(
-                name.clone(),
-                Arc::new(Upstream::build(ucfg, prev, metrics, tls)),
-            );
+            let up = Upstream::build(ucfg, policies, prev, &shared.registry, tls);
+            upstreams.insert(name.clone(), Arc::new(up));
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            // Validation already refuses this; kept so a build can never index wrongly.
-            let up = upstreams
-                .get(&r.upstream)
-                .ok_or_else(|| BuildError::UnknownUpstream(r.name.clone(), r.upstream.clone()))?;
-            let retry = policy(r.retry.as_ref().unwrap_or(&up.cfg.retry), &r.name)?;
-            let fallback = match &up.cfg.fallback {
-                Some(FallbackConfig::Upstream(name)) => match upstreams.get(name) {
-                    Some(fb) => Some(FallbackRoute {
-                        upstream: fb.clone(),
-                        retry: policy(&fb.cfg.retry, name)?,
-                    }),
-                    None => return Err(BuildError::UnknownUpstream(r.name.clone(), name.clone())),
-                },
-                _ => None,
-            };
-            let prev_route =
-                previous.and_then(|p| p.routes.iter().find(|x| x.name.as_ref() == r.name));
-            let concurrency = r.concurrency.as_ref().map(|c| {
-                match prev_route
-                    .and_then(|p| p.concurrency.as_ref().zip(p.cfg.concurrency.as_ref()))
-                {
-                    Some((old, oc))
-                        if oc.max_in_flight == c.max_in_flight
-                            && oc.max_queue == c.max_queue
-                            && oc.queue_timeout == c.queue_timeout =>
-                    {
-                        old.clone()
-                    }
-                    _ => Arc::new(Concurrency::new(c)),
-                }
-            });
-            let breakers = r.circuit_breaker.as_ref().map(|c| {
-                match prev_route
-                    .filter(|p| p.upstream.name == up.name)
-                    .and_then(|p| p.breakers.clone())
-                {
-                    Some(old) => {
-                        old.set_config(c);
-                        old
-                    }
-                    None => Arc::new(RouteBreakers::new(c)),
-                }
-            });
-            routes.push(Route {
-                breakers,
-                rate_limit: r.rate_limit.as_ref().map(RateLimiter::new),
-                concurrency,
-                fault: r.fault.as_ref().map(Fault::new),
-                name: r.name.as_str().into(),
-                metrics: RouteMetrics::new(metrics, &r.name, &r.upstream),
-                cfg: r.clone(),
-                upstream: up.clone(),
-                retry,
-                fallback,
-            });
+            let prev = previous.and_then(|p| p.routes.iter().find(|x| x.name.as_ref() == r.name));
+            routes.push(build_route(r, &upstreams, prev, shared)?);
         }
         let router = Router::build(&config.routes);
         let service_name =
@@ -183,20 +196,80 @@ impl Snapshot {
             routes,
             upstreams,
             version,
-            metrics: metrics.clone(),
+            metrics: shared.metrics.clone(),
+            unrouted: RouteMetrics::new(&shared.metrics, "", ""),
+            shared: shared.clone(),
             config: Arc::new(config),
         })
     }
 
-    /// Resolves DNS names of every upstream once and starts their refreshers.
-    pub async fn start_background(&self) {
+    /// Starts every upstream's background work: DNS refreshes (the first one at once
+    /// when `resolve_now`), health checks, the pool sweeper. Never waits.
+    pub fn start_background(&self, resolve_now: bool) {
         for up in self.upstreams.values() {
-            up.refresh_dns().await;
-            up.spawn_dns_refresher();
+            up.spawn_dns_refresher(resolve_now);
             up.spawn_health_checks();
             up.spawn_pool_sweeper();
         }
     }
+
+    /// Resolves every DNS name once (each lookup bounded), for the first start.
+    pub async fn resolve_all(&self) {
+        let all = self.upstreams.values().map(|u| u.refresh_dns());
+        futures_util::future::join_all(all).await;
+    }
+}
+
+fn build_route(
+    r: &RouteConfig,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    prev: Option<&Route>,
+    shared: &Arc<Shared>,
+) -> Result<Route, BuildError> {
+    // Validation already refuses this; kept so a build can never index wrongly.
+    let up = upstreams
+        .get(&r.upstream)
+        .ok_or_else(|| BuildError::UnknownUpstream(r.name.clone(), r.upstream.clone()))?;
+    let retry = policy(r.retry.as_ref().unwrap_or(&up.cfg.retry), &r.name)?;
+    let fallback = match &up.cfg.fallback {
+        Some(FallbackConfig::Upstream(name)) => match upstreams.get(name) {
+            Some(fb) => Some(FallbackRoute {
+                upstream: fb.clone(),
+                retry: policy(&fb.cfg.retry, name)?,
+            }),
+            None => return Err(BuildError::UnknownUpstream(r.name.clone(), name.clone())),
+        },
+        _ => None,
+    };
+    let rate_limit = r.rate_limit.as_ref().map(|c| {
+        match prev.and_then(|p| p.rate_limit.as_ref().zip(p.cfg.rate_limit.as_ref())) {
+            Some((old, oc)) if same_rate(oc, c) => old.clone(),
+            _ => Arc::new(RateLimiter::new(c)),
+        }
+    });
+    let concurrency = r.concurrency.as_ref().map(|c| {
+        match prev.and_then(|p| p.concurrency.as_ref().zip(p.cfg.concurrency.as_ref())) {
+            Some((old, oc)) if same_concurrency(oc, c) => old.clone(),
+            _ => Arc::new(Concurrency::new(c)),
+        }
+    });
+    Ok(Route {
+        breaker_slot: if r.circuit_breaker.is_some() {
+            up.slot_of(&r.name).unwrap_or(0)
+        } else {
+            0
+        },
+        rate_limit,
+        concurrency,
+        fault: r.fault.as_ref().map(Fault::new),
+        name: r.name.as_str().into(),
+        metrics: RouteMetrics::new(&shared.metrics, &r.name, &r.upstream),
+        cfg: r.clone(),
+        upstream: up.clone(),
+        retry,
+        fallback,
+        replay_budget: shared.replay.clone(),
+    })
 }
 
 /// The current snapshot; one atomic load per request.

@@ -295,6 +295,29 @@ pub fn client_config(tls: Option<&UpstreamTls>, h2: bool) -> Result<Arc<ClientCo
     Ok(Arc::new(config))
 }
 
+/// What an upstream's client config is made of: its TLS settings, the protocol and the
+/// contents of the files it reads (CA, client certificate and key). Equal fingerprints
+/// mean an equal config, so a reload that changes neither keeps the upstream's TLS
+/// connections; a rotated file at the same path makes a new config (and new pools).
+pub fn client_fingerprint(tls: Option<&UpstreamTls>, h2: bool) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write_u8(u8::from(h2));
+    if let Some(t) = tls {
+        for path in [&t.ca, &t.client_cert, &t.client_key] {
+            match path {
+                Some(p) => {
+                    h.write(p.as_os_str().as_encoded_bytes());
+                    // An unreadable file hashes as empty; building the config reports it.
+                    h.write(&fs::read(p).unwrap_or_default());
+                }
+                None => h.write_u8(0),
+            }
+        }
+        h.write(t.server_name.as_deref().unwrap_or("").as_bytes());
+    }
+    h.finish()
+}
+
 /// The name an upstream's certificate is checked against (and sent as SNI): the
 /// configured `server_name`, else the endpoint's host name or IP address (brackets
 /// around an IPv6 address are removed).

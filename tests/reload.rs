@@ -252,7 +252,8 @@ async fn fifty_reloads_under_load_drop_nothing() {
     assert_eq!(
         w.metric(r#"gateway_config_reloads_total{result="failure"}"#)
             .await,
-        None
+        Some(0.0),
+        "both series exist from the start"
     );
     eprintln!("50 reloads, {total} requests, slowest reload visible after {slowest:?}");
     assert!(w.running.shutdown().await);
@@ -350,7 +351,8 @@ async fn invalid_file_keeps_the_old_config_serving() {
     assert_eq!(
         w.metric(r#"gateway_config_reloads_total{result="success"}"#)
             .await,
-        None
+        Some(0.0),
+        "both series exist from the start"
     );
     // Reading the file raises events of its own: the same broken text must not be
     // retried (and counted) in a loop. Four debounce periods later it is still one.
@@ -422,7 +424,7 @@ async fn breaker_state_survives_a_reload_that_keeps_its_endpoint() {
     assert_eq!(e["state"], "open", "{cb:#}");
     assert_eq!(e["times_opened"], 1);
     assert_eq!(e["failure_count"], 2);
-    let gauge = format!(r#"gateway_circuit_breaker_state{{endpoint="{ep}",service="a"}}"#);
+    let gauge = format!(r#"gateway_circuit_breaker_state{{endpoint="{ep}",route="",service="a"}}"#);
     assert_eq!(w.metric(&gauge).await, Some(1.0));
     for path in ["/r", "/other"] {
         let r = w.data_get(path).await;

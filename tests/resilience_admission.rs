@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::scripted::*;
 use common::*;
-use fusebox::proxy::admit::Concurrency;
+use fusebox::admission::Concurrency;
 use tokio::time::Instant;
 
 /// Upstream `app` on `up` and the given routes to it.

@@ -261,8 +261,8 @@ async fn open_time_backs_off_on_each_reopen() {
     let c = http1_client();
     let ep = fb.endpoint("app", up.addr);
     let time_left = || {
-        ep.breakers
-            .main
+        ep.own_breakers()
+            .main()
             .rejection(Instant::now())
             .map(|r| r.retry_after)
             .unwrap_or_default()

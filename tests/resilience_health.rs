@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use common::scripted::*;
 use common::*;
 
@@ -50,10 +48,7 @@ async fn failing_checks_take_an_endpoint_out_and_passing_ones_bring_it_back() {
     let fb = proxy(&a, &b).await;
     let ep_a = fb.endpoint("app", a.addr);
     let ep_b = fb.endpoint("app", b.addr);
-    eventually("a to fail its checks", WAIT, || {
-        !ep_a.healthy.load(Ordering::Relaxed)
-    })
-    .await;
+    eventually("a to fail its checks", WAIT, || !ep_a.is_healthy()).await;
     assert!(ep_b.is_healthy());
     assert!(b.seen_on("/health").len() >= 2, "b is checked too");
 

@@ -61,8 +61,8 @@ async fn one_cameras_failures_do_not_cut_off_the_others() {
 
     let ep = fb.endpoint("app", up.addr);
     let now = Instant::now();
-    assert_eq!(ep.breakers.main.state(now), BreakerState::Closed);
-    let (_, table) = ep.breakers.partitions.as_ref().expect("partitioned");
+    assert_eq!(ep.own_breakers().state(now), BreakerState::Closed);
+    let table = ep.own_breakers().partitions().expect("partitioned");
     assert_eq!(table.len(), 2);
     let state = |k: &[u8]| table.peek(k).expect("a breaker for the key").state(now);
     assert_eq!(
@@ -91,7 +91,7 @@ async fn key_spraying_stays_within_max_partitions() {
                 let id = format!("cam-{t}-{i}");
                 let r = call(&c, Method::GET, &url, &[("x-camera-id", &id)], "").await;
                 assert_eq!(r.status, 200);
-                let (_, table) = ep.breakers.partitions.as_ref().expect("partitioned");
+                let table = ep.own_breakers().partitions().expect("partitioned");
                 most = most.max(table.len());
             }
             most
@@ -104,6 +104,6 @@ async fn key_spraying_stays_within_max_partitions() {
         assert!(most <= 100, "the table held {most} keys");
     }
     assert_eq!(up.hits(), 3000);
-    let (_, table) = ep.breakers.partitions.as_ref().expect("partitioned");
+    let table = ep.own_breakers().partitions().expect("partitioned");
     assert_eq!(table.len(), 100);
 }

@@ -68,8 +68,7 @@ async fn gets_recover_on_the_live_endpoint_while_the_other_is_dead() {
     );
     let stats = fb
         .endpoint("app", dead)
-        .breakers
-        .main
+        .own_breakers()
         .stats(tokio::time::Instant::now());
     assert!(stats.failure_count >= 1, "the dead endpoint was tried");
     assert!(stats.times_opened >= 1, "and its breaker opened: {stats:?}");
@@ -205,7 +204,7 @@ async fn a_200kb_post_body_is_replayed_byte_exact_after_a_connect_failure() {
         assert!(s.body == body[..], "byte-exact at the upstream");
     }
     let dead_ep = fb.endpoint("app", dead);
-    let failures = dead_ep.breakers.main.stats(tokio::time::Instant::now());
+    let failures = dead_ep.own_breakers().stats(tokio::time::Instant::now());
     assert!(
         failures.failure_count >= 1,
         "some first attempts hit the closed port"

@@ -3,6 +3,10 @@
 //! mutations (reset, force open), and the refresh of the breaker and connection gauges
 //! before `/metrics` is rendered.
 //!
+//! Every breaker set of every endpoint is shown: the upstream's own under
+//! `endpoints`, each route's own table under `routes.<name>.endpoints`. Admin reset
+//! and force-open of an endpoint act on all of them.
+//!
 //! Reads the endpoint breakers' own state (`Breaker::stats`, observed at `now`: an open
 //! breaker whose open time has passed reads `half_open`), so the view never lags.
 
@@ -54,22 +58,53 @@ pub(super) fn view(snap: &Snapshot, now: Instant) -> View {
     View { upstreams, health }
 }
 
-/// `{"state", "endpoints": {key: {...}}}` of one upstream, and what it says about health.
+/// `{"state", "endpoints": {key: {...}}, "routes": {name: {"state", "endpoints"}}}`
+/// of one upstream (the routes with breaker tables of their own), and what it says
+/// about health.
 fn upstream_view(up: &Upstream, now: Instant) -> (Value, Health) {
     let eps = up.endpoints();
+    let (own, mut health) = policy_view(&eps, 0, now, true);
+    let mut routes = Map::new();
+    for (slot, p) in up.policies.iter().enumerate().skip(1) {
+        let (v, h) = policy_view(&eps, slot, now, false);
+        health = health.max(h);
+        if let Some(name) = &p.route {
+            routes.insert(name.to_string(), v);
+        }
+    }
+    // As DESIGN's example: `routes` only where a route has a table of its own.
+    let mut v = own;
+    if let (Value::Object(m), false) = (&mut v, routes.is_empty()) {
+        m.insert("routes".into(), Value::Object(routes));
+    }
+    (v, health)
+}
+
+/// `{"state", "endpoints"}` of one breaker policy (slot) over the endpoints;
+/// `with_health` adds each endpoint's health-check verdict (shown once, with the
+/// upstream's own breakers).
+fn policy_view(
+    eps: &[Arc<Endpoint>],
+    slot: usize,
+    now: Instant,
+    with_health: bool,
+) -> (Value, Health) {
     let mut endpoints = Map::new();
     let mut states = Vec::with_capacity(eps.len());
     let mut health = Health::Healthy;
     for ep in eps.iter() {
-        let stats = ep.breakers.main.stats(now);
+        let set = ep.breakers(slot);
+        let stats = set.stats(now);
         let healthy = ep.is_healthy();
-        if stats.state != BreakerState::Closed || !healthy {
+        if stats.state != BreakerState::Closed || (with_health && !healthy) {
             health = Health::Degraded;
         }
         states.push(stats.state);
         let mut v = stats_json(&stats);
-        v.insert("healthy".into(), json!(healthy));
-        if let Some((_, parts)) = &ep.breakers.partitions {
+        if with_health {
+            v.insert("healthy".into(), json!(healthy));
+        }
+        if let Some(parts) = set.partitions() {
             let keyed: Map<String, Value> = parts
                 .snapshot(now)
                 .into_iter()
@@ -170,15 +205,11 @@ pub(super) fn apply(
     };
     let mut changed = 0;
     for ep in &targets {
+        // Every breaker of the endpoint: the upstream's and each route's own, with
+        // every partition key.
         changed += match action {
-            Action::Reset => reset_endpoint(ep, now),
-            Action::ForceOpen => match ep.breakers.main.force_open() {
-                Some(t) => {
-                    ep.on_transition(t, None);
-                    1
-                }
-                None => 0,
-            },
+            Action::Reset => ep.reset(),
+            Action::ForceOpen => ep.force_open(),
         };
     }
     Ok(Applied {
@@ -197,30 +228,6 @@ fn find_endpoint<'a>(eps: &'a [Arc<Endpoint>], name: &str) -> Option<&'a Arc<End
     eps.iter().find(|e| &*e.key == name)
 }
 
-/// Resets an endpoint's own breaker and every partition key's; each change is logged
-/// and counted through `Endpoint::on_transition`. Returns the number of changes.
-fn reset_endpoint(ep: &Endpoint, now: Instant) -> usize {
-    let mut changed = 0;
-    if let Some(t) = ep.breakers.main.reset() {
-        ep.on_transition(t, None);
-        changed += 1;
-    }
-    if let Some((_, parts)) = &ep.breakers.partitions {
-        for (key, _) in parts.snapshot(now) {
-            if let Some(t) = parts.peek(key.as_bytes()).and_then(|b| b.reset()) {
-                ep.on_transition(t, Some(key.as_bytes()));
-                changed += 1;
-            }
-        }
-        // Keys that are not UTF-8 were listed lossily and not found by `peek`.
-        for t in parts.reset_all() {
-            ep.on_transition(t, Some(b"<non-utf8 key>"));
-            changed += 1;
-        }
-    }
-    changed
-}
-
 /// Sets every endpoint's `gateway_circuit_breaker_state` from its breaker as observed
 /// now (an open breaker past its open time reads half open before any request has
 /// probed it) and `gateway_upstream_connections`: active = requests in flight (capped
@@ -228,11 +235,13 @@ fn reset_endpoint(ep: &Endpoint, now: Instant) -> usize {
 pub(super) fn refresh_gauges(snap: &Snapshot, now: Instant) {
     for up in snap.upstreams.values() {
         for ep in up.endpoints().iter() {
-            ep.metrics.state.set(ep.breakers.main.state(now).gauge());
-            let open = up.open_connections(ep.addr);
+            for set in ep.all_breakers() {
+                set.metrics.state.set(set.state(now).gauge());
+            }
+            let open = ep.core.pool.load().open();
             let active = ep.in_flight().min(open);
-            ep.metrics.conns_active.set(as_i64(active));
-            ep.metrics.conns_idle.set(as_i64(open - active));
+            ep.core.metrics.conns_active.set(as_i64(active));
+            ep.core.metrics.conns_idle.set(as_i64(open - active));
         }
     }
 }

@@ -117,13 +117,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
-/// What the request path needs to apply the header rules, built once per config.
-#[derive(Debug, Clone)]
-pub struct HeaderPolicy {
-    pub service_name: HeaderValue,
-    /// `X-Forwarded-Proto` value of the listener.
-    pub proto: HeaderValue,
-}
+pub use crate::snapshot::HeaderPolicy;
 
 /// Applies the request-side rules and returns the ids. `peer_ip` is the caller's address
 /// as a header value (formatted once per connection).
@@ -193,11 +187,10 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
     }
 }
 
-/// Response side: drop hop-by-hop headers of the upstream and echo the ids.
-pub fn stamp_response(headers: &mut HeaderMap, ids: &Ids, strip: bool) {
-    if strip {
-        strip_hop_by_hop(headers, false);
-    }
+/// Response side: drop hop-by-hop headers (an upstream's, a fallback's) and echo the
+/// ids.
+pub fn stamp_response(headers: &mut HeaderMap, ids: &Ids) {
+    strip_hop_by_hop(headers, false);
     headers.insert(X_CORRELATION_ID.clone(), ids.correlation_id.clone());
     headers.insert(X_REQUEST_ID.clone(), ids.request_id.clone());
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use super::body::RespBody;
+use super::resp_body::RespBody;
 
 /// The error codes of DESIGN.md, each with its fixed HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,31 @@ pub enum ErrorCode {
     Overloaded,
     RateLimited,
     RequestTooLarge,
+    RequestTimeout,
     BadRequest,
+    /// Route `fault` injection aborted the request (its status is the configured one).
+    FaultInjected,
+}
+
+/// Which side caused an error (pingora's `ErrorSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The upstream failed or did not answer in time.
+    Upstream,
+    /// The caller: unknown route, bad or oversized request, a body that stalled.
+    Downstream,
+    /// fusebox's own policy refused it: open breakers, shedding, limits, fault injection.
+    Internal,
+}
+
+/// Whether a request that failed this way may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retryable {
+    /// Nothing reached the upstream: safe for every method.
+    Always,
+    /// The upstream may have acted on it: only idempotent or keyed requests.
+    IfIdempotent,
+    Never,
 }
 
 impl ErrorCode {
@@ -39,7 +63,34 @@ impl ErrorCode {
             ErrorCode::Overloaded => "OVERLOADED",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::RequestTooLarge => "REQUEST_TOO_LARGE",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::FaultInjected => "FAULT_INJECTED",
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            ErrorCode::UpstreamConnectFailed
+            | ErrorCode::UpstreamReset
+            | ErrorCode::UpstreamTimeout
+            | ErrorCode::DeadlineExceeded => Side::Upstream,
+            ErrorCode::NoRoute
+            | ErrorCode::RequestTooLarge
+            | ErrorCode::RequestTimeout
+            | ErrorCode::BadRequest => Side::Downstream,
+            ErrorCode::CircuitOpen
+            | ErrorCode::Overloaded
+            | ErrorCode::RateLimited
+            | ErrorCode::FaultInjected => Side::Internal,
+        }
+    }
+
+    pub fn retryable(self) -> Retryable {
+        match self {
+            ErrorCode::UpstreamConnectFailed => Retryable::Always,
+            ErrorCode::UpstreamReset | ErrorCode::UpstreamTimeout => Retryable::IfIdempotent,
+            _ => Retryable::Never,
         }
     }
 
@@ -51,7 +102,9 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout | ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -59,21 +112,13 @@ impl ErrorCode {
     pub fn grpc_status(self) -> u8 {
         match self {
             ErrorCode::NoRoute => 12, // UNIMPLEMENTED
-            ErrorCode::UpstreamTimeout | ErrorCode::DeadlineExceeded => 4, // DEADLINE_EXCEEDED
+            ErrorCode::UpstreamTimeout
+            | ErrorCode::DeadlineExceeded
+            | ErrorCode::RequestTimeout => 4, // DEADLINE_EXCEEDED
             ErrorCode::RateLimited | ErrorCode::RequestTooLarge => 8, // RESOURCE_EXHAUSTED
-            ErrorCode::BadRequest => 13, // INTERNAL
+            ErrorCode::BadRequest => 13, // INTERNAL (gRPC's own mapping of HTTP 400)
             _ => 14,                  // UNAVAILABLE
         }
-    }
-
-    /// Whether the upstream (as opposed to the caller or fusebox's own policy) caused it.
-    pub fn is_upstream_failure(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::UpstreamConnectFailed
-                | ErrorCode::UpstreamReset
-                | ErrorCode::UpstreamTimeout
-        )
     }
 }
 
@@ -87,6 +132,8 @@ pub struct ProxyError {
     pub upstream: Option<std::sync::Arc<str>>,
     /// `Retry-After` seconds for CIRCUIT_OPEN, OVERLOADED and RATE_LIMITED.
     pub retry_after: Option<Duration>,
+    /// A status other than the code's own (an injected fault's configured status).
+    pub status: Option<StatusCode>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -98,8 +145,22 @@ impl ProxyError {
             message: message.into(),
             upstream: None,
             retry_after: None,
+            status: None,
             source: None,
         }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub fn side(&self) -> Side {
+        self.code.side()
+    }
+
+    pub fn retryable(&self) -> Retryable {
+        self.code.retryable()
     }
 
     pub fn upstream(mut self, name: &std::sync::Arc<str>) -> Self {
@@ -127,6 +188,10 @@ impl ProxyError {
     ) -> Response<RespBody> {
         let code_hdr = HeaderValue::from_static(self.code.as_str());
         let mut builder = Response::builder().header("x-fusebox-error", code_hdr);
+        if self.code == ErrorCode::FaultInjected {
+            // Marked so nobody mistakes a rehearsed failure for a real one.
+            builder = builder.header("x-fusebox-fault", "abort");
+        }
         if let Some(ra) = self.retry_after {
             // Round up: a client that waits the advertised seconds must find it open.
             let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
@@ -151,14 +216,14 @@ impl ProxyError {
                 }
             });
             builder
-                .status(self.code.status())
+                .status(self.status.unwrap_or(self.code.status()))
                 .header(CONTENT_TYPE, "application/json")
                 .body(RespBody::full(Bytes::from(body.to_string())))
         };
         // The builder only fails on invalid header values; every value above is valid.
         resp.unwrap_or_else(|_| {
             let mut r = Response::new(RespBody::empty());
-            *r.status_mut() = self.code.status();
+            *r.status_mut() = self.status.unwrap_or(self.code.status());
             r
         })
     }
@@ -208,7 +273,9 @@ mod tests {
             (ErrorCode::Overloaded, 503),
             (ErrorCode::RateLimited, 429),
             (ErrorCode::RequestTooLarge, 413),
+            (ErrorCode::RequestTimeout, 408),
             (ErrorCode::BadRequest, 400),
+            (ErrorCode::FaultInjected, 503),
         ];
         for (code, status) in cases {
             let up: std::sync::Arc<str> = "yolo".into();

@@ -1,31 +1,31 @@
-//! The attempt loop, bounded by the route deadline: pick an endpoint whose breaker
-//! admits (the balancer skips open ones), send over its pooled connection with the
-//! per-attempt timeout capped by the time left, classify the outcome, record it on the
-//! breaker, then retry (policy, budget, backoff, another endpoint) or finish. When no
-//! attempt can succeed, the upstream's fallback answers.
+//! The attempt loop, bounded by the request's deadline: pick an endpoint of the
+//! request's pinned endpoint list whose breakers admit (the balancer skips open ones),
+//! send over its pooled connection with the per-attempt timeout capped by the time
+//! left ([`attempt`](super::attempt)), judge the outcome ([`classify`]), record the
+//! verdict on the breakers, then retry (budget, backoff, another endpoint) or finish.
+//! When no attempt can succeed, the [`fallback`](super::fallback) may answer.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, HOST, RETRY_AFTER};
-use http::uri::{PathAndQuery, Scheme};
-use http::{request, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, Version};
+use http::header::{CONTENT_LENGTH, HOST};
+use http::uri::PathAndQuery;
+use http::{request, HeaderMap, HeaderValue, Response, Uri};
 use tokio::time::Instant;
 
-use super::body::{LimitedIncoming, ReplaySource, ReqBody, RespBody};
+use super::attempt::{self, Outbound, Sent};
+use super::classify::{classify, Facts, Outcome, Record, RetryReason, Verdict};
+use super::ctx::RequestCtx;
 use super::error::{ErrorCode, ProxyError};
-use crate::access_log::Completion;
-use crate::config::{FallbackConfig, Protocol, RetryConfig};
+use super::resp_body::RespBody;
+use crate::body::{CallerFault, LimitedIncoming, ReplaySource};
 use crate::snapshot::Route;
 use crate::upstream::balancer::Tried;
-use crate::upstream::breaker::Outcome;
-use crate::upstream::pool::Lease;
-use crate::upstream::retry::{is_idempotent, parse_retry_after, Backoff};
-use crate::upstream::{Endpoint, RouteBreakers, Upstream};
+use crate::upstream::breaker::{Breaker, Outcome as BreakerOutcome, Permit};
+use crate::upstream::retry::{is_idempotent, RetryPolicy};
+use crate::upstream::{Endpoint, Upstream};
 
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
-static X_FUSEBOX_FALLBACK: http::HeaderName = http::HeaderName::from_static("x-fusebox-fallback");
 
 /// The path and query sent upstream: `strip_prefix` removed when the path starts with
 /// it (an emptied path becomes `/`).
@@ -53,81 +53,8 @@ pub fn upstream_path(uri: &Uri, strip: Option<&str>) -> Result<PathAndQuery, Pro
         .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "path invalid after strip_prefix"))
 }
 
-/// A retry policy with its backoff, valid by construction (built with the snapshot).
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub cfg: RetryConfig,
-    pub backoff: Backoff,
-}
-
-/// What the attempt loop needs of the request; reused by every attempt.
-struct Outbound<'a> {
-    method: &'a Method,
-    headers: &'a HeaderMap,
-    pq: &'a PathAndQuery,
-    body: Option<&'a Arc<ReplaySource>>,
-    /// Non-idempotent requests are retried only after connect failures.
-    retry_any_failure: bool,
-    /// A gRPC call: `grpc-timeout` carries the time left, `grpc-status` classifies.
-    grpc: bool,
-    /// Send the time left as `x-request-timeout-ms` (route `propagate_deadline`).
-    propagate_deadline: bool,
-    /// The deadline is the caller's own (`grpc-timeout` shorter than the route's): a
-    /// timeout it causes says nothing about the upstream, so the breaker ignores it.
-    caller_deadline: bool,
-}
-
-static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
-static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-static X_REQUEST_TIMEOUT_MS: http::HeaderName =
-    http::HeaderName::from_static("x-request-timeout-ms");
-
-/// A `grpc-timeout` value (`1-8 digits` + `H M S m u n`) as a duration.
-pub fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
-    let b = v.as_bytes();
-    if b.len() < 2 || b.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = b.split_at(b.len() - 1);
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit[0] {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// The time left, as milliseconds in a header value (at least 1).
-fn millis_value(left: Duration, suffix: &str) -> HeaderValue {
-    let ms = left.as_millis().clamp(1, 99_999_999);
-    HeaderValue::from_str(&format!("{ms}{suffix}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("1"))
-}
-
-/// The `grpc-status` of a trailers-only response (status in the headers).
-fn grpc_status_of(r: &Response<hyper::body::Incoming>) -> Option<u8> {
-    r.headers()
-        .get(&GRPC_STATUS)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
-}
-
-/// How one attempt ended.
-enum Attempt {
-    Response(Response<hyper::body::Incoming>, Option<Lease>),
-    ConnectFailed(ProxyError),
-    Reset(ProxyError),
-    Timeout { err: ProxyError, deadline: bool },
-}
-
-/// How the loop ended.
-enum LoopEnd {
+/// How an attempt loop ended.
+pub(super) enum LoopEnd {
     /// An upstream response (success, or the last one when retries ran out).
     Response(Response<RespBody>),
     /// No response; `fallback` says whether a fallback may answer instead.
@@ -140,11 +67,9 @@ pub async fn send(
     route: &Route,
     mut parts: request::Parts,
     body: LimitedIncoming,
-    started: Instant,
-    done: &mut Completion,
+    ctx: &mut RequestCtx,
 ) -> Result<Response<RespBody>, ProxyError> {
     let up = &route.upstream;
-    let deadline = started + route.cfg.timeout;
     let pq = upstream_path(&parts.uri, route.cfg.strip_prefix.as_deref())?;
     if !parts.headers.contains_key(HOST) {
         // HTTP/2 callers send :authority instead of Host; HTTP/1.1 upstreams need Host.
@@ -154,15 +79,19 @@ pub async fn send(
             }
         }
     }
-    let retry_any_failure = is_idempotent(&parts.method)
-        || parts.headers.contains_key(&IDEMPOTENCY_KEY)
-        || route.retry.cfg.retry_non_idempotent;
-    let grpc = super::is_grpc(&parts.headers);
+    let facts = Facts {
+        retry_any_failure: is_idempotent(&parts.method)
+            || parts.headers.contains_key(&IDEMPOTENCY_KEY)
+            || route.retry.cfg.retry_non_idempotent,
+        grpc: ctx.grpc,
+        keyed: false,
+        caller_deadline: ctx.caller_deadline,
+    };
     // A body is kept for replay only when a retry after it was sent is allowed (and
     // gRPC, whose UNAVAILABLE is retried for any call). Otherwise only a connect
     // failure is retried, and that happens before any byte is read: keeping the body
     // would cost memory for nothing.
-    let keep = if retry_any_failure || grpc {
+    let keep = if facts.retry_any_failure || facts.grpc {
         route.retry.cfg.max_replay_body
     } else {
         0
@@ -172,232 +101,120 @@ pub async fn send(
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        ReplaySource::new(body, keep, declared)
+        ReplaySource::new(body, keep, declared, route.replay_budget.clone())
     });
-    let mut out = Outbound {
+    let out = Outbound {
         method: &parts.method,
         headers: &parts.headers,
         pq: &pq,
         body: source.as_ref(),
-        retry_any_failure,
-        grpc,
-        propagate_deadline: route.cfg.propagate_deadline,
-        caller_deadline: false,
+        grpc: ctx.grpc,
+        propagate_deadline: route.cfg.propagate_deadline
+            || parts.headers.contains_key(&attempt::X_REQUEST_TIMEOUT_MS),
     };
-    // A gRPC caller's own deadline wins when it is shorter than the route's.
-    let deadline = match parts
-        .headers
-        .get(&GRPC_TIMEOUT)
-        .and_then(parse_grpc_timeout)
-    {
-        Some(t) if out.grpc && started + t < deadline => {
-            out.caller_deadline = true;
-            started + t
-        }
-        _ => deadline,
-    };
-    up.budget.record_request(started);
-    match attempts(
+    up.budget.record_request(ctx.started);
+    let end = attempts(
         route,
         up,
-        route.breakers.as_deref(),
+        route.breaker_slot,
         &route.retry,
         &out,
-        deadline,
-        done,
+        facts,
+        ctx,
     )
-    .await
-    {
+    .await;
+    if source.as_ref().is_some_and(|s| s.budget_refused()) {
+        route.metrics.unbuffered.inc();
+    }
+    up.metrics.attempts.observe(f64::from(ctx.attempts.max(1)));
+    match end {
         LoopEnd::Response(r) => Ok(r),
         LoopEnd::Error { err, fallback } => {
-            if !fallback || done.body.too_large.load(Ordering::Relaxed) {
-                return Err(err);
-            }
-            match &up.cfg.fallback {
-                None => Err(err),
-                Some(FallbackConfig::Static {
-                    status,
-                    content_type,
-                    body,
-                }) => {
-                    up.metrics.fallback_static.inc();
-                    done.record.error_code = Some(err.code.as_str());
-                    let mut r = Response::new(RespBody::full(body.clone()));
-                    *r.status_mut() = *status;
-                    r.headers_mut()
-                        .insert(http::header::CONTENT_TYPE, content_type.clone());
-                    r.headers_mut().insert(
-                        X_FUSEBOX_FALLBACK.clone(),
-                        HeaderValue::from_static("static"),
-                    );
-                    Ok(r)
-                }
-                Some(FallbackConfig::Upstream(_)) => {
-                    let Some(fb) = route.fallback.as_ref() else {
-                        return Err(err);
-                    };
-                    if out.body.is_some_and(|b| !b.can_replay()) {
-                        return Err(err);
-                    }
-                    up.metrics.fallback_upstream.inc();
-                    done.record.error_code = Some(err.code.as_str());
-                    done.record.upstream = Some(fb.upstream.name.clone());
-                    match attempts(route, &fb.upstream, None, &fb.retry, &out, deadline, done).await
-                    {
-                        LoopEnd::Response(mut r) => {
-                            r.headers_mut().insert(
-                                X_FUSEBOX_FALLBACK.clone(),
-                                HeaderValue::from_static("upstream"),
-                            );
-                            Ok(r)
-                        }
-                        LoopEnd::Error { err, .. } => Err(err),
-                    }
-                }
-            }
+            super::fallback::answer(route, err, fallback, &out, facts, ctx).await
         }
     }
 }
 
-async fn attempts(
+/// Tries `up` until an attempt succeeds, the verdicts allow no retry, or time is up.
+/// `slot` is the breaker policy the attempts go through.
+pub(super) async fn attempts(
     route: &Route,
     up: &Upstream,
-    rb: Option<&RouteBreakers>,
+    slot: usize,
     policy: &RetryPolicy,
     out: &Outbound<'_>,
-    deadline: Instant,
-    done: &mut Completion,
+    facts: Facts,
+    ctx: &mut RequestCtx,
 ) -> LoopEnd {
     let retry = &policy.cfg;
-    let breaker_cfg = match (rb, &route.cfg.circuit_breaker) {
-        (Some(_), Some(c)) => c,
-        _ => &up.cfg.circuit_breaker,
-    };
-    let mut tried = Tried::default();
+    let breaker_cfg = &up.policies[slot.min(up.policies.len() - 1)].cfg;
+    // The request's endpoint list: a DNS refresh mid-request changes nothing here.
+    let eps = up.endpoints();
+    let mut tried = Tried::for_len(eps.len());
     let mut retries_done = 0u32;
     let mut refused = 0usize;
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= ctx.deadline {
             return LoopEnd::Error {
                 err: deadline_exceeded(route, up),
                 fallback: true,
             };
         }
-        let eps = up.endpoints();
-        let breaker_ok = |ep: &Endpoint| ep.breakers_for(rb).available(out.headers, now);
-        // Healthy, admitted and past slow start first; failing that (every endpoint
-        // fails its health checks, or slow start said no) any whose breaker admits.
-        let picked = up
-            .pick(&eps, tried, |ep| {
-                ep.is_healthy() && breaker_ok(ep) && ep.slow_start_admits(now, up.cfg.slow_start)
-            })
-            .or_else(|| up.pick(&eps, tried, breaker_ok));
-        let Some(i) = picked else {
-            return all_open(route, up, rb, &eps, out.headers, now);
+        let Some(i) = pick(up, &eps, slot, &tried, out.headers, now) else {
+            return all_open(route, up, slot, &eps, out.headers, now);
         };
-        let ep = eps[i].clone();
+        let ep = &eps[i];
         tried.add(i);
-        let brk = ep.breakers_for(rb);
-        let bref = brk.for_request(out.headers);
-        let permit = match bref.get().try_acquire(now) {
-            Ok(p) => p,
-            Err(_) => {
-                // Lost a race for the last half-open probe slot: pick again.
-                refused += 1;
-                if refused > eps.len() * 2 {
-                    return all_open(route, up, rb, &eps, out.headers, now);
-                }
-                continue;
+        let set = ep.breakers(slot);
+        let key = set.key_breaker(out.headers);
+        let Some((main, keyed)) = admit(ep, slot, set.main(), key.as_ref(), now) else {
+            // Lost a race for the last half-open probe slot: pick again.
+            refused += 1;
+            if refused > eps.len() * 2 {
+                return all_open(route, up, slot, &eps, out.headers, now);
             }
+            continue;
         };
-        if let Some(t) = permit.transition() {
-            ep.on_transition(t, bref.key());
-        }
-        done.record.attempts += 1;
-        done.record.endpoint = Some(ep.key.clone());
+        ctx.attempts += 1;
+        ctx.endpoint = Some(ep.key.clone());
 
         let in_flight = ep.start_request();
-        let left = deadline.saturating_duration_since(now);
+        let left = ctx.deadline.saturating_duration_since(now);
         let per_attempt = up.cfg.timeouts.request.min(left);
-        let t0 = Instant::now();
-        let attempt = send_once(
-            up,
-            &ep,
-            out,
-            per_attempt,
-            per_attempt < up.cfg.timeouts.request,
-            left,
-        )
-        .await;
-        let elapsed = t0.elapsed();
-
-        if out.caller_deadline && matches!(attempt, Attempt::Timeout { deadline: true, .. }) {
-            drop(permit); // the caller's short deadline: the breaker learns nothing
-            return finish(attempt, in_flight, up, done);
+        let capped = per_attempt < up.cfg.timeouts.request;
+        let sent = attempt::send_once(up, ep, out, per_attempt, capped, left).await;
+        let done = Instant::now();
+        let elapsed = done.saturating_duration_since(now);
+        let outcome = match ctx.body.caller_fault() {
+            Some(fault) => Outcome::CallerBody(fault),
+            None => sent.outcome(),
+        };
+        if !matches!(outcome, Outcome::CallerBody(_) | Outcome::Unsendable) {
+            ep.core.metrics.duration.observe(elapsed.as_secs_f64());
         }
-        if done.body.too_large.load(Ordering::Relaxed) {
-            drop(permit); // the caller's fault: the breaker learns nothing
+        let facts = Facts {
+            keyed: key.is_some(),
+            ..facts
+        };
+        let verdict = classify(outcome, facts, breaker_cfg, retry);
+        record(ep, slot, main, keyed, key.as_ref(), &verdict, elapsed, done);
+
+        if let Outcome::CallerBody(fault) = outcome {
             return LoopEnd::Error {
-                err: ProxyError::new(ErrorCode::RequestTooLarge, "request body is over the limit"),
+                err: caller_fault(fault),
                 fallback: false,
             };
         }
-        // classify and record on the breaker
-        let (failure, retry_after, status) = match &attempt {
-            Attempt::Response(r, _) => {
-                let s = r.status();
-                let ra = matches!(
-                    s,
-                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-                )
-                .then(|| r.headers().get(RETRY_AFTER))
-                .flatten()
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                let failure = breaker_cfg.failure_status_codes.contains(&s.as_u16())
-                    || (out.grpc
-                        && grpc_status_of(r)
-                            .is_some_and(|g| breaker_cfg.failure_grpc_codes.contains(&g)));
-                (failure, ra, Some(s.as_u16()))
-            }
-            _ => (true, None, None),
-        };
-        let breaker_ra = if status == Some(503) {
-            retry_after
-        } else {
-            None
-        };
-        let outcome = Outcome {
-            failure,
-            duration: elapsed,
-            retry_after: breaker_ra,
-        };
-        if let Some(t) = bref.get().record(permit, outcome, Instant::now()) {
-            ep.on_transition(t, bref.key());
-        }
-
-        // retry?
-        let retryable = match &attempt {
-            Attempt::ConnectFailed(_) => true,
-            Attempt::Reset(_) => out.retry_any_failure,
-            Attempt::Timeout { deadline, .. } => out.retry_any_failure && !deadline,
-            Attempt::Response(r, _) => {
-                (out.retry_any_failure && retry.retry_status_codes.contains(&r.status().as_u16()))
-                    || (out.grpc
-                        && grpc_status_of(r).is_some_and(|g| retry.retry_grpc_codes.contains(&g)))
-            }
-        };
-        let may_retry = retryable
+        let may_retry = verdict.retry.is_some()
             && retries_done < retry.max_retries
             && out.body.is_none_or(|b| b.can_replay())
-            && any_available(up, rb, out.headers, Instant::now());
-        let delay = if may_retry {
-            next_delay(policy, retries_done + 1, retry_after, deadline)
-        } else {
-            None
-        };
+            && any_available(&eps, slot, out.headers, done);
+        let delay = may_retry
+            .then(|| next_delay(policy, retries_done + 1, verdict.retry_after, ctx.deadline))
+            .flatten();
         let go = match delay {
-            Some(_) if !up.budget.try_withdraw(Instant::now()) => {
+            Some(_) if !up.budget.try_withdraw(done) => {
                 route.metrics.rejected_budget.inc();
                 false
             }
@@ -405,28 +222,109 @@ async fn attempts(
             None => false,
         };
         if !go {
-            return finish(attempt, in_flight, up, done);
+            return finish(sent, in_flight, up, ctx);
         }
-        match &attempt {
-            Attempt::ConnectFailed(_) => up.metrics.retry_connect.inc(),
-            Attempt::Reset(_) => up.metrics.retry_reset.inc(),
-            Attempt::Timeout { .. } => up.metrics.retry_timeout.inc(),
-            Attempt::Response(r, _) => {
-                let counter = match grpc_status_of(r).filter(|_| out.grpc) {
-                    Some(g) => up.metrics.retry_for_grpc(g),
-                    None => up.metrics.retry_for_status(r.status().as_u16()),
-                };
-                if let Some(c) = counter {
-                    c.inc();
-                }
-            }
+        if let Some(reason) = verdict.retry {
+            count_retry(up, reason);
         }
-        drop(attempt);
+        if !verdict.prefer_other {
+            tried = Tried::for_len(eps.len());
+        }
+        drop(sent);
         drop(in_flight);
         if let Some(d) = delay.filter(|d| !d.is_zero()) {
             tokio::time::sleep(d).await;
         }
         retries_done += 1;
+    }
+}
+
+/// Healthy, admitted and past slow start first; failing that (every endpoint fails
+/// its health checks, or slow start said no) any whose breakers admit.
+fn pick(
+    up: &Upstream,
+    eps: &[Arc<Endpoint>],
+    slot: usize,
+    tried: &Tried,
+    headers: &HeaderMap,
+    now: Instant,
+) -> Option<usize> {
+    let admits = |ep: &Endpoint| ep.breakers(slot).available(headers, now);
+    let slow_start = up.cfg.slow_start;
+    up.pick(eps, tried, |ep| {
+        ep.is_healthy() && admits(ep) && ep.core.slow_start_admits(now, slow_start)
+    })
+    .or_else(|| up.pick(eps, tried, admits))
+}
+
+/// Permits from the endpoint's breaker and, for a keyed request, its key's: both must
+/// admit. Half-open transitions are logged here.
+fn admit<'a>(
+    ep: &Endpoint,
+    slot: usize,
+    main: &'a Breaker,
+    key: Option<&'a (Arc<Breaker>, &[u8])>,
+    now: Instant,
+) -> Option<(Permit<'a>, Option<Permit<'a>>)> {
+    let main_permit = main.try_acquire(now).ok()?;
+    let key_permit = match key {
+        Some((b, _)) => Some(b.try_acquire(now).ok()?),
+        None => None,
+    };
+    if let Some(t) = main_permit.transition() {
+        ep.on_transition(slot, t, None);
+    }
+    if let (Some(p), Some((_, k))) = (&key_permit, key) {
+        if let Some(t) = p.transition() {
+            ep.on_transition(slot, t, Some(k));
+        }
+    }
+    Some((main_permit, key_permit))
+}
+
+/// Carries the verdict out on the breakers (an ignored permit is dropped: cancelled).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ep: &Endpoint,
+    slot: usize,
+    main: Permit<'_>,
+    keyed: Option<Permit<'_>>,
+    key: Option<&(Arc<Breaker>, &[u8])>,
+    v: &Verdict,
+    elapsed: Duration,
+    now: Instant,
+) {
+    let outcome = |r: Record, slow: bool| BreakerOutcome {
+        failure: r == Record::Failure,
+        duration: if slow { elapsed } else { Duration::ZERO },
+        retry_after: v.breaker_retry_after,
+    };
+    if v.endpoint != Record::Ignore {
+        let o = outcome(v.endpoint, v.endpoint_counts_slow);
+        if let Some(t) = ep.breakers(slot).main().record(main, o, now) {
+            ep.on_transition(slot, t, None);
+        }
+    }
+    if let (Some(permit), Some((b, k))) = (keyed, key) {
+        if v.key != Record::Ignore {
+            if let Some(t) = b.record(permit, outcome(v.key, true), now) {
+                ep.on_transition(slot, t, Some(k));
+            }
+        }
+    }
+}
+
+fn count_retry(up: &Upstream, reason: RetryReason) {
+    let m = &up.metrics;
+    let counter = match reason {
+        RetryReason::ConnectFailure => Some(&m.retry_connect),
+        RetryReason::Timeout => Some(&m.retry_timeout),
+        RetryReason::Reset => Some(&m.retry_reset),
+        RetryReason::Status(s) => m.retry_for_status(s),
+        RetryReason::Grpc(g) => m.retry_for_grpc(g),
+    };
+    if let Some(c) = counter {
+        c.inc();
     }
 }
 
@@ -443,31 +341,26 @@ fn next_delay(
         Some(ra) => ra,
         None => policy.backoff.delay(n),
     };
-    (Instant::now() + delay < deadline).then_some(delay)
+    let left = deadline.saturating_duration_since(Instant::now());
+    (delay < left).then_some(delay)
 }
 
-fn any_available(
-    up: &Upstream,
-    rb: Option<&RouteBreakers>,
-    headers: &HeaderMap,
-    now: Instant,
-) -> bool {
-    up.endpoints()
-        .iter()
-        .any(|ep| ep.breakers_for(rb).available(headers, now))
+fn any_available(eps: &[Arc<Endpoint>], slot: usize, headers: &HeaderMap, now: Instant) -> bool {
+    eps.iter()
+        .any(|ep| ep.breakers(slot).available(headers, now))
 }
 
 /// CIRCUIT_OPEN: no endpoint's breaker admits. `Retry-After` is the time until the
-/// first one half-opens.
+/// first one half-opens. An upstream without endpoints (DNS gave none yet) is a
+/// connect failure, not an open circuit.
 fn all_open(
     route: &Route,
     up: &Upstream,
-    rb: Option<&RouteBreakers>,
+    slot: usize,
     eps: &[Arc<Endpoint>],
     headers: &HeaderMap,
     now: Instant,
 ) -> LoopEnd {
-    route.metrics.rejected_circuit_open.inc();
     if eps.is_empty() {
         return LoopEnd::Error {
             err: ProxyError::new(
@@ -478,10 +371,11 @@ fn all_open(
             fallback: true,
         };
     }
+    route.metrics.rejected_circuit_open.inc();
     let wait = eps
         .iter()
         .map(|ep| {
-            ep.breakers_for(rb)
+            ep.breakers(slot)
                 .rejection(headers, now)
                 .map_or(Duration::ZERO, |r| r.retry_after)
         })
@@ -497,118 +391,36 @@ fn all_open(
 }
 
 fn finish(
-    attempt: Attempt,
+    sent: Sent,
     in_flight: crate::upstream::InFlight,
     up: &Upstream,
-    done: &mut Completion,
+    ctx: &mut RequestCtx,
 ) -> LoopEnd {
-    match attempt {
-        Attempt::Response(r, lease) => {
+    match sent {
+        Sent::Response(r, lease) => {
             let (p, b) = r.into_parts();
-            done.in_flight = Some(in_flight);
+            ctx.in_flight = Some(in_flight);
             LoopEnd::Response(Response::from_parts(
                 p,
                 RespBody::upstream(b, lease, up.cfg.timeouts.idle),
             ))
         }
-        Attempt::ConnectFailed(err) | Attempt::Reset(err) => LoopEnd::Error {
-            err,
-            fallback: true,
-        },
-        Attempt::Timeout { err, .. } => LoopEnd::Error {
+        Sent::Failed(_, err) => LoopEnd::Error {
             err,
             fallback: true,
         },
     }
 }
 
-async fn send_once(
-    up: &Upstream,
-    ep: &Endpoint,
-    out: &Outbound<'_>,
-    timeout: Duration,
-    capped_by_deadline: bool,
-    left: Duration,
-) -> Attempt {
-    let http2 = matches!(up.cfg.protocol, Protocol::H2c | Protocol::H2);
-    // HTTP/1.1 sends the origin form (`/path?q`); HTTP/2 needs scheme and authority for
-    // its pseudo-headers.
-    let uri = if http2 {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if up.cfg.protocol == Protocol::H2 {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        });
-        uri.authority = Some(ep.authority.clone());
-        uri.path_and_query = Some(out.pq.clone());
-        match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(_) => {
-                return Attempt::Reset(ProxyError::new(
-                    ErrorCode::BadRequest,
-                    "cannot build upstream URI",
-                ))
-            }
+fn caller_fault(fault: CallerFault) -> ProxyError {
+    match fault {
+        CallerFault::TooLarge => {
+            ProxyError::new(ErrorCode::RequestTooLarge, "request body is over the limit")
         }
-    } else {
-        Uri::from(out.pq.clone())
-    };
-    let mut req = http::Request::new(match out.body {
-        Some(src) => ReqBody::Replay(src.attempt()),
-        None => ReqBody::Empty,
-    });
-    *req.method_mut() = out.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = if http2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    *req.headers_mut() = out.headers.clone();
-    if out.grpc {
-        req.headers_mut()
-            .insert(GRPC_TIMEOUT.clone(), millis_value(left, "m"));
-    }
-    if out.propagate_deadline {
-        req.headers_mut()
-            .insert(X_REQUEST_TIMEOUT_MS.clone(), millis_value(left, ""));
-    }
-    let pool = ep.pool.load_full();
-    match tokio::time::timeout(timeout, pool.send(req)).await {
-        Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
-        Err(_) if capped_by_deadline => Attempt::Timeout {
-            err: ProxyError::new(
-                ErrorCode::DeadlineExceeded,
-                "route deadline passed while waiting for the upstream",
-            )
-            .upstream(&up.name),
-            deadline: true,
-        },
-        Err(_) => Attempt::Timeout {
-            err: ProxyError::new(
-                ErrorCode::UpstreamTimeout,
-                format!("no response headers from {} within {:?}", ep.key, timeout),
-            )
-            .upstream(&up.name),
-            deadline: false,
-        },
-        Ok(Err(e)) => {
-            let msg = format!("{}: {}", ep.key, error_chain(&e));
-            if e.is_connect() {
-                Attempt::ConnectFailed(
-                    ProxyError::new(ErrorCode::UpstreamConnectFailed, msg)
-                        .upstream(&up.name)
-                        .source(e),
-                )
-            } else {
-                Attempt::Reset(
-                    ProxyError::new(ErrorCode::UpstreamReset, msg)
-                        .upstream(&up.name)
-                        .source(e),
-                )
-            }
-        }
+        CallerFault::Stalled => ProxyError::new(
+            ErrorCode::RequestTimeout,
+            "the request body stopped arriving for the upstream's idle timeout",
+        ),
     }
 }
 
@@ -638,19 +450,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeout_units() {
-        let p = |s: &'static str| parse_grpc_timeout(&HeaderValue::from_static(s));
-        assert_eq!(p("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(p("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(p("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(p("5u"), Some(Duration::from_micros(5)));
-        assert_eq!(p("123456789m"), None);
-        assert_eq!(p("m"), None);
-        assert_eq!(p("1x"), None);
-        assert_eq!(millis_value(Duration::from_micros(10), "m"), "1m");
-    }
 
     #[test]
     fn strip_prefix_rewrites_path_and_keeps_query() {

@@ -11,16 +11,43 @@ use rand::Rng;
 use super::Endpoint;
 use crate::config::LoadBalancing;
 
-/// Which endpoints (by index modulo 64) an attempt loop already tried.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Tried(u64);
+/// Which endpoints (by index in the request's pinned list) an attempt loop already
+/// tried: one word for up to 64 endpoints, a heap bitset beyond.
+#[derive(Debug, Clone)]
+pub enum Tried {
+    Small(u64),
+    Large(Vec<u64>),
+}
+
+impl Default for Tried {
+    fn default() -> Self {
+        Tried::Small(0)
+    }
+}
 
 impl Tried {
-    pub fn add(&mut self, i: usize) {
-        self.0 |= 1 << (i % 64);
+    /// An empty set for a list of `n` endpoints.
+    pub fn for_len(n: usize) -> Tried {
+        if n <= 64 {
+            Tried::Small(0)
+        } else {
+            Tried::Large(vec![0; n.div_ceil(64)])
+        }
     }
+
+    pub fn add(&mut self, i: usize) {
+        match self {
+            Tried::Small(w) if i < 64 => *w |= 1 << i,
+            Tried::Large(ws) if i / 64 < ws.len() => ws[i / 64] |= 1 << (i % 64),
+            _ => {}
+        }
+    }
+
     pub fn has(&self, i: usize) -> bool {
-        self.0 & (1 << (i % 64)) != 0
+        match self {
+            Tried::Small(w) => i < 64 && w & (1 << i) != 0,
+            Tried::Large(ws) => ws.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0),
+        }
     }
 }
 
@@ -43,7 +70,7 @@ impl Balancer {
     pub fn pick(
         &self,
         eps: &[Arc<Endpoint>],
-        tried: Tried,
+        tried: &Tried,
         ok: impl Fn(&Endpoint) -> bool,
     ) -> Option<usize> {
         let n = eps.len();

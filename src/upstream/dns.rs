@@ -1,15 +1,20 @@
 //! DNS names as endpoints: every `dns_refresh` each name is resolved again and the
 //! upstream's endpoint list is replaced by the literal addresses plus every answer
-//! (Kubernetes headless services answer with one address per pod). Endpoints whose
-//! address is still answered are kept, with their state. A failed lookup keeps the
-//! previous answers: a DNS outage must not empty an upstream.
+//! (Kubernetes headless services answer with one address per pod). Addresses still
+//! answered keep their state (core and breakers by identity); new ones ramp in with
+//! `slow_start`. A failed or slow lookup keeps the previous answers: a DNS outage must
+//! not empty an upstream. Lookups are bounded by [`LOOKUP_TIMEOUT`] and run in the
+//! background: they never hold up binding, a reload or a request.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use super::{pool_settings, reuse_or_new, Endpoint, Upstream};
+use super::{Endpoint, Upstream};
 use crate::config::EndpointAddr;
+
+/// Longest wait for one name's answers; past it the previous answers stay.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Upstream {
     /// Resolves every DNS name once and installs the answers.
@@ -18,53 +23,53 @@ impl Upstream {
             return;
         }
         let old = self.endpoints();
+        let ramp = !old.is_empty();
         let mut eps: Vec<Arc<Endpoint>> = Vec::new();
-        let mut previous_by_name: HashMap<(String, u16), Vec<Arc<Endpoint>>> = HashMap::new();
         for e in &self.cfg.endpoints {
             match &e.address {
-                EndpointAddr::Socket(addr) => eps.push(reuse_or_new(
-                    Some(&old),
-                    *addr,
-                    e.weight,
-                    pool_settings(&self.cfg, self.tls.as_ref(), *addr, None),
-                    &self.name,
-                    &self.cfg,
-                    &self.family,
-                )),
+                EndpointAddr::Socket(addr) => {
+                    if let Some(x) = old.iter().find(|x| x.addr == *addr && x.origin.is_none()) {
+                        if !eps.iter().any(|y| y.addr == x.addr) {
+                            eps.push(x.clone());
+                        }
+                    }
+                }
                 EndpointAddr::Dns { host, port } => {
-                    match tokio::net::lookup_host((host.as_str(), *port)).await {
+                    let lookup = tokio::net::lookup_host((host.as_str(), *port));
+                    let answers: Result<Vec<SocketAddr>, String> =
+                        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+                            Ok(Ok(addrs)) => Ok(addrs.collect()),
+                            Ok(Err(err)) => Err(err.to_string()),
+                            Err(_) => Err(format!("no answer within {LOOKUP_TIMEOUT:?}")),
+                        };
+                    let same_origin = |x: &&Arc<Endpoint>| {
+                        x.origin
+                            .as_ref()
+                            .is_some_and(|(h, p)| &**h == host && p == port)
+                    };
+                    match answers {
                         Ok(addrs) => {
                             for addr in addrs {
-                                if !eps.iter().any(|x| x.addr == addr) {
-                                    eps.push(reuse_or_new(
-                                        Some(&old),
+                                if eps.iter().any(|y| y.addr == addr) {
+                                    continue;
+                                }
+                                let kept = old.iter().filter(same_origin).find(|x| x.addr == addr);
+                                eps.push(match kept {
+                                    Some(x) => x.clone(),
+                                    None => self.endpoint(
                                         addr,
                                         e.weight,
-                                        pool_settings(
-                                            &self.cfg,
-                                            self.tls.as_ref(),
-                                            addr,
-                                            Some(host),
-                                        ),
-                                        &self.name,
-                                        &self.cfg,
-                                        &self.family,
-                                    ));
-                                }
+                                        Some((host.as_str().into(), *port)),
+                                        ramp,
+                                    ),
+                                });
                             }
                         }
                         Err(err) => {
                             tracing::warn!(upstream = %self.name, host = %host, error = %err, "DNS lookup failed; keeping previous answers");
-                            let kept = previous_by_name.entry((host.clone(), *port)).or_default();
-                            for ep in old.iter().filter(|x| x.addr.port() == *port) {
-                                let literal = self
-                                    .cfg
-                                    .endpoints
-                                    .iter()
-                                    .any(|c| c.address == EndpointAddr::Socket(ep.addr));
-                                if !literal && !eps.iter().any(|x| x.addr == ep.addr) {
-                                    kept.push(ep.clone());
-                                    eps.push(ep.clone());
+                            for x in old.iter().filter(same_origin) {
+                                if !eps.iter().any(|y| y.addr == x.addr) {
+                                    eps.push(x.clone());
                                 }
                             }
                         }
@@ -81,9 +86,10 @@ impl Upstream {
         }
     }
 
-    /// Re-resolves every `dns_refresh` while the upstream is alive (it stops itself once
-    /// a reload dropped the upstream).
-    pub fn spawn_dns_refresher(self: &Arc<Self>) {
+    /// Resolves every `dns_refresh` (the first time at once when `resolve_now`) while
+    /// the upstream is alive (it stops itself once a reload dropped the upstream).
+    /// Runs in the background: callers never wait for DNS.
+    pub fn spawn_dns_refresher(self: &Arc<Self>, resolve_now: bool) {
         if !self.has_dns() {
             return;
         }
@@ -91,7 +97,10 @@ impl Upstream {
         let every = self.cfg.dns_refresh;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
-            tick.tick().await; // the first tick is immediate; the build resolved already
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            if !resolve_now {
+                tick.tick().await; // the first tick is immediate; resolved already
+            }
             loop {
                 tick.tick().await;
                 match weak.upgrade() {

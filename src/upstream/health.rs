@@ -1,5 +1,7 @@
 //! Active health checks (`health_check`): every `interval`, a `GET path` to each
-//! endpoint over the upstream's own pool. `unhealthy_threshold` consecutive failures
+//! endpoint over the endpoint's own probe connection, outside the data pool's
+//! `max_connections_per_host`, so a probe never queues behind inference traffic and a
+//! busy endpoint that answers its probe in time stays healthy. `unhealthy_threshold` consecutive failures
 //! (no 2xx within `timeout`) take an endpoint out of the balancer; `healthy_threshold`
 //! consecutive passes bring it back (with slow start, when configured). Independent of
 //! the breaker: the breaker judges live traffic, the checks judge an idle endpoint too.
@@ -12,8 +14,8 @@ use http::{Request, Uri};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Endpoint, Upstream};
-use crate::config::HealthCheckConfig;
-use crate::proxy::body::ReqBody;
+use crate::body::ReqBody;
+use crate::config::{HealthCheckConfig, Protocol};
 
 impl Upstream {
     /// Starts the checks when the upstream has a `health_check` table.
@@ -37,23 +39,32 @@ impl Upstream {
 }
 
 async fn check_one(up: &Upstream, ep: &Arc<Endpoint>, hc: &HealthCheckConfig) {
-    let ok = probe(ep, hc).await;
+    let ok = probe(up, ep, hc).await;
     record(up, ep, hc, ok);
 }
 
-async fn probe(ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(ep.authority.clone())
-        .path_and_query(hc.path.as_str())
-        .build();
-    let Ok(uri) = uri else { return false };
+async fn probe(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
+    // HTTP/1.1 sends the origin form; HTTP/2 needs scheme and authority.
+    let uri = match up.cfg.protocol {
+        Protocol::Http1 | Protocol::Https => Uri::try_from(hc.path.as_str()).ok(),
+        Protocol::H2c | Protocol::H2 => Uri::builder()
+            .scheme(if up.cfg.protocol == Protocol::H2 {
+                "https"
+            } else {
+                "http"
+            })
+            .authority(ep.authority.clone())
+            .path_and_query(hc.path.as_str())
+            .build()
+            .ok(),
+    };
+    let Some(uri) = uri else { return false };
     let req = Request::get(uri)
         .header(http::header::HOST, ep.authority.as_str())
         .header(http::header::USER_AGENT, "fusebox-health-check")
         .body(ReqBody::Empty);
     let Ok(req) = req else { return false };
-    let pool = ep.pool.load_full();
+    let pool = ep.core.probe_pool.load_full();
     let check = async move {
         let (resp, lease) = pool.send(req).await.ok()?;
         let ok = resp.status().is_success();
@@ -76,14 +87,15 @@ async fn probe(ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
 
 /// Applies one check result to the endpoint's verdict.
 pub fn record(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig, ok: bool) {
-    let healthy = ep.healthy.load(Ordering::Relaxed);
+    let ep = &*ep.core;
+    let healthy = ep.is_healthy();
     if ok {
         ep.health_fails.store(0, Ordering::Relaxed);
         if !healthy {
             let streak = ep.health_streak.fetch_add(1, Ordering::Relaxed) + 1;
             if streak >= hc.healthy_threshold {
                 ep.health_streak.store(0, Ordering::Relaxed);
-                ep.healthy.store(true, Ordering::Relaxed);
+                ep.set_healthy(true);
                 ep.mark_recovered(Instant::now());
                 tracing::info!(event = "health_change", upstream = %up.name, endpoint = %ep.key, healthy = true, "endpoint healthy");
             }
@@ -94,7 +106,7 @@ pub fn record(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig, ok: bool) {
             let fails = ep.health_fails.fetch_add(1, Ordering::Relaxed) + 1;
             if fails >= hc.unhealthy_threshold {
                 ep.health_fails.store(0, Ordering::Relaxed);
-                ep.healthy.store(false, Ordering::Relaxed);
+                ep.set_healthy(false);
                 tracing::warn!(event = "health_change", upstream = %up.name, endpoint = %ep.key, healthy = false, "endpoint unhealthy");
             }
         }

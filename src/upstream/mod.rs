@@ -1,411 +1,74 @@
-//! Upstreams and their endpoints. An [`Upstream`] owns its pooled client, its balancer
-//! and its current endpoint list (swapped whole when DNS answers change); an
-//! [`Endpoint`] owns what must survive a reload: its in-flight count, health and
-//! connection cap. Touched per request: `endpoints()`, `pick`, the endpoint atomics.
+//! Upstreams and their endpoints. An [`Upstream`] is one config's view of a named group
+//! of endpoints: its settings, its breaker policies (its own table, then each route's
+//! own), its balancer and retry budget, and its current endpoint list (swapped whole
+//! when DNS answers change; a request pins the list it started with). What belongs to
+//! an address itself lives in its [`EndpointCore`] and survives reloads by identity
+//! (see [`registry`]).
+//!
+//! Touched per request: `endpoints()`, `pick`, the endpoints' atomics and breakers.
 
 pub mod balancer;
 pub mod breaker;
+pub mod breakers;
 pub mod dns;
+pub mod endpoint;
 pub mod health;
 pub mod partition;
 pub mod pool;
+pub mod registry;
 pub mod retry;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
-use http::HeaderMap;
 use tokio::time::Instant;
 
-use crate::config::{BreakerConfig, EndpointAddr, PartitionKey, UpstreamConfig};
-use crate::metrics::{EndpointMetrics, Metrics, UpstreamMetrics};
+use crate::config::{EndpointAddr, Protocol, UpstreamConfig};
+use crate::metrics::{Metrics, UpstreamMetrics};
 use balancer::{Balancer, Tried};
-use breaker::{Breaker, BreakerState, Transition};
-use partition::PartitionedBreakers;
-use pool::{Pool, PoolSettings, PoolTls};
+use breakers::BreakerPolicy;
+pub use endpoint::{epoch, Endpoint, EndpointCore, InFlight};
+use pool::{PoolSettings, PoolTls};
+use registry::{BreakerId, CorePools, Registry};
 use retry::RetryBudget;
 
-/// The breakers of one endpoint: the endpoint's own, plus one per key when the upstream
-/// partitions by a request header.
-#[derive(Debug)]
-pub struct EndpointBreakers {
-    pub main: Breaker,
-    pub partitions: Option<(http::HeaderName, PartitionedBreakers)>,
-}
-
-/// The breaker an attempt goes through: the endpoint's, or its key's.
-#[derive(Debug)]
-pub enum BreakerRef<'a> {
-    Main(&'a Breaker),
-    Keyed(Arc<Breaker>, &'a [u8]),
-}
-
-impl BreakerRef<'_> {
-    pub fn get(&self) -> &Breaker {
-        match self {
-            BreakerRef::Main(b) => b,
-            BreakerRef::Keyed(b, _) => b,
-        }
-    }
-
-    pub fn key(&self) -> Option<&[u8]> {
-        match self {
-            BreakerRef::Main(_) => None,
-            BreakerRef::Keyed(_, k) => Some(k),
-        }
-    }
-}
-
-impl EndpointBreakers {
-    pub fn new(cfg: &BreakerConfig) -> Self {
-        EndpointBreakers {
-            main: Breaker::new(cfg),
-            partitions: cfg
-                .partition_by
-                .as_ref()
-                .map(|PartitionKey::Header(h)| (h.clone(), PartitionedBreakers::new(cfg))),
-        }
-    }
-
-    /// The endpoint's breaker when an operator forced it open: that overrides every
-    /// partition (one atomic load while closed).
-    fn forced(&self, now: Instant) -> Option<breaker::Rejected> {
-        self.main.rejection(now).filter(|r| r.forced)
-    }
-
-    /// The breaker for a request with these headers.
-    pub fn for_request<'a>(&'a self, headers: &'a HeaderMap) -> BreakerRef<'a> {
-        if let Some((name, parts)) = &self.partitions {
-            if self.forced(Instant::now()).is_some() {
-                return BreakerRef::Main(&self.main);
-            }
-            if let Some(v) = headers.get(name) {
-                return BreakerRef::Keyed(parts.get(v.as_bytes()), v.as_bytes());
-            }
-        }
-        BreakerRef::Main(&self.main)
-    }
-
-    /// Whether the breaker for a request with these headers would admit now. A key
-    /// without a breaker yet is closed; looking does not create one.
-    pub fn available(&self, headers: &HeaderMap, now: Instant) -> bool {
-        if let Some((name, parts)) = &self.partitions {
-            if self.forced(now).is_some() {
-                return false;
-            }
-            if let Some(v) = headers.get(name) {
-                return parts.peek(v.as_bytes()).is_none_or(|b| b.is_available(now));
-            }
-        }
-        self.main.is_available(now)
-    }
-
-    /// What the breaker for these headers would refuse with (`None`: it admits).
-    pub fn rejection(&self, headers: &HeaderMap, now: Instant) -> Option<breaker::Rejected> {
-        if let Some((name, parts)) = &self.partitions {
-            if let Some(r) = self.forced(now) {
-                return Some(r);
-            }
-            if let Some(v) = headers.get(name) {
-                return parts.peek(v.as_bytes()).and_then(|b| b.rejection(now));
-            }
-        }
-        self.main.rejection(now)
-    }
-
-    pub fn set_config(&self, cfg: &BreakerConfig) {
-        self.main.set_config(cfg);
-        if let Some((_, p)) = &self.partitions {
-            p.set_config(cfg);
-        }
-    }
-}
-
-/// The breakers a route keeps for itself when it has its own `circuit_breaker` table:
-/// one set per endpoint address, made on first use, separate from the upstream's.
-/// Read per request without a lock (copy-on-write map).
-#[derive(Debug)]
-pub struct RouteBreakers {
-    cfg: ArcSwap<BreakerConfig>,
-    by_addr: ArcSwap<std::collections::HashMap<SocketAddr, Arc<EndpointBreakers>>>,
-}
-
-impl RouteBreakers {
-    pub fn new(cfg: &BreakerConfig) -> Self {
-        RouteBreakers {
-            cfg: ArcSwap::from_pointee(cfg.clone()),
-            by_addr: ArcSwap::from_pointee(Default::default()),
-        }
-    }
-
-    pub fn get(&self, addr: SocketAddr) -> Arc<EndpointBreakers> {
-        if let Some(b) = self.by_addr.load().get(&addr) {
-            return b.clone();
-        }
-        let cfg = self.cfg.load();
-        let mut made = None;
-        self.by_addr.rcu(|m| {
-            let mut m = std::collections::HashMap::clone(m);
-            let b = m
-                .entry(addr)
-                .or_insert_with(|| Arc::new(EndpointBreakers::new(&cfg)))
-                .clone();
-            made = Some(b);
-            m
-        });
-        made.unwrap_or_else(|| Arc::new(EndpointBreakers::new(&cfg)))
-    }
-
-    /// New settings on reload; state is kept.
-    pub fn set_config(&self, cfg: &BreakerConfig) {
-        self.cfg.store(Arc::new(cfg.clone()));
-        for b in self.by_addr.load().values() {
-            b.set_config(cfg);
-        }
-    }
-}
-
-/// The breakers an attempt uses: the endpoint's own, or its route's.
-#[derive(Debug)]
-pub enum BreakersOf<'a> {
-    Endpoint(&'a EndpointBreakers),
-    Route(Arc<EndpointBreakers>),
-}
-
-impl std::ops::Deref for BreakersOf<'_> {
-    type Target = EndpointBreakers;
-    fn deref(&self) -> &EndpointBreakers {
-        match self {
-            BreakersOf::Endpoint(b) => b,
-            BreakersOf::Route(b) => b,
-        }
-    }
-}
-
-impl Endpoint {
-    /// This endpoint's breakers for a route with (`Some`) or without its own table.
-    pub fn breakers_for<'a>(&'a self, route: Option<&RouteBreakers>) -> BreakersOf<'a> {
-        match route {
-            Some(r) => BreakersOf::Route(r.get(self.addr)),
-            None => BreakersOf::Endpoint(&self.breakers),
-        }
-    }
-}
-
-/// One address of an upstream (a configured ip:port, or one answer of a DNS name).
-#[derive(Debug)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    /// `ip:port`, as shown in logs, metrics and the admin API.
-    pub key: Arc<str>,
-    /// The same, pre-parsed for building request URIs.
-    pub authority: Authority,
-    pub weight: u32,
-    in_flight: AtomicUsize,
-    /// Active health checks' verdict; true when none are configured.
-    pub healthy: AtomicBool,
-    /// Consecutive health check passes (+) or failures (-) since the verdict last changed.
-    pub health_streak: AtomicU32,
-    pub health_fails: AtomicU32,
-    /// Milliseconds since [`epoch`] when the endpoint last came back (breaker closed or
-    /// health recovered); `slow_start` ramps its share from then. 0 = never ramped.
-    ramp_start_ms: AtomicU64,
-    /// The upstream's name, for logs.
-    pub service: Arc<str>,
-    pub breakers: EndpointBreakers,
-    pub metrics: EndpointMetrics,
-    /// Replaced when a reload changes the pool settings (the old one drains).
-    pub pool: ArcSwap<Pool>,
-}
-
-/// The process's time origin for millisecond stamps kept in atomics.
-pub fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn ms_since_epoch(now: Instant) -> u64 {
-    now.saturating_duration_since(epoch()).as_millis() as u64 + 1
-}
-
-impl Endpoint {
-    pub fn new(
-        addr: SocketAddr,
-        weight: u32,
-        service: &Arc<str>,
-        breaker: &BreakerConfig,
-        metrics: &Arc<Metrics>,
-        pool: PoolSettings,
-    ) -> Self {
-        let key: Arc<str> = addr.to_string().into();
-        let em = EndpointMetrics::new(metrics, service, &key);
-        // An ip:port string is always a valid authority.
-        let authority =
-            Authority::try_from(&*key).unwrap_or_else(|_| Authority::from_static("invalid"));
-        Endpoint {
-            addr,
-            key,
-            authority,
-            weight: weight.max(1),
-            in_flight: AtomicUsize::new(0),
-            healthy: AtomicBool::new(true),
-            health_streak: AtomicU32::new(0),
-            health_fails: AtomicU32::new(0),
-            ramp_start_ms: AtomicU64::new(0),
-            service: service.clone(),
-            breakers: EndpointBreakers::new(breaker),
-            metrics: em,
-            pool: ArcSwap::new(Pool::new(addr, pool)),
-        }
-    }
-
-    /// Logs a breaker state change as its own line and updates the breaker metrics.
-    pub fn on_transition(&self, t: Transition, key: Option<&[u8]>) {
-        let idx = match t.to {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
-        };
-        self.metrics.changes[idx].inc();
-        match key {
-            None => {
-                self.metrics.state.set(t.to.gauge());
-                tracing::warn!(
-                    event = "circuit_breaker_state_change",
-                    upstream = %self.service,
-                    endpoint = %self.key,
-                    from = t.from.as_str(),
-                    to = t.to.as_str(),
-                    "circuit breaker {}", t.to.as_str()
-                );
-            }
-            Some(k) => {
-                tracing::warn!(
-                    event = "circuit_breaker_state_change",
-                    upstream = %self.service,
-                    endpoint = %self.key,
-                    partition = %String::from_utf8_lossy(k),
-                    from = t.from.as_str(),
-                    to = t.to.as_str(),
-                    "circuit breaker {}", t.to.as_str()
-                );
-            }
-        }
-        if t.to == BreakerState::Closed && key.is_none() {
-            self.mark_recovered(Instant::now());
-        }
-    }
-
-    /// Starts the slow-start ramp.
-    pub fn mark_recovered(&self, now: Instant) {
-        self.ramp_start_ms
-            .store(ms_since_epoch(now), Ordering::Relaxed);
-    }
-
-    /// Whether slow start lets this attempt through: during the ramp an endpoint takes
-    /// a share of the attempts it would otherwise get that grows linearly from 10 % to
-    /// 100 % over `slow_start`.
-    pub fn slow_start_admits(&self, now: Instant, slow_start: Duration) -> bool {
-        if slow_start.is_zero() {
-            return true;
-        }
-        let start = self.ramp_start_ms.load(Ordering::Relaxed);
-        if start == 0 {
-            return true;
-        }
-        let elapsed = ms_since_epoch(now).saturating_sub(start);
-        let total = slow_start.as_millis() as u64;
-        if elapsed >= total {
-            return true;
-        }
-        let share = (elapsed as f64 / total as f64).max(0.1);
-        rand::random::<f64>() < share
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request in flight until the guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-}
-
-/// Decrements the endpoint's in-flight count on drop.
-#[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A named group of endpoints with its pool, balancer and policies.
+/// A named group of endpoints with its policies, as one config says.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: Arc<str>,
     pub cfg: UpstreamConfig,
+    /// Breaker policies by slot: 0 is the upstream's own table, then one per route
+    /// that has its own `circuit_breaker` table (the route holds its slot).
+    pub policies: Vec<BreakerPolicy>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     balancer: Balancer,
-    /// Shared by every request to this upstream (and carried over on reload).
+    /// Shared by every request to this upstream (and carried over on reload while the
+    /// budget settings stay).
     pub budget: Arc<RetryBudget>,
     pub metrics: UpstreamMetrics,
-    pub family: Arc<Metrics>,
+    pub registry: Arc<Registry>,
     /// The client config of an `https` / `h2` upstream, built with the snapshot; DNS
     /// refreshes hand it to the endpoints they add.
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Upstream {
-    /// Builds an upstream from its config. Literal addresses become endpoints at once;
-    /// DNS names are filled in by [`Upstream::refresh_dns`]. Endpoints of `previous`
-    /// with the same address are carried over (in-flight counts, health, caps).
+    /// Builds an upstream from its config and breaker policies. Literal addresses
+    /// become endpoints at once; DNS names keep the previous build's answers (when
+    /// there was one) until [`Upstream::refresh_dns`] replaces them. Every endpoint
+    /// gets its core and breaker sets from the registry by identity, so whatever is
+    /// known of an address carries over.
     pub fn build(
         cfg: &UpstreamConfig,
+        policies: Vec<BreakerPolicy>,
         previous: Option<&Upstream>,
-        metrics: &Arc<Metrics>,
+        registry: &Arc<Registry>,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Upstream {
         let name: Arc<str> = cfg.name.as_str().into();
-        let old = previous.map(|p| p.endpoints());
-        let mut eps = Vec::new();
-        for e in &cfg.endpoints {
-            if let EndpointAddr::Socket(addr) = e.address {
-                eps.push(reuse_or_new(
-                    old.as_deref(),
-                    addr,
-                    e.weight,
-                    pool_settings(cfg, tls.as_ref(), addr, None),
-                    &name,
-                    cfg,
-                    metrics,
-                ));
-            }
-        }
-        // DNS answers of the previous build stay until the next refresh replaces them.
-        if let Some(old) = &old {
-            for ep in old.iter() {
-                let from_dns = !cfg
-                    .endpoints
-                    .iter()
-                    .any(|c| c.address == EndpointAddr::Socket(ep.addr));
-                if from_dns && cfg.endpoints.iter().any(|c| matches!(c.address, EndpointAddr::Dns { port, .. } if port == ep.addr.port())) {
-                    ep.breakers.set_config(&cfg.circuit_breaker);
-                    eps.push(ep.clone());
-                }
-            }
-        }
+        let metrics = registry.metrics().clone();
         let budget = match previous {
             Some(p)
                 if p.cfg.retry.budget_percent == cfg.retry.budget_percent
@@ -415,24 +78,89 @@ impl Upstream {
             }
             _ => Arc::new(RetryBudget::from_config(&cfg.retry)),
         };
-        Upstream {
+        let up = Upstream {
             metrics: UpstreamMetrics::new(
-                metrics,
+                &metrics,
                 &name,
                 &cfg.retry.retry_status_codes,
                 &cfg.retry.retry_grpc_codes,
             ),
-            family: metrics.clone(),
             name,
             cfg: cfg.clone(),
-            endpoints: ArcSwap::from_pointee(eps),
+            policies,
+            endpoints: ArcSwap::from_pointee(Vec::new()),
             balancer: Balancer::new(cfg.load_balancing),
             budget,
+            registry: registry.clone(),
             tls,
+        };
+        // A new address of a running upstream ramps in; at first start nothing does.
+        let ramp = previous.is_some_and(|p| !p.endpoints().is_empty());
+        let old = previous.map(|p| p.endpoints());
+        let mut eps = Vec::new();
+        for e in &cfg.endpoints {
+            match &e.address {
+                EndpointAddr::Socket(addr) => {
+                    if !eps.iter().any(|x: &Arc<Endpoint>| x.addr == *addr) {
+                        eps.push(up.endpoint(*addr, e.weight, None, ramp));
+                    }
+                }
+                EndpointAddr::Dns { host, port } => {
+                    let answered = old.iter().flat_map(|o| o.iter()).filter(|x| {
+                        x.origin
+                            .as_ref()
+                            .is_some_and(|(h, p)| &**h == host && p == port)
+                    });
+                    for x in answered {
+                        if !eps.iter().any(|y| y.addr == x.addr) {
+                            let origin = Some((host.as_str().into(), *port));
+                            eps.push(up.endpoint(x.addr, e.weight, origin, ramp));
+                        }
+                    }
+                }
+            }
         }
+        up.set_endpoints(eps);
+        up
     }
 
-    /// The current endpoint list (one atomic load).
+    /// The endpoint at `addr` for this upstream's policies: its live core and breaker
+    /// sets from the registry, or new ones (a new core ramps in when `ramp`).
+    fn endpoint(
+        &self,
+        addr: SocketAddr,
+        weight: u32,
+        origin: Option<(Arc<str>, u16)>,
+        ramp: bool,
+    ) -> Arc<Endpoint> {
+        let host = origin.as_ref().map(|(h, _)| &**h);
+        let pools = CorePools {
+            data: pool_settings(&self.cfg, self.tls.as_ref(), addr, host, false),
+            probe: pool_settings(&self.cfg, self.tls.as_ref(), addr, host, true),
+        };
+        let (core, new) = self
+            .registry
+            .core(&self.name, addr, &pools, &self.metrics.pool_wait);
+        if new && ramp && !self.cfg.slow_start.is_zero() {
+            core.mark_recovered(Instant::now());
+        }
+        let sets = self
+            .policies
+            .iter()
+            .map(|p| {
+                let id = BreakerId {
+                    service: self.name.clone(),
+                    endpoint: core.key.clone(),
+                    route: p.route.clone(),
+                };
+                self.registry.breakers(id, &p.cfg, &core)
+            })
+            .collect();
+        Arc::new(Endpoint::new(core, weight, origin, sets))
+    }
+
+    /// The current endpoint list (one atomic load). A request loads it once and keeps
+    /// it for all its attempts.
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints.load_full()
     }
@@ -446,7 +174,14 @@ impl Upstream {
         self.endpoints()
             .iter()
             .find(|e| e.addr == addr)
-            .map_or(0, |e| e.pool.load().open())
+            .map_or(0, |e| e.core.pool.load().open())
+    }
+
+    /// The route-owned policy slot of `route`, if it has one here.
+    pub fn slot_of(&self, route: &str) -> Option<usize> {
+        self.policies
+            .iter()
+            .position(|p| p.route.as_deref() == Some(route))
     }
 
     /// Closes idle connections past `idle_timeout` and trims the idle surplus, while the
@@ -462,7 +197,8 @@ impl Upstream {
                 tick.tick().await;
                 let Some(up) = weak.upgrade() else { break };
                 for ep in up.endpoints().iter() {
-                    ep.pool.load().sweep();
+                    ep.core.pool.load().sweep();
+                    ep.core.probe_pool.load().sweep();
                 }
             }
         });
@@ -475,24 +211,31 @@ impl Upstream {
             .any(|e| matches!(e.address, EndpointAddr::Dns { .. }))
     }
 
-    /// Picks the endpoint of the next attempt.
+    /// Picks the endpoint of the next attempt among `eps` (the request's pinned list).
     pub fn pick(
         &self,
         eps: &[Arc<Endpoint>],
-        tried: Tried,
+        tried: &Tried,
         ok: impl Fn(&Endpoint) -> bool,
     ) -> Option<usize> {
         self.balancer.pick(eps, tried, ok)
     }
+
+    /// The metric families (for handles resolved outside the build).
+    pub fn family(&self) -> &Arc<Metrics> {
+        self.registry.metrics()
+    }
 }
 
 /// The pool settings of the endpoint at `addr`; `host` is the DNS name it was
-/// resolved from (certificates name hosts), else its IP is the TLS server name.
+/// resolved from (certificates name hosts), else its IP is the TLS server name. A
+/// probe pool is the health check's own single connection, outside the data cap.
 fn pool_settings(
     cfg: &UpstreamConfig,
     tls: Option<&Arc<rustls::ClientConfig>>,
     addr: SocketAddr,
     host: Option<&str>,
+    probe: bool,
 ) -> PoolSettings {
     let tls = tls.map(|config| {
         let ip = addr.ip();
@@ -506,46 +249,20 @@ fn pool_settings(
             server_name: name.unwrap_or(rustls::pki_types::ServerName::IpAddress(ip.into())),
         }
     });
-    PoolSettings::new(cfg.protocol, &cfg.pool, &cfg.timeouts, tls)
+    let mut s = PoolSettings::new(cfg.protocol, &cfg.pool, &cfg.timeouts, tls);
+    if probe {
+        s.max_connections = 1;
+        s.max_idle = 1;
+        if let Some(hc) = &cfg.health_check {
+            // Kept between probes; connecting is part of the probe's own timeout.
+            s.idle_timeout = hc.interval.saturating_mul(3).max(s.idle_timeout);
+            s.connect_timeout = hc.timeout;
+        }
+    }
+    s
 }
 
-/// The endpoint of `old` with this address and weight (its breaker takes the new
-/// settings), else a new one.
-fn reuse_or_new(
-    old: Option<&Vec<Arc<Endpoint>>>,
-    addr: SocketAddr,
-    weight: u32,
-    settings: PoolSettings,
-    service: &Arc<str>,
-    cfg: &UpstreamConfig,
-    metrics: &Arc<Metrics>,
-) -> Arc<Endpoint> {
-    let same_partitioning = |e: &Endpoint| {
-        e.breakers.partitions.as_ref().map(|(h, _)| h)
-            == cfg
-                .circuit_breaker
-                .partition_by
-                .as_ref()
-                .map(|PartitionKey::Header(h)| h)
-    };
-    match old.and_then(|o| {
-        o.iter()
-            .find(|e| e.addr == addr && e.weight == weight.max(1) && same_partitioning(e))
-    }) {
-        Some(e) => {
-            e.breakers.set_config(&cfg.circuit_breaker);
-            if e.pool.load().settings != settings {
-                e.pool.store(Pool::new(addr, settings));
-            }
-            e.clone()
-        }
-        None => Arc::new(Endpoint::new(
-            addr,
-            weight,
-            service,
-            &cfg.circuit_breaker,
-            metrics,
-            settings,
-        )),
-    }
+/// Whether `protocol` multiplexes requests over shared connections.
+pub fn is_http2(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::H2c | Protocol::H2)
 }

@@ -43,7 +43,7 @@ impl PartitionedBreakers {
         PartitionedBreakers {
             inner: Mutex::new(Table {
                 cfg: cfg.clone(),
-                breakers: LruCache::new(capacity(cfg)),
+                breakers: table(cfg),
             }),
         }
     }
@@ -75,11 +75,12 @@ impl PartitionedBreakers {
         self.len() == 0
     }
 
-    /// Resets every key's breaker; returns the changes made, for the caller to log.
-    pub fn reset_all(&self) -> Vec<Transition> {
+    /// Resets every key's breaker; returns the changes made with their keys, for the
+    /// caller to log.
+    pub fn reset_all(&self) -> Vec<(Box<[u8]>, Transition)> {
         self.breakers()
-            .iter()
-            .filter_map(|(_, breaker)| breaker.reset())
+            .into_iter()
+            .filter_map(|(key, breaker)| breaker.reset().map(|t| (key, t)))
             .collect()
     }
 
@@ -121,6 +122,15 @@ impl PartitionedBreakers {
         // No critical section here panics; a poisoned table is still a valid table.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// An empty table capped at `max_partitions`. Not `LruCache::new`, which reserves room
+/// for every key up front (a large `max_partitions` would allocate it all at start);
+/// this one grows up to the cap.
+fn table(cfg: &BreakerConfig) -> LruCache<Box<[u8]>, Arc<Breaker>> {
+    let mut t = LruCache::unbounded();
+    t.resize(capacity(cfg));
+    t
 }
 
 fn capacity(cfg: &BreakerConfig) -> NonZeroUsize {
@@ -213,7 +223,9 @@ mod tests {
                 .count(),
             2
         );
-        assert_eq!(table.reset_all().len(), 2);
+        let reset = table.reset_all();
+        assert_eq!(reset.len(), 2);
+        assert!(reset.iter().all(|(k, _)| &**k == b"a" || &**k == b"b"));
         assert!(table
             .snapshot(now)
             .iter()

@@ -33,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::body::ReqBody;
 use crate::config::{PoolConfig, Protocol, TimeoutsConfig};
-use crate::proxy::body::ReqBody;
 
 /// Settings of a pool, taken from the upstream's `pool`, `timeouts`, `protocol` and
 /// `tls`.
@@ -91,6 +91,10 @@ impl Eq for PoolTls {}
 pub enum SendError {
     #[error("connect to {0} timed out after {1:?}")]
     ConnectTimeout(SocketAddr, Duration),
+    /// Every connection of the pool stayed busy (`max_connections_per_host`) for the
+    /// connect timeout: fusebox's own cap, not the endpoint's fault.
+    #[error("no connection to {0} came free within {1:?} (max_connections_per_host reached)")]
+    PoolExhausted(SocketAddr, Duration),
     #[error("connect to {0} failed: {1}")]
     Connect(SocketAddr, #[source] io::Error),
     #[error("TLS handshake with {0} failed: {1}")]
@@ -106,6 +110,11 @@ impl SendError {
     /// Nothing reached the upstream: safe to retry for any method.
     pub fn is_connect(&self) -> bool {
         !matches!(self, SendError::Sent(_))
+    }
+
+    /// The pool's own cap, not the endpoint, refused the request.
+    pub fn is_pool_exhausted(&self) -> bool {
+        matches!(self, SendError::PoolExhausted(..))
     }
 }
 
@@ -131,6 +140,8 @@ pub struct Pool {
     /// Signalled when a connection returns to the stack or closes.
     returned: Notify,
     open: Arc<AtomicUsize>,
+    /// `gateway_upstream_pool_wait_seconds` of the upstream (none for probe pools).
+    wait: Option<prometheus::Histogram>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -178,8 +189,13 @@ impl Drop for Lease {
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, settings: PoolSettings) -> Arc<Pool> {
+    pub fn new(
+        addr: SocketAddr,
+        settings: PoolSettings,
+        wait: Option<prometheus::Histogram>,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
+            wait,
             addr,
             slots: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
@@ -242,7 +258,40 @@ impl Pool {
     /// An idle connection, a new one while under the cap, or the next one to come
     /// back; waiting is bounded by the connect timeout.
     async fn checkout(self: &Arc<Self>) -> Result<http1::SendRequest<ReqBody>, SendError> {
-        let deadline = Instant::now() + self.settings.connect_timeout;
+        // The common case first: a warm connection, no clock read, a zero wait.
+        let first = self.pop_idle();
+        let started = match first {
+            Some(tx) if tx.is_ready() => {
+                self.observe_wait(Duration::ZERO);
+                return Ok(tx);
+            }
+            Some(mut tx) => {
+                // Just returned: the connection task has not caught up yet.
+                let started = Instant::now();
+                if tx.ready().await.is_ok() {
+                    self.observe_wait(started.elapsed());
+                    return Ok(tx);
+                }
+                started
+            }
+            None => Instant::now(),
+        };
+        let got = self.checkout_slow(started).await;
+        self.observe_wait(started.elapsed());
+        got
+    }
+
+    fn observe_wait(&self, waited: Duration) {
+        if let Some(h) = &self.wait {
+            h.observe(waited.as_secs_f64());
+        }
+    }
+
+    async fn checkout_slow(
+        self: &Arc<Self>,
+        started: Instant,
+    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
+        let deadline = started + self.settings.connect_timeout;
         loop {
             let notified = self.returned.notified();
             tokio::pin!(notified);
@@ -260,7 +309,7 @@ impl Pool {
                 return self.connect_h1_with(permit, deadline).await;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(SendError::ConnectTimeout(
+                return Err(SendError::PoolExhausted(
                     self.addr,
                     self.settings.connect_timeout,
                 ));
@@ -337,7 +386,7 @@ impl Pool {
 
     /// A connection slot under the per-endpoint cap, waiting at most until `deadline`.
     async fn slot(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, SendError> {
-        let timeout = SendError::ConnectTimeout(self.addr, self.settings.connect_timeout);
+        let timeout = SendError::PoolExhausted(self.addr, self.settings.connect_timeout);
         match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(timeout),

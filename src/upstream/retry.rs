@@ -15,6 +15,22 @@ use tokio::time::Instant;
 
 use crate::config::RetryConfig;
 
+/// A retry policy with its backoff, valid by construction (built with the snapshot).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub cfg: RetryConfig,
+    pub backoff: Backoff,
+}
+
+impl RetryPolicy {
+    pub fn new(cfg: &RetryConfig) -> Result<RetryPolicy, BackoffError> {
+        Ok(RetryPolicy {
+            backoff: Backoff::from_config(cfg)?,
+            cfg: cfg.clone(),
+        })
+    }
+}
+
 /// Length of the budget's sliding window, in one-second buckets (the contract's 10 s).
 const BUDGET_BUCKETS: u32 = 10;
 

@@ -43,7 +43,10 @@ async fn breaker_gauge_follows_closed_open_half_open_closed() {
         metric(
             text,
             "gateway_circuit_breaker_state_changes_total",
-            &format!(r#"endpoint="{}",service="yolo",state="{state}""#, up.addr),
+            &format!(
+                r#"endpoint="{}",route="",service="yolo",state="{state}""#,
+                up.addr
+            ),
         )
     };
     assert_eq!(changes(&text, "open"), Some(1.0));

@@ -209,7 +209,7 @@ pub fn breaker_gauge(text: &str, service: &str, endpoint: SocketAddr) -> Option<
     metric(
         text,
         "gateway_circuit_breaker_state",
-        &format!(r#"endpoint="{endpoint}",service="{service}""#),
+        &format!(r#"endpoint="{endpoint}",route="",service="{service}""#),
     )
 }
 

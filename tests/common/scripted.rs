@@ -384,7 +384,7 @@ impl Proxy {
 
     /// The state of the endpoint's own (unpartitioned) breaker now.
     pub fn breaker_state(&self, up: &str, addr: SocketAddr) -> BreakerState {
-        self.endpoint(up, addr).breakers.main.state(Instant::now())
+        self.endpoint(up, addr).own_breakers().state(Instant::now())
     }
 
     /// Waits (bounded) until the endpoint's own breaker reads `want`.

@@ -1,38 +1,26 @@
-//! Route-level admission: the token-bucket rate limit (429 `RATE_LIMITED`), the
-//! concurrency limit with its bounded wait queue (503 `OVERLOADED`), and fault
-//! injection. Each returns a verdict (with the `Retry-After` wait); turning it into a
-//! response, metrics and log fields is the caller's job.
+//! The token-bucket rate limit of a route (429 `RATE_LIMITED`): one bucket, or one per
+//! key (a request header or the client address) in a bounded LRU table.
 //!
-//! Built per route with the snapshot; touched per request (`check`, `acquire`,
-//! `decide`): one short lock for the rate limit, a semaphore and atomics for
-//! concurrency, the thread-local rng for faults. Nothing here awaits while locked.
+//! Built per route with the snapshot (carried over on reload while its settings stay);
+//! touched per request (`check`): one short lock, an allocation only for a new key.
 
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName};
 use lru::LruCache;
-use rand::Rng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{ConcurrencyConfig, FaultConfig, RateLimitConfig, RateLimitKey};
+use crate::config::{RateLimitConfig, RateLimitKey};
 
 /// Longest rate-limit key kept, in bytes; longer header values are cut to this (values
 /// sharing their first 256 bytes share a bucket), bounding the key table at
 /// `max_keys * 256` bytes of keys, as the breaker partitions do.
 pub const MAX_KEY_BYTES: usize = 256;
-
-/// `Retry-After` when shedding (full queue, or a wait past `queue_timeout`): 1 s, the
-/// smallest non-zero value the header's whole seconds carry. Shedding reflects this
-/// moment's load (queue waits are ~100 ms) and no latency estimate is kept that would
-/// found a longer wait; a longer one would leave capacity idle once it frees up.
-pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 // Hand-written rather than `governor`: its keyed limiters keep a DashMap/HashMap with
 // no capacity bound; keys leave only when the owner calls `retain_recent()`, so key
@@ -202,139 +190,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The concurrency limit of one route: at most `max_in_flight` requests at once; up to
-/// `max_queue` more wait, first come first served, for at most `queue_timeout`.
-#[derive(Debug)]
-pub struct Concurrency {
-    /// One permit per slot. tokio's semaphore is fair: a released permit goes to the
-    /// oldest waiter, so the queue is FIFO.
-    slots: Arc<Semaphore>,
-    /// The semaphore's initial permits: `in_flight` = this - available.
-    max_in_flight: usize,
-    /// Requests waiting now, at most `max_queue`, so parked requests cannot pile up.
-    queued: AtomicUsize,
-    max_queue: usize,
-    queue_timeout: Duration,
-}
-
-/// An admitted request's slot, freed on drop. Owned (no borrow of the limiter), so it
-/// can travel with a streaming response body.
-#[derive(Debug)]
-#[must_use = "the slot is freed as soon as the permit is dropped"]
-pub struct ConcurrencyPermit {
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Concurrency {
-    /// `max_in_flight` is kept within 1..=`Semaphore::MAX_PERMITS`.
-    pub fn new(cfg: &ConcurrencyConfig) -> Concurrency {
-        let max_in_flight = cfg.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
-        Concurrency {
-            slots: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            queued: AtomicUsize::new(0),
-            max_queue: cfg.max_queue,
-            queue_timeout: cfg.queue_timeout,
-        }
-    }
-
-    /// Admits the request now or after a wait in the queue. A full queue, or a wait
-    /// past `queue_timeout`, returns `Err(OVERLOADED_RETRY_AFTER)`. Dropping the future
-    /// while it waits leaves the queue.
-    pub async fn acquire(&self) -> Result<ConcurrencyPermit, Duration> {
-        // Released permits go to waiters first, so this never overtakes the queue.
-        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Ok(ConcurrencyPermit { _slot: slot });
-        }
-        let reserve = |q: usize| (q < self.max_queue).then_some(q + 1);
-        if self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, reserve)
-            .is_err()
-        {
-            return Err(OVERLOADED_RETRY_AFTER);
-        }
-        let _in_queue = QueueSlot(&self.queued);
-        let wait = Arc::clone(&self.slots).acquire_owned();
-        match tokio::time::timeout(self.queue_timeout, wait).await {
-            Ok(Ok(slot)) => Ok(ConcurrencyPermit { _slot: slot }),
-            // Timed out, or the semaphore was closed (never done here).
-            Ok(Err(_)) | Err(_) => Err(OVERLOADED_RETRY_AFTER),
-        }
-    }
-
-    /// Requests admitted and not yet finished.
-    pub fn in_flight(&self) -> usize {
-        self.max_in_flight
-            .saturating_sub(self.slots.available_permits())
-    }
-
-    /// Requests waiting for a slot.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
-    }
-}
-
-/// A place in the queue, given back on drop: admitted, timed out or cancelled.
-struct QueueSlot<'a>(&'a AtomicUsize);
-
-impl Drop for QueueSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Fault injection for one route: what to do to a request before it is forwarded.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    /// Probability (0..=1) that a request is aborted.
-    abort: f64,
-    abort_status: StatusCode,
-    /// Probability (0..=1) that a request not aborted is delayed.
-    delay: f64,
-    delay_for: Duration,
-}
-
-/// The fault chosen for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultAction {
-    None,
-    /// Answer with this status without contacting the upstream.
-    Abort(StatusCode),
-    /// Wait this long, then forward as usual.
-    Delay(Duration),
-}
-
-impl Fault {
-    /// Percentages outside 0..=100 (refused by validation) are clamped; NaN never fires.
-    pub fn new(cfg: &FaultConfig) -> Fault {
-        Fault {
-            abort: (cfg.abort_percent / 100.0).clamp(0.0, 1.0),
-            abort_status: cfg.abort_status,
-            delay: (cfg.delay_percent / 100.0).clamp(0.0, 1.0),
-            delay_for: cfg.delay,
-        }
-    }
-
-    /// Draws for abort (`abort_percent` of requests), then independently for delay
-    /// among the requests not aborted: with 5% abort and 10% delay, 5% are aborted
-    /// and 9.5% (10% of the other 95%) delayed; no request is both.
-    pub fn decide(&self) -> FaultAction {
-        if self.abort <= 0.0 && self.delay <= 0.0 {
-            return FaultAction::None; // no fault configured: no draw
-        }
-        let mut rng = rand::thread_rng();
-        // `gen::<f64>()` is in [0, 1): probability 0 never fires, 1 always does.
-        if rng.gen::<f64>() < self.abort {
-            FaultAction::Abort(self.abort_status)
-        } else if rng.gen::<f64>() < self.delay {
-            FaultAction::Delay(self.delay_for)
-        } else {
-            FaultAction::None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -343,7 +198,6 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
     fn limiter(
         requests_per_second: f64,
         burst: u32,
@@ -444,79 +298,5 @@ mod tests {
         assert!(rl.check(&cam(&long_a), IP, now).is_ok());
         assert!(rl.check(&cam(&long_b), IP, now).is_ok());
         assert!(rl.check(&cam(&long_a), IP, now).is_err());
-    }
-
-    fn concurrency(max_in_flight: usize, max_queue: usize) -> Arc<Concurrency> {
-        let queue_timeout = 100 * MS;
-        Arc::new(Concurrency::new(&ConcurrencyConfig {
-            max_in_flight,
-            max_queue,
-            queue_timeout,
-        }))
-    }
-
-    /// Proves the limit and the queue: two in flight, the third waits and gets in when
-    /// one finishes, the fourth (queue full) is refused at once.
-    #[tokio::test(start_paused = true)]
-    async fn third_waits_for_a_slot_and_fourth_is_refused() {
-        let c = concurrency(2, 1);
-        let first = c.acquire().await.expect("1st admitted");
-        let _second = c.acquire().await.expect("2nd admitted");
-        let waiter = Arc::clone(&c);
-        let third = tokio::spawn(async move { waiter.acquire().await.map(drop) });
-        while c.queued() == 0 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!((c.in_flight(), c.queued()), (2, 1));
-        let started = Instant::now();
-        assert_eq!(c.acquire().await.map(drop), Err(OVERLOADED_RETRY_AFTER));
-        assert_eq!(started.elapsed(), Duration::ZERO, "refused without waiting");
-        drop(first);
-        assert_eq!(third.await.expect("task"), Ok(()));
-        assert_eq!((c.in_flight(), c.queued()), (1, 0));
-    }
-
-    /// Proves a queued request is refused after `queue_timeout`, and a cancelled wait
-    /// gives its queue place back.
-    #[tokio::test(start_paused = true)]
-    async fn queued_request_times_out_and_cancelled_waits_leave_the_queue() {
-        let c = concurrency(1, 1);
-        let _held = c.acquire().await.expect("admitted");
-        let started = Instant::now();
-        assert_eq!(c.acquire().await.map(drop), Err(OVERLOADED_RETRY_AFTER));
-        let waited = started.elapsed();
-        assert!(waited >= 100 * MS && waited < 102 * MS, "waited {waited:?}");
-        assert!(tokio::time::timeout(10 * MS, c.acquire()).await.is_err());
-        assert_eq!((c.in_flight(), c.queued()), (1, 0));
-    }
-
-    /// Shares of (aborted, delayed) requests over `n` draws.
-    fn shares(abort_percent: f64, delay_percent: f64, n: u32) -> (f64, f64) {
-        let (abort_status, delay) = (StatusCode::IM_A_TEAPOT, 200 * MS);
-        let f = Fault::new(&FaultConfig {
-            abort_percent,
-            abort_status,
-            delay_percent,
-            delay,
-        });
-        let draws: Vec<_> = (0..n).map(|_| f.decide()).collect();
-        let share = |a| draws.iter().filter(|&&d| d == a).count() as f64 / f64::from(n);
-        (
-            share(FaultAction::Abort(abort_status)),
-            share(FaultAction::Delay(delay)),
-        )
-    }
-
-    /// Proves the shares: 5% aborted and 10% of the rest (9.5%) delayed, within bands
-    /// of about seven standard deviations; 0% and 100% are exact.
-    #[test]
-    fn fault_shares_match_the_percentages() {
-        let (abort, delay) = shares(5.0, 10.0, 10_000);
-        assert!((abort - 0.05).abs() < 0.015, "abort share {abort}");
-        assert!((delay - 0.095).abs() < 0.015, "delay share {delay}");
-        assert_eq!(shares(0.0, 0.0, 10_000), (0.0, 0.0));
-        assert_eq!(shares(100.0, 100.0, 10_000), (1.0, 0.0));
-        assert_eq!(shares(0.0, 100.0, 10_000), (0.0, 1.0));
-        assert_eq!(shares(f64::NAN, 250.0, 1_000), (0.0, 1.0));
     }
 }

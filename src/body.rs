@@ -1,0 +1,439 @@
+//! Request bodies, shared by the request path (which reads the caller's body) and the
+//! upstream pools (which send it). The caller's body streams to the upstream with the
+//! listener's size cap and a stall timeout enforced as it streams; bodies that may be
+//! retried after they were sent are kept for replay, within a per-request cap
+//! (`max_replay_body`) and a process-wide budget (`[limits] max_buffered_body_bytes`).
+//! Concrete enums rather than boxed trait objects: no allocation per frame and no
+//! dynamic dispatch on the hot path.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Per-request facts the body wrappers report back to the request path.
+#[derive(Debug, Default)]
+pub struct BodyShared {
+    /// Request body bytes read from the caller.
+    pub bytes_in: AtomicU64,
+    /// Set when the caller's body passed `max_request_body` and the stream was cut.
+    pub too_large: AtomicBool,
+    /// Set when the caller stopped sending its body for the upstream's `timeouts.idle`.
+    pub stalled: AtomicBool,
+}
+
+impl BodyShared {
+    /// The caller, not the upstream, ended the attempt (too large or stalled): the
+    /// breaker learns nothing and no retry helps.
+    pub fn caller_fault(&self) -> Option<CallerFault> {
+        if self.too_large.load(Ordering::Relaxed) {
+            Some(CallerFault::TooLarge)
+        } else if self.stalled.load(Ordering::Relaxed) {
+            Some(CallerFault::Stalled)
+        } else {
+            None
+        }
+    }
+}
+
+/// How the caller's body broke an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerFault {
+    TooLarge,
+    Stalled,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct TooLarge(pub u64);
+
+#[derive(Debug, thiserror::Error)]
+#[error("no body bytes for {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// The process-wide budget of request-body bytes held for replay
+/// (`[limits] max_buffered_body_bytes`). Reservations are lock-free; a body that does
+/// not fit streams through unkept. The cap follows reloads (`set_cap`).
+#[derive(Debug)]
+pub struct ReplayBudget {
+    cap: AtomicU64,
+    used: AtomicU64,
+}
+
+impl ReplayBudget {
+    pub fn new(cap: u64) -> Arc<ReplayBudget> {
+        Arc::new(ReplayBudget {
+            cap: AtomicU64::new(cap),
+            used: AtomicU64::new(0),
+        })
+    }
+
+    pub fn set_cap(&self, cap: u64) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// Bytes held for replay now, by every request.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes from the budget, or nothing when they do not fit.
+    fn reserve(&self, n: u64) -> bool {
+        let cap = self.cap.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|&t| t <= cap)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The caller's body, counted, capped and watched for stalls as it streams.
+#[derive(Debug)]
+pub struct LimitedIncoming {
+    inner: Incoming,
+    limit: u64,
+    read: u64,
+    shared: Arc<BodyShared>,
+    /// The upstream's `timeouts.idle`: a caller silent this long mid-body is cut.
+    idle: Duration,
+    /// Armed on the first `Pending` only: most bodies arrive without a wait.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl LimitedIncoming {
+    pub fn new(inner: Incoming, limit: u64, idle: Duration, shared: Arc<BodyShared>) -> Self {
+        LimitedIncoming {
+            inner,
+            limit,
+            read: 0,
+            shared,
+            idle,
+            timer: None,
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    /// Next frame, with the cap and the stall timeout applied.
+    pub fn poll_frame_limited(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Poll::Ready(next) = polled else {
+            let idle = self.idle;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            ready!(timer.as_mut().poll(cx));
+            self.shared.stalled.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))));
+        };
+        if let Some(t) = self.timer.as_mut() {
+            t.as_mut().reset(Instant::now() + self.idle);
+        }
+        match next {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    self.read = self.read.saturating_add(n);
+                    self.shared.bytes_in.fetch_add(n, Ordering::Relaxed);
+                    if self.read > self.limit {
+                        self.shared.too_large.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(self.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// What is sent upstream as the request body.
+#[derive(Debug)]
+pub enum ReqBody {
+    Empty,
+    /// A body held whole (health checks, fixed bodies).
+    Full(Option<Bytes>),
+    /// The caller's body, kept for replay while it fits (see [`ReplaySource`]).
+    Replay(ReplayBody),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Replay(r) => r.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Full(b) => b.is_none(),
+            ReqBody::Replay(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Replay(r) => match r.src.declared {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::new(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body superseded by a newer attempt")]
+pub struct Superseded;
+
+/// The caller's body, shared by every attempt of one request. It streams to the first
+/// attempt as it arrives (no store-and-forward delay) while the chunks are kept, up to
+/// `max_replay_body` and as long as the process-wide [`ReplayBudget`] has room; a
+/// retry replays the kept chunks and then continues reading the caller's stream. Once
+/// more was read than could be kept, the chunks are dropped and the request can no
+/// longer be retried; a body that was never read (a connect failure) can always be.
+/// One lock per request, never contended across requests.
+#[derive(Debug)]
+pub struct ReplaySource {
+    state: std::sync::Mutex<ReplayState>,
+    /// The declared `Content-Length`, so each attempt announces the same length.
+    declared: Option<u64>,
+    budget: Arc<ReplayBudget>,
+}
+
+#[derive(Debug)]
+struct ReplayState {
+    chunks: Vec<Bytes>,
+    /// Bytes kept, all of them reserved from the budget.
+    kept: u64,
+    /// Bytes reserved from the budget (a declared length is reserved up front).
+    reserved: u64,
+    cap: u64,
+    /// Bytes were read and not kept: no replay possible.
+    overflowed: bool,
+    /// The budget, not the per-request cap, refused to keep this body.
+    budget_refused: bool,
+    rest: Option<LimitedIncoming>,
+    trailers: Option<http::HeaderMap>,
+    failed: bool,
+    /// Bodies of older attempts stop at once (a late read by an abandoned attempt must
+    /// not steal the stream's waker from the current one).
+    generation: u64,
+}
+
+impl ReplaySource {
+    /// `cap` = 0: stream without keeping anything (no retry after sending).
+    pub fn new(
+        rest: LimitedIncoming,
+        cap: u64,
+        declared: Option<u64>,
+        budget: Arc<ReplayBudget>,
+    ) -> Arc<ReplaySource> {
+        // A declared body over the cap is not kept at all; one within it reserves its
+        // whole length now, so it is kept whole or not at all.
+        let cap = if declared.is_some_and(|n| n > cap) {
+            0
+        } else {
+            cap
+        };
+        let (mut reserved, mut budget_refused) = (0, false);
+        if let Some(n) = declared.filter(|&n| cap > 0 && n > 0) {
+            if budget.reserve(n) {
+                reserved = n;
+            } else {
+                budget_refused = true;
+            }
+        }
+        Arc::new(ReplaySource {
+            state: std::sync::Mutex::new(ReplayState {
+                chunks: Vec::new(),
+                kept: 0,
+                reserved,
+                cap: if budget_refused { 0 } else { cap },
+                overflowed: false,
+                budget_refused,
+                rest: Some(rest),
+                trailers: None,
+                failed: false,
+                generation: 0,
+            }),
+            declared,
+            budget,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether another attempt can send the whole body again.
+    pub fn can_replay(&self) -> bool {
+        let s = self.lock();
+        !s.overflowed && !s.failed
+    }
+
+    /// Whether the process-wide budget made this body stream through unkept.
+    pub fn budget_refused(&self) -> bool {
+        self.lock().budget_refused
+    }
+
+    /// A body for the next attempt (older attempts' bodies stop).
+    pub fn attempt(self: &Arc<Self>) -> ReplayBody {
+        let mut s = self.lock();
+        s.generation += 1;
+        ReplayBody {
+            src: self.clone(),
+            pos: 0,
+            generation: s.generation,
+            trailers_sent: false,
+        }
+    }
+}
+
+impl Drop for ReplaySource {
+    fn drop(&mut self) {
+        let reserved = self.lock().reserved;
+        self.budget.release(reserved);
+    }
+}
+
+impl ReplayState {
+    /// Keeps `data` when it fits the cap and the budget; otherwise gives up keeping.
+    fn keep(&mut self, data: &Bytes, budget: &ReplayBudget) -> bool {
+        let n = data.len() as u64;
+        if self.overflowed || self.kept + n > self.cap {
+            self.give_up(budget);
+            return false;
+        }
+        if self.kept + n > self.reserved {
+            let more = self.kept + n - self.reserved;
+            if !budget.reserve(more) {
+                self.budget_refused = true;
+                self.give_up(budget);
+                return false;
+            }
+            self.reserved += more;
+        }
+        self.kept += n;
+        self.chunks.push(data.clone());
+        true
+    }
+
+    fn give_up(&mut self, budget: &ReplayBudget) {
+        self.overflowed = true;
+        self.chunks = Vec::new();
+        self.kept = 0;
+        budget.release(std::mem::take(&mut self.reserved));
+    }
+}
+
+/// One attempt's view of a [`ReplaySource`].
+#[derive(Debug)]
+pub struct ReplayBody {
+    src: Arc<ReplaySource>,
+    pos: usize,
+    generation: u64,
+    trailers_sent: bool,
+}
+
+impl ReplayBody {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let src = self.src.clone();
+        let mut s = src.lock();
+        if s.generation != self.generation {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if let Some(c) = s.chunks.get(self.pos) {
+            let c = c.clone();
+            self.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        let Some(rest) = s.rest.as_mut() else {
+            if !self.trailers_sent {
+                self.trailers_sent = true;
+                if let Some(t) = s.trailers.clone() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+            }
+            return Poll::Ready(None);
+        };
+        match ready!(rest.poll_frame_limited(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if s.cap > 0 && s.keep(data, &src.budget) {
+                        self.pos += 1;
+                    } else {
+                        s.overflowed = true;
+                        self.pos = 0;
+                    }
+                } else if let Some(t) = frame.trailers_ref() {
+                    s.trailers = Some(t.clone());
+                    self.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                s.failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                s.rest = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_reserves_within_its_cap_and_follows_reloads() {
+        let b = ReplayBudget::new(100);
+        assert!(b.reserve(60));
+        assert!(!b.reserve(41), "over the cap");
+        assert!(b.reserve(40));
+        b.release(50);
+        assert_eq!(b.used(), 50);
+        b.set_cap(40);
+        assert!(
+            !b.reserve(1),
+            "a smaller cap refuses until enough is released"
+        );
+        b.release(50);
+        assert!(b.reserve(40));
+    }
+}

@@ -1,0 +1,239 @@
+//! One attempt: build the upstream request from the caller's (the same headers and
+//! body every attempt; the time left as `grpc-timeout` / `x-request-timeout-ms`), send
+//! it over the endpoint's pool within the per-attempt timeout, and say how it ended as
+//! an [`Outcome`] for the classifier, with the typed error fusebox would answer.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::RETRY_AFTER;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use super::classify::Outcome;
+use super::error::{ErrorCode, ProxyError};
+use crate::body::{ReplaySource, ReqBody};
+use crate::config::Protocol;
+use crate::upstream::pool::Lease;
+use crate::upstream::retry::parse_retry_after;
+use crate::upstream::{Endpoint, Upstream};
+
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub static X_REQUEST_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-request-timeout-ms");
+
+/// What every attempt of one request sends.
+#[derive(Debug)]
+pub struct Outbound<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub pq: &'a PathAndQuery,
+    pub body: Option<&'a Arc<ReplaySource>>,
+    /// A gRPC call: `grpc-timeout` carries the time left.
+    pub grpc: bool,
+    /// Send the time left as `x-request-timeout-ms` (route `propagate_deadline`, or
+    /// the caller sent one: it is rewritten to what is left).
+    pub propagate_deadline: bool,
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub enum Sent {
+    /// Response headers arrived; an HTTP/1 connection rides along in its lease.
+    Response(Response<Incoming>, Option<Lease>),
+    /// No response: what happened, and the error fusebox answers with if it is last.
+    Failed(Outcome, ProxyError),
+}
+
+impl Sent {
+    /// The outcome for the classifier.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Sent::Response(r, _) => {
+                let status = r.status().as_u16();
+                let retry_after = matches!(status, 429 | 503)
+                    .then(|| r.headers().get(RETRY_AFTER))
+                    .flatten()
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                Outcome::Response {
+                    status,
+                    grpc_status: grpc_status_of(r.headers()),
+                    retry_after,
+                }
+            }
+            Sent::Failed(o, _) => *o,
+        }
+    }
+}
+
+/// A `grpc-timeout` value (`1-8 digits` + `H M S m u n`) as a duration.
+pub fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
+    let b = v.as_bytes();
+    if b.len() < 2 || b.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = b.split_at(b.len() - 1);
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit[0] {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// An `x-request-timeout-ms` value: 1-12 digits of milliseconds.
+pub fn parse_timeout_ms(v: &HeaderValue) -> Option<Duration> {
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > 12 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(b).ok()?.parse().ok()?;
+    Some(Duration::from_millis(n))
+}
+
+/// The time left, as milliseconds in a header value (at least 1).
+pub fn millis_value(left: Duration, suffix: &str) -> HeaderValue {
+    let ms = left.as_millis().clamp(1, 99_999_999);
+    HeaderValue::from_str(&format!("{ms}{suffix}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("1"))
+}
+
+/// The `grpc-status` of a trailers-only response (status in the headers).
+pub fn grpc_status_of(h: &HeaderMap) -> Option<u8> {
+    h.get(&GRPC_STATUS)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
+}
+
+/// Sends one attempt to `ep` with `timeout` for its response headers; `capped` says
+/// the timeout was cut short by the deadline (`left` is the time before it).
+pub async fn send_once(
+    up: &Upstream,
+    ep: &Endpoint,
+    out: &Outbound<'_>,
+    timeout: Duration,
+    capped: bool,
+    left: Duration,
+) -> Sent {
+    let req = match build(up, ep, out, left) {
+        Ok(r) => r,
+        Err(e) => return Sent::Failed(Outcome::Unsendable, e),
+    };
+    let pool = ep.core.pool.load_full();
+    match tokio::time::timeout(timeout, pool.send(req)).await {
+        Ok(Ok((resp, lease))) => Sent::Response(resp, lease),
+        Err(_) if capped => Sent::Failed(
+            Outcome::Timeout { capped: true },
+            ProxyError::new(
+                ErrorCode::DeadlineExceeded,
+                "the request's deadline passed while waiting for the upstream",
+            )
+            .upstream(&up.name),
+        ),
+        Err(_) => Sent::Failed(
+            Outcome::Timeout { capped: false },
+            ProxyError::new(
+                ErrorCode::UpstreamTimeout,
+                format!("no response headers from {} within {:?}", ep.key, timeout),
+            )
+            .upstream(&up.name),
+        ),
+        Ok(Err(e)) => {
+            let msg = format!("{}: {}", ep.key, super::forward::error_chain(&e));
+            let (outcome, code) = if e.is_pool_exhausted() {
+                (Outcome::PoolExhausted, ErrorCode::UpstreamConnectFailed)
+            } else if e.is_connect() {
+                (Outcome::ConnectFailed, ErrorCode::UpstreamConnectFailed)
+            } else {
+                (Outcome::Reset, ErrorCode::UpstreamReset)
+            };
+            Sent::Failed(
+                outcome,
+                ProxyError::new(code, msg).upstream(&up.name).source(e),
+            )
+        }
+    }
+}
+
+/// The upstream request of one attempt.
+fn build(
+    up: &Upstream,
+    ep: &Endpoint,
+    out: &Outbound<'_>,
+    left: Duration,
+) -> Result<http::Request<ReqBody>, ProxyError> {
+    let http2 = matches!(up.cfg.protocol, Protocol::H2c | Protocol::H2);
+    // HTTP/1.1 sends the origin form (`/path?q`); HTTP/2 needs scheme and authority for
+    // its pseudo-headers.
+    let uri = if http2 {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(if up.cfg.protocol == Protocol::H2 {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        uri.authority = Some(ep.authority.clone());
+        uri.path_and_query = Some(out.pq.clone());
+        Uri::from_parts(uri)
+            .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "cannot build upstream URI"))?
+    } else {
+        Uri::from(out.pq.clone())
+    };
+    let mut req = http::Request::new(match out.body {
+        Some(src) => ReqBody::Replay(src.attempt()),
+        None => ReqBody::Empty,
+    });
+    *req.method_mut() = out.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = out.headers.clone();
+    if out.grpc {
+        req.headers_mut()
+            .insert(GRPC_TIMEOUT.clone(), millis_value(left, "m"));
+    }
+    if out.propagate_deadline {
+        req.headers_mut()
+            .insert(X_REQUEST_TIMEOUT_MS.clone(), millis_value(left, ""));
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let p = |s: &'static str| parse_grpc_timeout(&HeaderValue::from_static(s));
+        assert_eq!(p("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(p("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(p("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(p("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(p("123456789m"), None);
+        assert_eq!(p("m"), None);
+        assert_eq!(p("1x"), None);
+        assert_eq!(millis_value(Duration::from_micros(10), "m"), "1m");
+    }
+
+    #[test]
+    fn request_timeout_ms_values() {
+        let p = |s: &'static str| parse_timeout_ms(&HeaderValue::from_static(s));
+        assert_eq!(p("250"), Some(Duration::from_millis(250)));
+        assert_eq!(p("0"), Some(Duration::ZERO));
+        assert_eq!(p(""), None);
+        assert_eq!(p("-5"), None);
+        assert_eq!(p("1.5"), None);
+        assert_eq!(p("9999999999999"), None);
+    }
+}

@@ -1,0 +1,202 @@
+//! [`RequestCtx`]: the one per-request value the request path owns, from accept to the
+//! last byte of the response. Every stage writes what it learned into it (ids, route,
+//! deadline, attempts, endpoint, outcome, error code) and it holds the request's
+//! guards (connection, route in-flight gauge, concurrency slot, endpoint in-flight
+//! count), so they live exactly as long as the request. It travels inside the response
+//! body; when that is done (or the caller went away) its drop writes the access-log
+//! line, once, as a reader of the context (pingora's `logging()` phase), then releases
+//! the guards.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use tokio::time::Instant;
+
+use super::correlate::{Ids, X_CAMERA_ID, X_ORG_ID};
+use super::error::ErrorCode;
+use super::listener::ConnState;
+use crate::access_log::{self, AccessLogger, Entry};
+use crate::admission::ConcurrencyPermit;
+use crate::body::BodyShared;
+use crate::config::LogFormat;
+use crate::upstream::InFlight;
+
+/// Everything known about one request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub started: Instant,
+    pub ids: Ids,
+    /// A gRPC call: gRPC-shaped errors, `grpc-timeout`, `grpc-status` classification.
+    pub grpc: bool,
+    pub method: Method,
+    pub uri: Uri,
+    pub service: Arc<str>,
+    /// The route's index in the snapshot, once routed.
+    pub route_index: Option<usize>,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<Arc<str>>,
+    /// When the request's time is up: the smallest of the route timeout, the caller's
+    /// `grpc-timeout` and `x-request-timeout-ms` (set once routed).
+    pub deadline: Instant,
+    /// The deadline is the caller's own, shorter than the route's: a timeout it causes
+    /// says nothing about the upstream.
+    pub caller_deadline: bool,
+    pub attempts: u32,
+    pub status: u16,
+    /// Set when fusebox answered itself (or a fallback answered for this failure).
+    pub error_code: Option<ErrorCode>,
+    pub org_id: Option<HeaderValue>,
+    pub camera_id: Option<HeaderValue>,
+    /// Values of `correlation.propagate` headers, for the log.
+    pub propagated: Vec<(HeaderName, HeaderValue)>,
+    pub priority: &'static str,
+    /// Shared with the request body wrappers (bytes in, too large, stalled).
+    pub body: Arc<BodyShared>,
+    pub bytes_out: u64,
+    /// The response body failed mid-stream (upstream reset or idle timeout).
+    pub body_error: bool,
+    logger: Option<(Arc<AccessLogger>, LogFormat)>,
+    // Guards, released when the context drops (after the log line is written).
+    conn: ConnGuard,
+    /// The route's `gateway_proxy_in_flight_requests`, while the request lives.
+    pub route_in_flight: Option<GaugeGuard>,
+    /// The route's concurrency slot.
+    pub admission: Option<ConcurrencyPermit>,
+    /// Keeps the endpoint's in-flight count up while the response body streams.
+    pub in_flight: Option<InFlight>,
+}
+
+impl RequestCtx {
+    /// A context for a request whose headers were just correlated.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        started: Instant,
+        ids: Ids,
+        grpc: bool,
+        parts: &http::request::Parts,
+        service: Arc<str>,
+        propagate: &[HeaderName],
+        conn: Arc<ConnState>,
+        logger: Option<(Arc<AccessLogger>, LogFormat)>,
+    ) -> RequestCtx {
+        let headers = &parts.headers;
+        RequestCtx {
+            started,
+            ids,
+            grpc,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            service,
+            route_index: None,
+            route: None,
+            upstream: None,
+            endpoint: None,
+            deadline: started,
+            caller_deadline: false,
+            attempts: 0,
+            status: 0,
+            error_code: None,
+            org_id: headers.get(&X_ORG_ID).cloned(),
+            camera_id: headers.get(&X_CAMERA_ID).cloned(),
+            propagated: propagated(headers, propagate),
+            priority: "normal",
+            body: Arc::new(BodyShared::default()),
+            bytes_out: 0,
+            body_error: false,
+            logger,
+            conn: ConnGuard::new(conn),
+            route_in_flight: None,
+            admission: None,
+            in_flight: None,
+        }
+    }
+}
+
+impl RequestCtx {
+    /// The caller's address.
+    pub fn peer_ip(&self) -> std::net::IpAddr {
+        self.conn.0.peer.ip()
+    }
+}
+
+/// The configured extra headers present on the request (none configured: no work).
+fn propagated(headers: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, HeaderValue)> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .filter(|n| **n != X_ORG_ID && **n != X_CAMERA_ID)
+        .filter_map(|n| headers.get(n).map(|v| (n.clone(), v.clone())))
+        .collect()
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        let Some((logger, format)) = &self.logger else {
+            return;
+        };
+        let entry = Entry {
+            service: &self.service,
+            route: self.route.as_deref(),
+            upstream: self.upstream.as_deref(),
+            endpoint: self.endpoint.as_deref(),
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            status: self.status,
+            duration: self.started.elapsed(),
+            attempts: self.attempts,
+            correlation_id: self.ids.correlation_id.as_bytes(),
+            request_id: self.ids.request_id.as_bytes(),
+            trace_id: access_log::trace_id_of(&self.ids.traceparent),
+            org_id: self.org_id.as_ref().map(HeaderValue::as_bytes),
+            camera_id: self.camera_id.as_ref().map(HeaderValue::as_bytes),
+            priority: self.priority,
+            error_code: self.error_code.map(ErrorCode::as_str),
+            bytes_in: self
+                .body
+                .bytes_in
+                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out: self.bytes_out,
+            body_error: self.body_error,
+            propagated: &self.propagated,
+        };
+        logger.write(&entry, *format);
+    }
+}
+
+/// Tells the connection one request fewer is in flight, on drop.
+#[derive(Debug)]
+struct ConnGuard(Arc<ConnState>);
+
+impl ConnGuard {
+    fn new(conn: Arc<ConnState>) -> ConnGuard {
+        conn.request_started();
+        ConnGuard(conn)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.request_done();
+    }
+}
+
+/// Decrements a gauge on drop (a route's in-flight requests).
+#[derive(Debug)]
+pub struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    pub fn inc(g: &prometheus::IntGauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,192 @@
+//! The response body sent back to the caller: an upstream's body streamed with the
+//! upstream's idle timeout (its pooled connection returned when the last byte is in),
+//! or a body fusebox made itself. It carries the request's [`RequestCtx`], whose drop
+//! writes the access-log line once the last byte left (or the caller went away) and
+//! releases the request's guards.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::ctx::RequestCtx;
+use crate::body::{BoxError, IdleTimeout};
+
+enum RespKind {
+    Empty,
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        /// The HTTP/1 connection, returned to its pool when the body ends.
+        lease: Option<crate::upstream::pool::Lease>,
+        idle: Duration,
+        /// Armed on the first `Pending` only: most small bodies arrive in one poll.
+        timer: Option<Pin<Box<Sleep>>>,
+    },
+}
+
+/// What is sent back to the caller.
+pub struct RespBody {
+    kind: RespKind,
+    /// Written to the access log (and its guards released) on drop.
+    ctx: Option<Box<RequestCtx>>,
+}
+
+impl std::fmt::Debug for RespBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RespBody")
+    }
+}
+
+impl RespBody {
+    pub fn empty() -> Self {
+        RespBody {
+            kind: RespKind::Empty,
+            ctx: None,
+        }
+    }
+
+    pub fn full(b: Bytes) -> Self {
+        RespBody {
+            kind: RespKind::Full(Some(b)),
+            ctx: None,
+        }
+    }
+
+    /// The upstream's body; errors with [`IdleTimeout`] when no frame arrives for `idle`.
+    pub fn upstream(
+        inner: Incoming,
+        lease: Option<crate::upstream::pool::Lease>,
+        idle: Duration,
+    ) -> Self {
+        let lease = match lease {
+            // Nothing to read: the connection is free now.
+            Some(l) if inner.is_end_stream() => {
+                l.release();
+                None
+            }
+            l => l,
+        };
+        RespBody {
+            kind: RespKind::Upstream {
+                inner,
+                lease,
+                idle,
+                timer: None,
+            },
+            ctx: None,
+        }
+    }
+
+    /// Hands the request's context to the body: it lives until the body is done.
+    pub fn set_ctx(&mut self, ctx: Box<RequestCtx>) {
+        self.ctx = Some(ctx);
+    }
+
+    fn count(&mut self, n: usize) {
+        if let Some(c) = self.ctx.as_deref_mut() {
+            c.bytes_out += n as u64;
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let RespKind::Upstream { inner, lease, .. } = &mut self.kind {
+            if inner.is_end_stream() {
+                if let Some(l) = lease.take() {
+                    l.release();
+                }
+            }
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let res = match &mut this.kind {
+            RespKind::Empty => Poll::Ready(None),
+            RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespKind::Upstream {
+                inner,
+                lease,
+                idle,
+                timer,
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(t) = timer.as_mut() {
+                        t.as_mut().reset(Instant::now() + *idle);
+                    }
+                    // hyper stops polling once a sized body is complete, so the
+                    // connection goes back as soon as the last byte is in.
+                    if inner.is_end_stream() {
+                        if let Some(l) = lease.take() {
+                            l.release();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(None) => {
+                    if let Some(l) = lease.take() {
+                        l.release();
+                    }
+                    Poll::Ready(None)
+                }
+                Poll::Pending => match timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)))
+                    .as_mut()
+                    .poll(cx)
+                {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle)) as BoxError)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            },
+        };
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len();
+                    this.count(n);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(c) = this.ctx.as_deref_mut() {
+                    c.body_error = true;
+                }
+            }
+            _ => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RespKind::Empty => true,
+            RespKind::Full(b) => b.is_none(),
+            RespKind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RespKind::Empty => SizeHint::with_exact(0),
+            RespKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespKind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
