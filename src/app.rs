@@ -41,7 +41,6 @@ pub struct Running {
     admin_shutdown: watch::Sender<bool>,
     serve: JoinHandle<()>,
     admin: JoinHandle<()>,
-    shutdown_timeout: Duration,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -59,11 +58,13 @@ impl Running {
         self.ctrl.set_ready(false);
         let _ = self.shutdown.send(true);
         let mut serve = self.serve;
-        let drained = tokio::time::timeout(self.shutdown_timeout, &mut serve)
+        // Read now: a reload may have changed it since the start.
+        let shutdown_timeout = self.ctrl.snapshot().config.listener.shutdown_timeout;
+        let drained = tokio::time::timeout(shutdown_timeout, &mut serve)
             .await
             .is_ok();
         if !drained {
-            tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timeout passed with requests in flight; closing them");
+            tracing::warn!(timeout = ?shutdown_timeout, "shutdown timeout passed with requests in flight; closing them");
             serve.abort();
         }
         let _ = self.admin_shutdown.send(true);
@@ -104,7 +105,6 @@ pub async fn start_with(
     opts: StartOptions,
 ) -> anyhow::Result<Running> {
     let limits = ConnLimits::from(&config.listener);
-    let shutdown_timeout = config.listener.shutdown_timeout;
     let addr = config.listener.address;
     let admin_addr = config.admin.address;
     // Listener TLS is read once at start; the certificate and key files are then
@@ -126,10 +126,7 @@ pub async fn start_with(
     let ctrl = Control::new(state.clone(), shared.clone(), opts.config_path.clone());
     let (admin_tx, admin_rx) = watch::channel(false);
     let admin = tokio::spawn(admin::serve(admin_listener, ctrl.clone(), admin_rx));
-    let watcher = match &opts.config_path {
-        Some(p) => Some(reload::spawn(ctrl.clone(), p.clone())?),
-        None => None,
-    };
+    let watcher = reload::spawn(ctrl.clone(), opts.config_path.clone())?;
     let logger = AccessLogger::new(shared.metrics.access_log_dropped.clone());
     logger.spawn_flusher();
     let proxy = Arc::new(Proxy {
@@ -153,7 +150,6 @@ pub async fn start_with(
         admin_shutdown: admin_tx,
         serve,
         admin,
-        shutdown_timeout,
         _watcher: watcher,
     })
 }

@@ -16,6 +16,8 @@ pub struct ReloadRecord {
     /// `success` or `failure`.
     pub result: &'static str,
     pub error: Option<String>,
+    /// Settings the reload changed that take effect only after a restart.
+    pub not_applied: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct Control {
     /// Content hash of the last file text that failed to load: the same text is not
     /// tried (and reported) again until it changes.
     last_failed: Mutex<Option<String>>,
+    /// What the reload being applied could not apply (see `reload::keep_restart_only`).
+    not_applied: Mutex<Vec<String>>,
 }
 
 impl Control {
@@ -58,6 +62,7 @@ impl Control {
             config_path,
             ready: AtomicBool::new(false),
             last_failed: Mutex::new(None),
+            not_applied: Mutex::new(Vec::new()),
             history: Mutex::new(LoadHistory {
                 loaded_at: SystemTime::now(),
                 last_reload: None,
@@ -98,6 +103,11 @@ impl Control {
         *self.last_failed.lock().unwrap_or_else(|p| p.into_inner()) = version;
     }
 
+    /// The settings the reload in progress keeps at their running values.
+    pub fn set_not_applied(&self, keys: Vec<String>) {
+        *self.not_applied.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
     /// Records a reload attempt (and, on success, the new load time).
     pub fn record_reload(&self, result: Result<(), String>) {
         let now = SystemTime::now();
@@ -106,10 +116,14 @@ impl Control {
             Ok(()) => {
                 self.metrics.reloads.with_label_values(&["success"]).inc();
                 h.loaded_at = now;
+                let not_applied = std::mem::take(
+                    &mut *self.not_applied.lock().unwrap_or_else(|p| p.into_inner()),
+                );
                 h.last_reload = Some(ReloadRecord {
                     at: now,
                     result: "success",
                     error: None,
+                    not_applied,
                 });
             }
             Err(e) => {
@@ -118,6 +132,7 @@ impl Control {
                     at: now,
                     result: "failure",
                     error: Some(e),
+                    not_applied: Vec::new(),
                 });
             }
         }

@@ -21,6 +21,10 @@ use crate::snapshot::Snapshot;
 /// editor's save is several events within a few milliseconds.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// Longest wait from the first event of a burst to the reload: a file that a tool
+/// rewrites without pause still has its latest valid text applied at least this often.
+pub const DEBOUNCE_MAX_WAIT: Duration = Duration::from_millis(500);
+
 /// Why a reload changed nothing.
 #[derive(Debug)]
 pub enum ReloadOutcome {
@@ -52,14 +56,16 @@ pub async fn reload_from(ctrl: &Control, path: &Path) -> Result<ReloadOutcome, S
         }
     };
     ctrl.set_failed(None);
-    if cfg.listener.address != old.config.listener.address
-        || cfg.admin.address != old.config.admin.address
-    {
+    let mut cfg = cfg;
+    let not_applied = keep_restart_only(&mut cfg, &old.config);
+    if !not_applied.is_empty() {
         tracing::warn!(
             event = "config_reload",
-            "listener or admin address changed: addresses are bound at start; the new ones take effect after a restart, everything else now"
+            not_applied = ?not_applied,
+            "these settings take effect only after a restart; the running values stay, everything else is applied now"
         );
     }
+    ctrl.set_not_applied(not_applied);
     let snap = Snapshot::build(cfg, version.clone(), Some(&old), &ctrl.shared)
         .map_err(|e| e.to_string())?;
     // DNS answers of the old build serve until the background refresh replaces them.
@@ -68,6 +74,59 @@ pub async fn reload_from(ctrl: &Control, path: &Path) -> Result<ReloadOutcome, S
     ctrl.state.store(new.clone());
     remove_stale_series(&old, &new);
     Ok(ReloadOutcome::Applied(version))
+}
+
+/// Settings read once when fusebox starts (bound sockets, the connection limits the
+/// listener was built with, the logging subscriber): a reload that changes them keeps
+/// the running values in `new` (so `/config` shows what is in force) and returns the
+/// keys it kept, for the log line and `/config`'s `last_reload.not_applied`.
+/// Certificate contents at unchanged paths keep rotating by themselves.
+pub fn keep_restart_only(
+    new: &mut crate::config::Config,
+    running: &crate::config::Config,
+) -> Vec<String> {
+    let mut kept = Vec::new();
+    let (n, r) = (&mut new.listener, &running.listener);
+    macro_rules! keep {
+        ($new:expr, $old:expr, $key:expr) => {
+            if $new != $old {
+                $new = $old.clone();
+                kept.push($key.to_string());
+            }
+        };
+    }
+    keep!(n.address, r.address, "listener.address");
+    keep!(
+        n.max_connections,
+        r.max_connections,
+        "listener.max_connections"
+    );
+    keep!(
+        n.header_read_timeout,
+        r.header_read_timeout,
+        "listener.header_read_timeout"
+    );
+    keep!(n.idle_timeout, r.idle_timeout, "listener.idle_timeout");
+    keep!(
+        n.max_header_bytes,
+        r.max_header_bytes,
+        "listener.max_header_bytes"
+    );
+    let tls_paths = |t: &Option<crate::config::ListenerTls>| {
+        t.as_ref()
+            .map(|t| (t.cert.clone(), t.key.clone(), t.client_ca.clone()))
+    };
+    if tls_paths(&n.tls) != tls_paths(&r.tls) {
+        n.tls = r.tls.clone();
+        kept.push("listener.tls".to_string());
+    }
+    keep!(new.admin.address, running.admin.address, "admin.address");
+    keep!(new.logging.level, running.logging.level, "logging.level");
+    if new.logging.format != running.logging.format {
+        new.logging.format = running.logging.format;
+        kept.push("logging.format".to_string());
+    }
+    kept
 }
 
 /// Drops the metric series of routes and upstreams the new config no longer has.
@@ -108,15 +167,78 @@ pub async fn reload_and_report(ctrl: &Control, path: &Path) {
     }
 }
 
-/// Watches the directory of `path` and listens for SIGHUP until `ctrl` is dropped.
-/// Returns the watcher, which must be kept alive.
-pub fn spawn(ctrl: Arc<Control>, path: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
+/// Watches the directory of `path` (when fusebox serves a file) and listens for SIGHUP
+/// until `ctrl` is dropped. Without a file, SIGHUP is logged and ignored (there is
+/// nothing to reload), never fatal. Returns the watcher, which must be kept alive.
+pub fn spawn(
+    ctrl: Arc<Control>,
+    path: Option<PathBuf>,
+) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let watcher = match &path {
+        Some(path) => Some(watch_dir(path, tx.clone())?),
+        None => None,
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered before returning: once fusebox is up, SIGHUP is never fatal.
+        let mut hup = signal(SignalKind::hangup())?;
+        let htx = tx.clone();
+        let has_file = path.is_some();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if !has_file {
+                    tracing::info!(
+                        event = "config_reload",
+                        "SIGHUP: fusebox serves a config without a file (the embedded default or one given in-process); nothing to reload"
+                    );
+                    continue;
+                }
+                tracing::info!("SIGHUP: reloading config");
+                if htx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let weak = Arc::downgrade(&ctrl);
+    drop(ctrl);
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: until events stop for DEBOUNCE, but no longer than
+            // DEBOUNCE_MAX_WAIT from the first one.
+            let burst_end = tokio::time::Instant::now() + DEBOUNCE_MAX_WAIT;
+            loop {
+                let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(burst_end);
+                match tokio::time::timeout_at(quiet, rx.recv()).await {
+                    Ok(Some(())) if tokio::time::Instant::now() < burst_end => continue,
+                    Ok(Some(())) => break,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let Some(ctrl) = weak.upgrade() else { return };
+            reload_and_report(&ctrl, &path).await;
+        }
+    });
+    Ok(watcher)
+}
+
+/// A watcher of the directory holding `path` that sends on `tx` for every event that
+/// can change what the file reads.
+fn watch_dir(
+    path: &Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let ftx = tx.clone();
     let name = path.file_name().map(|n| n.to_os_string());
     // Only events that can change what the file reads: the file's own name (edits and
     // an editor's rename over it) and Kubernetes' `..data` / `..<timestamp>` entries.
@@ -130,43 +252,10 @@ pub fn spawn(ctrl: Arc<Control>, path: PathBuf) -> anyhow::Result<notify::Recomm
             let wanted = !matches!(ev.kind, notify::EventKind::Access(_))
                 && (ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(p)));
             if wanted {
-                let _ = ftx.send(());
+                let _ = tx.send(());
             }
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    #[cfg(unix)]
-    {
-        let htx = tx.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading config");
-                if htx.send(()).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let weak = Arc::downgrade(&ctrl);
-    drop(ctrl);
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // debounce: wait until events stop for DEBOUNCE
-            loop {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
-            let Some(ctrl) = weak.upgrade() else { return };
-            reload_and_report(&ctrl, &path).await;
-        }
-    });
     Ok(watcher)
 }

@@ -126,8 +126,9 @@ async fn undeclared_chunked_body_over_limit_is_cut() {
     }
 }
 
-/// A caller trickling header lines (slowloris) is disconnected once
-/// `header_read_timeout` passes, although it never stops sending.
+/// A caller trickling header lines (slowloris) gets `408 REQUEST_TIMEOUT` (the
+/// contract's JSON error) and is disconnected once `header_read_timeout` passes,
+/// although it never stops sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_headers_are_cut_after_header_read_timeout() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
@@ -153,17 +154,30 @@ async fn trickled_headers_are_cut_after_header_read_timeout() {
         }
     }
     let data = closed.expect("a slowloris connection was kept open for 10 s");
-    if !data.is_empty() {
-        let text = String::from_utf8_lossy(&data);
-        assert!(
-            text.starts_with("HTTP/1.1 408"),
-            "only a 408 may be sent: {text:?}"
-        );
-    }
+    assert_request_timeout(&data);
     assert_eq!(up.hits(), 0);
 }
 
-/// A caller that sends part of its headers and goes silent is disconnected.
+/// The bytes are one 408 with the contract's error: `x-fusebox-error`, JSON body with
+/// the code, ids echoed, and the connection closed.
+fn assert_request_timeout(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("a whole 408 response, got {text:?}"));
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-fusebox-error: request_timeout"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(v["error"]["code"], "REQUEST_TIMEOUT");
+    let rid = v["error"]["request_id"].as_str().expect("request_id");
+    assert!(head.contains(&format!("x-request-id: {rid}")), "{head}");
+}
+
+/// A caller that sends part of its headers and goes silent gets `408 REQUEST_TIMEOUT`
+/// and is disconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_partial_headers_are_cut_after_header_read_timeout() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
@@ -173,13 +187,7 @@ async fn silent_partial_headers_are_cut_after_header_read_timeout() {
         .await
         .unwrap();
     match conn.wait_closed(WAIT).await {
-        Ending::Closed(data) => {
-            let text = String::from_utf8_lossy(&data);
-            assert!(
-                data.is_empty() || text.starts_with("HTTP/1.1 408"),
-                "only a 408 may be sent: {text:?}"
-            );
-        }
+        Ending::Closed(data) => assert_request_timeout(&data),
         Ending::Open => panic!("a connection with unfinished headers stayed open for {WAIT:?}"),
     }
     assert_eq!(up.hits(), 0);

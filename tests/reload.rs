@@ -467,3 +467,71 @@ async fn broken_file_written_in_place_fails_once() {
     assert_eq!(w.data_get("/r").await.text(), "A");
     assert!(w.running.shutdown().await);
 }
+
+/// Proves: a file rewritten every 100 ms for 3 s (a tool that never pauses) still has
+/// its latest valid text applied while the edits go on: the debounce waits at most
+/// 500 ms from the first event, so at least 4 reloads succeed before the edits stop,
+/// and the last text is the one serving afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_of_edits_still_reloads() {
+    let a = TestUpstream::start(Behaviour::ok("A")).await;
+    let b = TestUpstream::start(Behaviour::ok("B")).await;
+    let text = |i: u32| config(&a, &b, "a", "", &format!("timeout = \"{}ms\"", 10_000 + i));
+    let w = start_file(&text(0)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for i in 1..=30 {
+        tick.tick().await;
+        std::fs::write(&w.path, text(i)).expect("write config");
+    }
+    let during = w
+        .metric(r#"gateway_config_reloads_total{result="success"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        during >= 4.0,
+        "only {during} reloads while a file changed every 100 ms for 3 s"
+    );
+    w.wait_version(&text(30)).await;
+    assert!(w.running.shutdown().await);
+}
+
+/// Proves: a reload that changes settings read only at start (the listener's
+/// connection limit, the log level) applies everything else, keeps those at their
+/// running values (so `/config` shows what is in force) and names them in
+/// `last_reload.not_applied`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_only_settings_are_named_in_not_applied() {
+    let a = TestUpstream::start(Behaviour::ok("A")).await;
+    let b = TestUpstream::start(Behaviour::ok("B")).await;
+    let v1 = config(&a, &b, "a", "", "");
+    let w = start_file(&v1).await;
+    let v2 = config(&a, &b, "b", "", "")
+        .replace(
+            "shutdown_timeout = \"5s\"",
+            "shutdown_timeout = \"5s\"\nmax_connections = 7",
+        )
+        .replace(
+            "access_log = false",
+            "access_log = false\nlevel = \"debug\"",
+        );
+    assert_ne!(v1, v2);
+    std::fs::write(&w.path, &v2).expect("write config");
+    let (cfg, _) = w
+        .wait_config("the reload", |v| {
+            v["version"] == fusebox::config::content_hash(&v2)
+        })
+        .await;
+    assert_eq!(
+        cfg["last_reload"]["not_applied"],
+        serde_json::json!(["listener.max_connections", "logging.level"]),
+        "{cfg:#}"
+    );
+    assert_eq!(cfg["last_reload"]["result"], "success");
+    assert_eq!(
+        cfg["config"]["listener"]["max_connections"], 10000,
+        "in force"
+    );
+    assert_eq!(cfg["config"]["logging"]["level"], "info", "in force");
+    assert_eq!(w.data_get("/r").await.text(), "B", "the rest is applied");
+    assert!(w.running.shutdown().await);
+}

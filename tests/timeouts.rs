@@ -146,3 +146,47 @@ async fn propagate_deadline_sends_the_time_left() {
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(up2.last().opt_header("x-request-timeout-ms"), None);
 }
+
+/// DESIGN, *Stalled bodies*: a caller that stops sending its request body for the
+/// upstream's `timeouts.idle` gets `408 REQUEST_TIMEOUT` (no response had started),
+/// well before the 10 s per-attempt timeout; it is the caller's fault, so the
+/// endpoint's breaker records nothing and the request is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_gets_408_and_the_breaker_learns_nothing() {
+    use common::scripted::*;
+    let up = Scripted::start(Behaviour::Echo).await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("app", &[up.addr])
+            .retry("max_retries = 2\nbase_delay = \"0s\"\nmax_delay = \"1ms\"")
+            .table("timeouts", "idle = \"300ms\"\nrequest = \"10s\"")
+            .build(),
+        route_toml("all", "/", "app", "timeout = \"20s\"")
+    );
+    let fb = spawn_proxy(&tables).await;
+    let (tx, body) = channel_body(4);
+    let c = http1_client();
+    let req = request(Method::PUT, &fb.url("/upload"))
+        .body(body)
+        .expect("request");
+    let pending = tokio::spawn(async move { send(&c, req).await });
+    tx.send(Bytes::from_static(b"first part"))
+        .await
+        .expect("sent");
+    let r = within(WAIT, "the answer to a stalled body", pending)
+        .await
+        .expect("task");
+    assert_fusebox_error(&r, 408, "REQUEST_TIMEOUT", None);
+    drop(tx);
+    assert_eq!(up.hits(), 1, "not retried");
+    let stats = fb
+        .endpoint("app", up.addr)
+        .own_breakers()
+        .stats(tokio::time::Instant::now());
+    assert_eq!(
+        (stats.failure_count, stats.success_count),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert!(fb.shutdown().await);
+}

@@ -30,6 +30,7 @@ pub(super) fn document(ctrl: &Control) -> Value {
             "at": timestamp(r.at),
             "result": r.result,
             "error": r.error,
+            "not_applied": r.not_applied,
         })
     });
     json!({

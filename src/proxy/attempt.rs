@@ -146,7 +146,7 @@ pub async fn send_once(
             .upstream(&up.name),
         ),
         Ok(Err(e)) => {
-            let msg = format!("{}: {}", ep.key, super::forward::error_chain(&e));
+            let msg = format!("{}: {}", ep.key, error_chain(&e));
             let (outcome, code) = if e.is_pool_exhausted() {
                 (Outcome::PoolExhausted, ErrorCode::UpstreamConnectFailed)
             } else if e.is_connect() {
@@ -209,9 +209,58 @@ fn build(
     Ok(req)
 }
 
+/// The path and query sent upstream: `strip_prefix` removed when the path starts with
+/// it (an emptied path becomes `/`).
+pub fn upstream_path(uri: &Uri, strip: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let Some(strip) = strip else { return Ok(pq) };
+    let strip = strip.trim_end_matches('/');
+    let path = pq.path();
+    let Some(rest) = path.strip_prefix(strip) else {
+        return Ok(pq);
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return Ok(pq); // `/detect` does not strip from `/detection`
+    }
+    let mut s = String::with_capacity(pq.as_str().len());
+    s.push_str(if rest.is_empty() { "/" } else { rest });
+    if let Some(q) = pq.query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s)
+        .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "path invalid after strip_prefix"))
+}
+
+/// "outer: inner: innermost", for error messages.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strip_prefix_rewrites_path_and_keeps_query() {
+        let u: Uri = "/detect/v1/x?a=1".parse().unwrap();
+        assert_eq!(upstream_path(&u, Some("/detect")).unwrap(), "/v1/x?a=1");
+        let u: Uri = "/detect".parse().unwrap();
+        assert_eq!(upstream_path(&u, Some("/detect/")).unwrap(), "/");
+        let u: Uri = "/detection".parse().unwrap();
+        assert_eq!(upstream_path(&u, Some("/detect")).unwrap(), "/detection");
+        assert_eq!(upstream_path(&u, None).unwrap(), "/detection");
+    }
 
     #[test]
     fn grpc_timeout_units() {

@@ -9,49 +9,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, HOST};
-use http::uri::PathAndQuery;
-use http::{request, HeaderMap, HeaderValue, Response, Uri};
+use http::{request, HeaderMap, HeaderValue, Response};
 use tokio::time::Instant;
 
-use super::attempt::{self, Outbound, Sent};
-use super::classify::{classify, Facts, Outcome, Record, RetryReason, Verdict};
+use super::apply::{admit, count_retry, record};
+use super::attempt::{self, upstream_path, Outbound, Sent};
+use super::classify::{classify, Facts, Outcome};
 use super::ctx::RequestCtx;
 use super::error::{ErrorCode, ProxyError};
 use super::resp_body::RespBody;
 use crate::body::{CallerFault, LimitedIncoming, ReplaySource};
 use crate::snapshot::Route;
 use crate::upstream::balancer::Tried;
-use crate::upstream::breaker::{Breaker, Outcome as BreakerOutcome, Permit};
 use crate::upstream::retry::{is_idempotent, RetryPolicy};
 use crate::upstream::{Endpoint, Upstream};
 
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
-
-/// The path and query sent upstream: `strip_prefix` removed when the path starts with
-/// it (an emptied path becomes `/`).
-pub fn upstream_path(uri: &Uri, strip: Option<&str>) -> Result<PathAndQuery, ProxyError> {
-    let pq = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let Some(strip) = strip else { return Ok(pq) };
-    let strip = strip.trim_end_matches('/');
-    let path = pq.path();
-    let Some(rest) = path.strip_prefix(strip) else {
-        return Ok(pq);
-    };
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return Ok(pq); // `/detect` does not strip from `/detection`
-    }
-    let mut s = String::with_capacity(pq.as_str().len());
-    s.push_str(if rest.is_empty() { "/" } else { rest });
-    if let Some(q) = pq.query() {
-        s.push('?');
-        s.push_str(q);
-    }
-    PathAndQuery::try_from(s)
-        .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "path invalid after strip_prefix"))
-}
 
 /// How an attempt loop ended.
 pub(super) enum LoopEnd {
@@ -257,77 +230,6 @@ fn pick(
     .or_else(|| up.pick(eps, tried, admits))
 }
 
-/// Permits from the endpoint's breaker and, for a keyed request, its key's: both must
-/// admit. Half-open transitions are logged here.
-fn admit<'a>(
-    ep: &Endpoint,
-    slot: usize,
-    main: &'a Breaker,
-    key: Option<&'a (Arc<Breaker>, &[u8])>,
-    now: Instant,
-) -> Option<(Permit<'a>, Option<Permit<'a>>)> {
-    let main_permit = main.try_acquire(now).ok()?;
-    let key_permit = match key {
-        Some((b, _)) => Some(b.try_acquire(now).ok()?),
-        None => None,
-    };
-    if let Some(t) = main_permit.transition() {
-        ep.on_transition(slot, t, None);
-    }
-    if let (Some(p), Some((_, k))) = (&key_permit, key) {
-        if let Some(t) = p.transition() {
-            ep.on_transition(slot, t, Some(k));
-        }
-    }
-    Some((main_permit, key_permit))
-}
-
-/// Carries the verdict out on the breakers (an ignored permit is dropped: cancelled).
-#[allow(clippy::too_many_arguments)]
-fn record(
-    ep: &Endpoint,
-    slot: usize,
-    main: Permit<'_>,
-    keyed: Option<Permit<'_>>,
-    key: Option<&(Arc<Breaker>, &[u8])>,
-    v: &Verdict,
-    elapsed: Duration,
-    now: Instant,
-) {
-    let outcome = |r: Record, slow: bool| BreakerOutcome {
-        failure: r == Record::Failure,
-        duration: if slow { elapsed } else { Duration::ZERO },
-        retry_after: v.breaker_retry_after,
-    };
-    if v.endpoint != Record::Ignore {
-        let o = outcome(v.endpoint, v.endpoint_counts_slow);
-        if let Some(t) = ep.breakers(slot).main().record(main, o, now) {
-            ep.on_transition(slot, t, None);
-        }
-    }
-    if let (Some(permit), Some((b, k))) = (keyed, key) {
-        if v.key != Record::Ignore {
-            if let Some(t) = b.record(permit, outcome(v.key, true), now) {
-                ep.on_transition(slot, t, Some(k));
-            }
-        }
-    }
-}
-
-fn count_retry(up: &Upstream, reason: RetryReason) {
-    let m = &up.metrics;
-    let counter = match reason {
-        RetryReason::ConnectFailure => Some(&m.retry_connect),
-        RetryReason::Timeout => Some(&m.retry_timeout),
-        RetryReason::Reset => Some(&m.retry_reset),
-        RetryReason::Status(s) => m.retry_for_status(s),
-        RetryReason::Grpc(g) => m.retry_for_grpc(g),
-    };
-    if let Some(c) = counter {
-        c.inc();
-    }
-}
-
 /// The wait before retry `n`, or `None` when it would not fit: a `Retry-After` past
 /// `max_delay`, or a wait that would end at or after the deadline.
 fn next_delay(
@@ -433,32 +335,4 @@ fn deadline_exceeded(route: &Route, up: &Upstream) -> ProxyError {
         ),
     )
     .upstream(&up.name)
-}
-
-/// "outer: inner: innermost", for error messages.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strip_prefix_rewrites_path_and_keeps_query() {
-        let u: Uri = "/detect/v1/x?a=1".parse().unwrap();
-        assert_eq!(upstream_path(&u, Some("/detect")).unwrap(), "/v1/x?a=1");
-        let u: Uri = "/detect".parse().unwrap();
-        assert_eq!(upstream_path(&u, Some("/detect/")).unwrap(), "/");
-        let u: Uri = "/detection".parse().unwrap();
-        assert_eq!(upstream_path(&u, Some("/detect")).unwrap(), "/detection");
-        assert_eq!(upstream_path(&u, None).unwrap(), "/detection");
-    }
 }

@@ -13,7 +13,7 @@
 //! request to the proxy.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,9 @@ pub struct ConnState {
     /// Milliseconds since [`epoch`] when the first byte of a request head arrived on an
     /// idle connection; 0 while no head is being read.
     head_since_ms: AtomicU64,
+    /// Set by the watchdog when a head took longer than `header_read_timeout`: the
+    /// socket's next read answers 408 and fails, so hyper closes the connection.
+    head_timed_out: AtomicBool,
 }
 
 impl ConnState {
@@ -174,6 +177,7 @@ async fn serve_conn<S>(
         active: AtomicUsize::new(0),
         started: AtomicU64::new(0),
         head_since_ms: AtomicU64::new(0),
+        head_timed_out: AtomicBool::new(false),
     });
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
@@ -186,6 +190,7 @@ async fn serve_conn<S>(
         state: state.clone(),
         first_read: true,
         exempt: false,
+        timeout_reply: None,
     };
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -197,6 +202,8 @@ async fn serve_conn<S>(
     tick.tick().await;
     let mut last_started = 0u64;
     let mut idle_for = Duration::ZERO;
+    // After a 408, how long the caller gets to read it before the socket is dropped.
+    let mut give_up: Option<tokio::time::Instant> = None;
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
@@ -214,10 +221,18 @@ async fn serve_conn<S>(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tick.tick() => {
-                let head = state.head_since_ms.load(Ordering::Relaxed);
-                if head != 0 && now_ms().saturating_sub(head) >= limits.header_read_timeout.as_millis() as u64 {
-                    tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; closing");
+                if give_up.is_some_and(|t| tokio::time::Instant::now() >= t) {
                     return; // dropping the connection closes the socket
+                }
+                let head = state.head_since_ms.load(Ordering::Relaxed);
+                let limit = u64::try_from(limits.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
+                if give_up.is_none() && head != 0 && now_ms().saturating_sub(head) >= limit {
+                    tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; answering 408");
+                    // The next poll of the connection reads: ConnIo answers 408 there
+                    // (hyper is between reads, writing nothing) and fails the read.
+                    state.head_timed_out.store(true, Ordering::Relaxed);
+                    give_up = Some(tokio::time::Instant::now() + TIMEOUT_REPLY_GRACE);
+                    continue;
                 }
                 if closing {
                     continue;
@@ -238,6 +253,24 @@ async fn serve_conn<S>(
     }
 }
 
+/// How long a caller that timed out gets to read its 408 before the socket is dropped.
+const TIMEOUT_REPLY_GRACE: Duration = Duration::from_secs(1);
+
+/// The 408 of a request head that did not arrive within `header_read_timeout`, in the
+/// contract's error shape (the request had no ids yet: new ones are made).
+fn timeout_reply() -> Vec<u8> {
+    let id = super::correlate::new_uuid();
+    let id = id.to_str().unwrap_or("");
+    let body = format!(
+        "{{\"error\": {{\"code\": \"REQUEST_TIMEOUT\", \"message\": \"request headers not received within header_read_timeout\", \"upstream\": null, \"request_id\": \"{id}\", \"correlation_id\": \"{id}\"}}}}"
+    );
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nx-fusebox-error: REQUEST_TIMEOUT\r\nx-request-id: {id}\r\nx-correlation-id: {id}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Milliseconds since the process's time origin, never 0.
 fn now_ms() -> u64 {
     crate::upstream::epoch().elapsed().as_millis() as u64 + 1
@@ -254,14 +287,64 @@ struct ConnIo<S> {
     /// HTTP/2 connections are exempt: their frames (pings, settings) arrive between
     /// streams, and a stalled h2 client holds only its own stream.
     exempt: bool,
+    /// The 408 being written after a header read timeout, and how much of it went out.
+    timeout_reply: Option<(Vec<u8>, usize)>,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
+    /// After a header read timeout: writes the 408 (as far as the socket takes it now),
+    /// half-closes, then reads and discards what the caller still sends until it
+    /// closes (a lingering close: closing with unread input would reset the connection
+    /// and could destroy the 408 before the caller read it), then fails the read so
+    /// hyper drops the connection. The watchdog bounds all of it.
+    fn poll_timeout_reply(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let timed_out = || {
+            Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request head not received within header_read_timeout",
+            )))
+        };
+        let (reply, pos) = self
+            .timeout_reply
+            .get_or_insert_with(|| (timeout_reply(), 0));
+        while *pos < reply.len() {
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &reply[*pos..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return timed_out(),
+                Poll::Ready(Ok(n)) => *pos += n,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if *pos == reply.len() {
+            match std::pin::Pin::new(&mut self.inner).poll_shutdown(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => *pos += 1, // half-closed (or could not be): drain
+            }
+        }
+        let mut scratch = [0u8; 512];
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(_) => return timed_out(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.state.head_timed_out.load(Ordering::Relaxed) {
+            return self.poll_timeout_reply(cx);
+        }
         let before = buf.filled().len();
         let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = &buf.filled()[before..];

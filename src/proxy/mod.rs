@@ -4,6 +4,7 @@
 //! [`RequestCtx`], which rides in the response body and writes the access-log line
 //! when the body is done.
 
+pub mod apply;
 pub mod attempt;
 pub mod classify;
 pub mod correlate;

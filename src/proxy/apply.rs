@@ -1,0 +1,83 @@
+//! Carries a verdict out: permits from an endpoint's breaker and its key's (both must
+//! admit a keyed request), the records the verdict asks for, and the retry counter of
+//! its reason. State changes are logged and counted through the endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::classify::{Record, RetryReason, Verdict};
+use crate::upstream::breaker::{Breaker, Outcome as BreakerOutcome, Permit};
+use crate::upstream::{Endpoint, Upstream};
+
+/// Permits from the endpoint's breaker and, for a keyed request, its key's: both must
+/// admit. Half-open transitions are logged here.
+pub(super) fn admit<'a>(
+    ep: &Endpoint,
+    slot: usize,
+    main: &'a Breaker,
+    key: Option<&'a (Arc<Breaker>, &[u8])>,
+    now: Instant,
+) -> Option<(Permit<'a>, Option<Permit<'a>>)> {
+    let main_permit = main.try_acquire(now).ok()?;
+    let key_permit = match key {
+        Some((b, _)) => Some(b.try_acquire(now).ok()?),
+        None => None,
+    };
+    if let Some(t) = main_permit.transition() {
+        ep.on_transition(slot, t, None);
+    }
+    if let (Some(p), Some((_, k))) = (&key_permit, key) {
+        if let Some(t) = p.transition() {
+            ep.on_transition(slot, t, Some(k));
+        }
+    }
+    Some((main_permit, key_permit))
+}
+
+/// Carries the verdict out on the breakers (an ignored permit is dropped: cancelled).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record(
+    ep: &Endpoint,
+    slot: usize,
+    main: Permit<'_>,
+    keyed: Option<Permit<'_>>,
+    key: Option<&(Arc<Breaker>, &[u8])>,
+    v: &Verdict,
+    elapsed: Duration,
+    now: Instant,
+) {
+    let outcome = |r: Record, slow: bool| BreakerOutcome {
+        failure: r == Record::Failure,
+        duration: if slow { elapsed } else { Duration::ZERO },
+        retry_after: v.breaker_retry_after,
+    };
+    if v.endpoint != Record::Ignore {
+        let o = outcome(v.endpoint, v.endpoint_counts_slow);
+        if let Some(t) = ep.breakers(slot).main().record(main, o, now) {
+            ep.on_transition(slot, t, None);
+        }
+    }
+    if let (Some(permit), Some((b, k))) = (keyed, key) {
+        if v.key != Record::Ignore {
+            if let Some(t) = b.record(permit, outcome(v.key, true), now) {
+                ep.on_transition(slot, t, Some(k));
+            }
+        }
+    }
+}
+
+pub(super) fn count_retry(up: &Upstream, reason: RetryReason) {
+    let m = &up.metrics;
+    let counter = match reason {
+        RetryReason::ConnectFailure => Some(&m.retry_connect),
+        RetryReason::Timeout => Some(&m.retry_timeout),
+        RetryReason::Reset => Some(&m.retry_reset),
+        RetryReason::Status(s) => m.retry_for_status(s),
+        RetryReason::Grpc(g) => m.retry_for_grpc(g),
+    };
+    if let Some(c) = counter {
+        c.inc();
+    }
+}
