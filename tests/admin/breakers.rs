@@ -234,3 +234,35 @@ async fn partitions_are_listed_and_reset_with_their_endpoint() {
     assert_eq!(send(&p.client, cam("cam-1")).await.status, 200);
     assert!(p.running.shutdown().await);
 }
+
+/// Proves: a route with its own `circuit_breaker` table has breakers of its own in
+/// `/circuit_breakers` (`routes.<name>`, in the documented shape), `/health` counts
+/// them, and resetting the endpoint resets them too.
+#[tokio::test]
+async fn route_breakers_are_listed_and_reset_with_their_endpoint() {
+    let up = TestUpstream::start(Behaviour::respond(500, "down")).await;
+    let toml = format!(
+        "{}{}[[routes]]\nname = \"detect\"\npath_prefix = \"/\"\nupstream = \"yolo\"\n\
+         [routes.circuit_breaker]\nfailure_threshold = 1\nrecovery_timeout = \"60s\"\n",
+        base(""),
+        upstream("yolo", &[up.addr], ""),
+    );
+    let p = start(&toml).await;
+    let ep = up.addr.to_string();
+    assert_eq!(p.data_get("/").await.status, 500);
+    let cb = p.admin_json("/circuit_breakers").await;
+    assert_eq!(cb["yolo"]["state"], "closed");
+    let route = &cb["yolo"]["routes"]["detect"];
+    assert_eq!(route["state"], "open", "{cb:#}");
+    let without_health: Vec<&str> = STATS_KEYS.into_iter().filter(|k| *k != "healthy").collect();
+    assert_eq!(keys(&route["endpoints"][&ep]), without_health);
+    assert_eq!(p.admin_json("/health").await["status"], "unhealthy");
+    let r = p
+        .admin_post(&format!("/circuit_breakers/yolo/{ep}/reset"))
+        .await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["changed"], 1);
+    assert_eq!(v["circuit_breaker"]["routes"]["detect"]["state"], "closed");
+    assert!(p.running.shutdown().await);
+}
