@@ -375,8 +375,8 @@ load_balancing = "{lb}"
 max_retries = 0
 
 [upstreams.fleet.circuit_breaker]
-failure_threshold = 5
-recovery_timeout = "2s"
+failure_threshold = {a.breaker_threshold}
+recovery_timeout = "{a.breaker_recovery}"
 success_threshold = 2
 {ac}
 [[routes]]
@@ -713,7 +713,8 @@ def print_tables(rows, a, meta, levels):
         peer = min(peers(r80), key=lambda r: r["p99_ms"] if r["p99_ms"] is not None else math.inf)
         ratio = best["p99_ms"] / peer["p99_ms"] if best["p99_ms"] and peer["p99_ms"] else None
         print(f"  80%: best fusebox p99 {fmt(best['p99_ms'])} ms ({best['target']}, goodput {fmt(best['goodput_pct_cap'])}% cap)"
-              f" vs {peer['target']} {fmt(peer['p99_ms'])} ms: {fmt(ratio, '%.2f')}x (goal <= 0.50x)")
+              f" vs {peer['target']} {fmt(peer['p99_ms'])} ms (goodput {fmt(peer['goodput_pct_cap'])}% cap):"
+              f" {fmt(ratio, '%.2f')}x (goal <= 0.50x, at a goodput no lower than the peer's)")
     r120 = [r for r in rows if r["level_pct"] == 120]
     if fbn(r120):
         best = max(fbn(r120), key=lambda r: r["goodput_rps"] or 0)
@@ -766,6 +767,8 @@ def main():
                     default=os.environ.get("PEER_UPSTREAM_TIMEOUT", "") not in ("", "0"),
                     help="give nginx (proxy_read_timeout) and HAProxy (timeout server) the deadline as upstream timeout;"
                          " default: their usual 60 s (the client's timeout ends the request)")
+    ap.add_argument("--fusebox-breaker", default=os.environ.get("FUSEBOX_BREAKER", "5/2s"),
+                    help="the fusebox configs' breaker: CONSECUTIVE_FAILURES/RECOVERY_TIMEOUT (5/2s), or off")
     ap.add_argument("--fusebox-config", action="append", default=[],
                     help="extra fusebox target NAME=TEMPLATE.toml ({port} {admin} {endpoints} {deadline_ms} filled in)")
     ap.add_argument("--proxy-cpu", type=int, default=env_int("PROXY_CPU", 1))
@@ -775,6 +778,14 @@ def main():
     a = ap.parse_args()
     a.levels = [int(x) for x in a.levels.split(",") if x.strip()]
     a.client_timeout_ms = a.client_timeout_ms or a.deadline_ms
+    if a.fusebox_breaker == "off":  # no endpoint ever collects this many consecutive failures in a run
+        a.breaker_threshold, a.breaker_recovery = 1000000000, "1s"
+    else:
+        th, _, rec = a.fusebox_breaker.partition("/")
+        if not th.isdigit() or not rec:
+            log(f"--fusebox-breaker wants N/DURATION (e.g. 5/2s) or off, got {a.fusebox_breaker!r}")
+            sys.exit(2)
+        a.breaker_threshold, a.breaker_recovery = int(th), rec
     fb = os.environ.get("FUSEBOX_BIN") or os.path.join(ROOT, "target", "release", "fusebox")
     a.fusebox_bin = os.path.abspath(fb)
     a.fusebox_templates = {}
@@ -923,6 +934,7 @@ def report(a, names, runs, meta, truncated, t_start):
     settings = {"rounds": a.rounds, "seconds": a.seconds, "levels": a.levels, "deadline_ms": a.deadline_ms,
                 "client_timeout_ms": a.client_timeout_ms, "warmup_s": a.warmup, "warmup_pct": a.warmup_pct,
                 "body_bytes": a.body_bytes, "peer_upstream_timeout": a.peer_upstream_timeout,
+                "fusebox_breaker": a.fusebox_breaker,
                 "proxy_cpu": a.proxy_cpu, "load_cpu": a.load_cpu, "truncated": truncated}
     clean = lambda v: None if v == math.inf else v  # JSON has no infinity: null = "more than the client timeout"
     jrows = [{k: clean(v) for k, v in r.items()} for r in rows]
