@@ -21,8 +21,8 @@
 //! `POST /reset` (counters to zero, the stall clock restarted, queued requests whose client
 //! is gone dropped), `GET /health`. Only 127.0.0.1 is ever bound.
 
-use std::convert::Infallible;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +40,11 @@ use tokio::net::TcpSocket;
 use tokio::sync::{oneshot, Notify};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "gpu-sim", version, about = "Simulated GPU model-server replicas with a batch queue, on loopback ports")]
+#[command(
+    name = "gpu-sim",
+    version,
+    about = "Simulated GPU model-server replicas with a batch queue, on loopback ports"
+)]
 struct Args {
     /// Number of replicas.
     #[arg(long, default_value_t = 4)]
@@ -261,7 +265,11 @@ async fn batcher(r: Arc<Replica>) {
         }
         let n = batch.len();
         let past_knee = queued_at_start > m.knee;
-        let per = if past_knee { m.per_image * m.knee_factor } else { m.per_image };
+        let per = if past_knee {
+            m.per_image * m.knee_factor
+        } else {
+            m.per_image
+        };
         let service = Duration::from_secs_f64(r.speed * (m.base + per * n as f64) / 1000.0);
         let started = Instant::now();
         tokio::time::sleep_until((started + service).into()).await;
@@ -277,7 +285,12 @@ async fn batcher(r: Arc<Replica>) {
             let queued = started.saturating_duration_since(j.arrived);
             st.stats.queue_wait_total += queued;
             st.stats.queue_wait_max = st.stats.queue_wait_max.max(queued);
-            let done = Done { waiting, batch: n, queued, service };
+            let done = Done {
+                waiting,
+                batch: n,
+                queued,
+                service,
+            };
             if j.tx.send(done).is_ok() {
                 st.stats.answered += 1;
             } else {
@@ -290,32 +303,50 @@ async fn batcher(r: Arc<Replica>) {
 fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-async fn replica_handle(req: Request<Incoming>, r: Arc<Replica>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn replica_handle(
+    req: Request<Incoming>,
+    r: Arc<Replica>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == Method::GET && req.uri().path() == "/health" {
-        return Ok(json_response(StatusCode::OK, &json!({"status": "ok", "replica": r.idx})));
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ok", "replica": r.idx}),
+        ));
     }
     if req.method() == Method::GET && req.uri().path() == "/stats" {
         return Ok(json_response(StatusCode::OK, &r.stats_json()));
     }
     // An inference: the image is read (and dropped), then the request joins the queue.
     if req.into_body().collect().await.is_err() {
-        return Ok(json_response(StatusCode::BAD_REQUEST, &json!({"error": "body not received"})));
+        return Ok(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "body not received"}),
+        ));
     }
     let (tx, rx) = oneshot::channel();
     {
         let mut st = r.st.lock().unwrap();
-        st.queue.push_back(Job { tx, arrived: Instant::now() });
+        st.queue.push_back(Job {
+            tx,
+            arrived: Instant::now(),
+        });
         st.stats.received += 1;
         st.stats.max_queue = st.stats.max_queue.max(st.queue.len());
     }
     r.notify.notify_one();
     let done = match rx.await {
         Ok(d) => d,
-        Err(_) => return Ok(json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "dropped"}))),
+        Err(_) => {
+            return Ok(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "dropped"}),
+            ))
+        }
     };
     let body = json!({
         "replica": r.idx,
@@ -334,7 +365,10 @@ async fn replica_handle(req: Request<Incoming>, r: Arc<Replica>) -> Result<Respo
     if r.load_headers {
         h.insert("x-queue-depth", HeaderValue::from(done.waiting));
         let orca = format!("TEXT named_metrics.num_requests_waiting={}", done.waiting);
-        h.insert("endpoint-load-metrics", HeaderValue::from_str(&orca).unwrap());
+        h.insert(
+            "endpoint-load-metrics",
+            HeaderValue::from_str(&orca).unwrap(),
+        );
     }
     Ok(resp)
 }
@@ -369,7 +403,10 @@ impl Fleet {
     }
 }
 
-async fn control_handle(req: Request<Incoming>, f: Arc<Fleet>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn control_handle(
+    req: Request<Incoming>,
+    f: Arc<Fleet>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     Ok(match (req.method().clone(), path.as_str()) {
         (Method::GET, "/health") => json_response(StatusCode::OK, &json!({"status": "ok"})),
@@ -377,9 +414,15 @@ async fn control_handle(req: Request<Incoming>, f: Arc<Fleet>) -> Result<Respons
         (Method::POST, "/reset") => {
             let now = Instant::now();
             let purged: usize = f.replicas.iter().map(|r| r.reset(now)).sum();
-            json_response(StatusCode::OK, &json!({"reset": true, "purged_abandoned": purged}))
+            json_response(
+                StatusCode::OK,
+                &json!({"reset": true, "purged_abandoned": purged}),
+            )
         }
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "GET /stats, POST /reset, GET /health"})),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "GET /stats, POST /reset, GET /health"}),
+        ),
     })
 }
 
@@ -424,7 +467,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let x: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s:?} (e.g. 10s, 500ms)"))?;
+    let x: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (e.g. 10s, 500ms)"))?;
     if !(x >= 0.0) {
         return Err(format!("negative duration: {s:?}"));
     }
@@ -432,9 +478,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_index(s: &str, n: usize) -> Result<usize, String> {
-    let i: usize = s.trim().parse().map_err(|_| format!("not a replica index: {s:?}"))?;
+    let i: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a replica index: {s:?}"))?;
     if i >= n {
-        return Err(format!("replica index {i} out of range (there are {n} replicas)"));
+        return Err(format!(
+            "replica index {i} out of range (there are {n} replicas)"
+        ));
     }
     Ok(i)
 }
@@ -449,25 +500,45 @@ fn build(args: &Args) -> Result<Fleet, String> {
     } else if args.ports.len() == n {
         args.ports.clone()
     } else {
-        return Err(format!("--ports lists {} ports for {} replicas", args.ports.len(), n));
+        return Err(format!(
+            "--ports lists {} ports for {} replicas",
+            args.ports.len(),
+            n
+        ));
     };
     let mut speed = vec![1.0; n];
-    for s in args.slow.iter().filter(|s| !s.is_empty() && s.as_str() != "none") {
-        let (i, f) = s.split_once('=').ok_or(format!("--slow wants IDX=FACTOR, got {s:?}"))?;
-        let f: f64 = f.parse().map_err(|_| format!("--slow factor not a number: {s:?}"))?;
+    for s in args
+        .slow
+        .iter()
+        .filter(|s| !s.is_empty() && s.as_str() != "none")
+    {
+        let (i, f) = s
+            .split_once('=')
+            .ok_or(format!("--slow wants IDX=FACTOR, got {s:?}"))?;
+        let f: f64 = f
+            .parse()
+            .map_err(|_| format!("--slow factor not a number: {s:?}"))?;
         if !(f > 0.0) {
             return Err(format!("--slow factor must be > 0: {s:?}"));
         }
         speed[parse_index(i, n)?] = f;
     }
     let mut stall: Vec<Option<Stall>> = vec![None; n];
-    for s in args.stall.iter().filter(|s| !s.is_empty() && s.as_str() != "none") {
-        let (i, rest) = s.split_once('=').ok_or(format!("--stall wants IDX=EVERY/FOR[@FIRST], got {s:?}"))?;
+    for s in args
+        .stall
+        .iter()
+        .filter(|s| !s.is_empty() && s.as_str() != "none")
+    {
+        let (i, rest) = s
+            .split_once('=')
+            .ok_or(format!("--stall wants IDX=EVERY/FOR[@FIRST], got {s:?}"))?;
         let (timing, first) = match rest.split_once('@') {
             Some((t, f)) => (t, Some(parse_duration(f)?)),
             None => (rest, None),
         };
-        let (every, dur) = timing.split_once('/').ok_or(format!("--stall wants IDX=EVERY/FOR[@FIRST], got {s:?}"))?;
+        let (every, dur) = timing
+            .split_once('/')
+            .ok_or(format!("--stall wants IDX=EVERY/FOR[@FIRST], got {s:?}"))?;
         let (every, dur) = (parse_duration(every)?, parse_duration(dur)?);
         if every.is_zero() || dur >= every {
             return Err(format!("--stall needs 0 <= FOR < EVERY: {s:?}"));
@@ -505,7 +576,11 @@ fn build(args: &Args) -> Result<Fleet, String> {
                 stall: stall[i],
                 load_headers: headers[i],
                 model: model.clone(),
-                st: Mutex::new(State { queue: VecDeque::new(), stats: Stats::default(), origin: now }),
+                st: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    stats: Stats::default(),
+                    origin: now,
+                }),
                 notify: Notify::new(),
             })
         })
@@ -569,7 +644,12 @@ mod tests {
         let f = fleet(&[]);
         let full = 8.0 / 0.052; // 153.85 req/s
         let want = full + full + full / 3.0 + full * 0.9;
-        assert!((f.capacity() - want).abs() < 1e-6, "{} vs {}", f.capacity(), want);
+        assert!(
+            (f.capacity() - want).abs() < 1e-6,
+            "{} vs {}",
+            f.capacity(),
+            want
+        );
     }
 
     #[test]
@@ -578,14 +658,24 @@ mod tests {
         let r = &f.replicas[0];
         let o = Instant::now();
         assert!(r.stall_end(o, o + Duration::from_millis(1999)).is_none());
-        assert_eq!(r.stall_end(o, o + Duration::from_millis(2500)), Some(o + Duration::from_secs(3)));
+        assert_eq!(
+            r.stall_end(o, o + Duration::from_millis(2500)),
+            Some(o + Duration::from_secs(3))
+        );
         assert!(r.stall_end(o, o + Duration::from_millis(3001)).is_none());
-        assert_eq!(r.stall_end(o, o + Duration::from_millis(12100)), Some(o + Duration::from_secs(13)));
+        assert_eq!(
+            r.stall_end(o, o + Duration::from_millis(12100)),
+            Some(o + Duration::from_secs(13))
+        );
     }
 
     #[test]
     fn bad_arguments_are_refused() {
-        for bad in [["--slow", "9=3"], ["--stall", "0=1s/2s"], ["--load-headers", "7"]] {
+        for bad in [
+            ["--slow", "9=3"],
+            ["--stall", "0=1s/2s"],
+            ["--load-headers", "7"],
+        ] {
             let mut argv = vec!["gpu-sim"];
             argv.extend_from_slice(&bad);
             assert!(build(&Args::parse_from(argv)).is_err(), "{bad:?}");
