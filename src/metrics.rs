@@ -25,6 +25,7 @@ pub const FALLBACKS_TOTAL: &str = "gateway_proxy_fallbacks_total";
 pub const UPSTREAM_CONNECTIONS: &str = "gateway_upstream_connections";
 pub const IN_FLIGHT: &str = "gateway_proxy_in_flight_requests";
 pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
+pub const TRACING_SPANS_DROPPED: &str = "gateway_tracing_spans_dropped_total";
 /// Not in the contract's table; counts injected faults (`kind` = abort, delay).
 pub const FAULTS_TOTAL: &str = "gateway_proxy_faults_injected_total";
 
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub faults: IntCounterVec,
+    /// Spans refused by a full export queue or lost in a failed export (`otel`).
+    pub tracing_spans_dropped: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -63,6 +66,12 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     let _ = r.register(Box::new(g.clone()));
     g
+}
+
+fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
 }
 
 impl Metrics {
@@ -135,6 +144,11 @@ impl Metrics {
                 FAULTS_TOTAL,
                 "Injected faults by route and kind (abort, delay).",
                 &["route", "kind"],
+            ),
+            tracing_spans_dropped: plain_counter(
+                &r,
+                TRACING_SPANS_DROPPED,
+                "Spans dropped from the trace export queue or lost in failed exports.",
             ),
             registry: r,
         })
