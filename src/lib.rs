@@ -34,6 +34,7 @@
 //! upstream/balancer, breaker/, partition, retry, health, dns
 //! admin/           the admin listener: metrics, breakers, health, config
 //! access_log.rs    one JSON line per request, buffered
+//! otel/            OpenTelemetry traces: sampling, server/attempt spans, OTLP export
 //! telemetry.rs     tracing subscriber (JSON or text)
 //! demo.rs          demo upstreams and `fusebox demo`
 //! ```
@@ -62,6 +63,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod metrics;
+pub mod otel;
 pub mod proxy;
 pub mod reload;
 pub mod snapshot;
