@@ -11,6 +11,19 @@
 //!
 //! Built once at startup ([`Tracing::new`]), shared by reference or clone (cheap);
 //! [`Tracing::shutdown`] flushes within a bound at exit.
+//!
+//! Wiring it into the request path:
+//! - pass `start_request` the caller's `traceparent` as received, before
+//!   `correlate` replaces it;
+//! - send each attempt's [`AttemptSpan::traceparent`] upstream instead of the one
+//!   `correlate` made, and log [`RequestSpan::traceparent`]'s trace id in the access
+//!   log (for a request without an incoming `traceparent` the trace id is new, not
+//!   the one `correlate` drew);
+//! - for a request that is not sampled, the upstream `traceparent` should say so
+//!   (flag `00`, [`traceparent::format`]): `correlate` sets `01` on the ones it creates;
+//! - call [`RequestSpan::routed`] when a route matched, the event helpers where the
+//!   breaker, fallback and admission decide, and `end` with the answer; a span dropped
+//!   without `end` is exported as cancelled.
 
 mod client;
 mod processor;

@@ -1,7 +1,7 @@
 //! The W3C `traceparent` header (Trace Context level 1) read and written without
 //! allocating, and the sampling decision made from it before any span exists.
 //!
-//! Touched per request: [`decide`] (and, for sampled requests only, [`format`]).
+//! Touched per request: [`decide`] (and, for sampled requests only, [`format()`]).
 
 use http::HeaderValue;
 use opentelemetry::trace::{SpanId, TraceId};
