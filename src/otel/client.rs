@@ -108,7 +108,9 @@ impl CollectorClient {
         };
         let (sender, resp) = match (first, retry) {
             (Ok(done), _) => done,
-            (Err(e), Some(req)) if e.is_canceled() || e.is_incomplete_message() => {
+            (Err(e), Some(req))
+                if e.is_canceled() || e.is_closed() || e.is_incomplete_message() =>
+            {
                 exchange(self.connect().await?, req).await?
             }
             (Err(e), _) => return Err(e.into()),

@@ -47,8 +47,8 @@ pub use span::{AttemptSpan, RequestSpan, EVENT_BREAKER, EVENT_FALLBACK, EVENT_SH
 /// Share of requests without a valid `traceparent` that are sampled (the `[tracing]`
 /// example's value): at 200 requests a second, ten traces a second.
 pub const DEFAULT_SAMPLE_RATIO: f64 = 0.05;
-/// Spans waiting for export (the OpenTelemetry SDK's default queue size): about 20 s of
-/// 100 sampled requests a second with two attempts each, a few MiB at most.
+/// Spans waiting for export (the OpenTelemetry SDK's default queue size): about 7 s of
+/// 100 sampled requests a second with two attempts each (three spans), a few MiB.
 pub const DEFAULT_MAX_QUEUE: usize = 2048;
 /// Bound on one export request, connect included (OTLP's default timeout).
 pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);

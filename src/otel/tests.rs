@@ -17,6 +17,14 @@ fn counter() -> IntCounter {
 }
 
 #[test]
+fn spans_can_cross_await_points_and_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tracing>();
+    send_sync::<RequestSpan>();
+    send_sync::<AttemptSpan>();
+}
+
+#[test]
 fn the_traces_url_is_the_endpoint_plus_v1_traces() {
     let url = |e: &str| traces_url(e).map(|u| u.to_string());
     assert_eq!(
