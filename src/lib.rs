@@ -45,6 +45,7 @@
 //! admin/           the admin listener: metrics, breakers, health, config
 //! access_log.rs    one JSON line per request, formatted per thread, written by a
 //!                  writer thread behind a bounded queue
+//! otel/            OpenTelemetry traces: sampling, server/attempt spans, OTLP export
 //! telemetry.rs     tracing subscriber (JSON or text)
 //! demo.rs          demo upstreams and `fusebox demo`
 //! ```
@@ -81,6 +82,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod metrics;
+pub mod otel;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -31,6 +31,7 @@ pub const ATTEMPTS_PER_REQUEST: &str = "gateway_proxy_attempts_per_request";
 pub const CONCURRENCY_LIMIT: &str = "gateway_upstream_concurrency_limit";
 pub const UNBUFFERED_BODIES: &str = "gateway_proxy_unbuffered_bodies_total";
 pub const ACCESS_LOG_DROPPED: &str = "gateway_access_log_dropped_total";
+pub const TRACING_SPANS_DROPPED: &str = "gateway_tracing_spans_dropped_total";
 /// Not in the contract's table; counts injected faults (`kind` = abort, delay).
 pub const FAULTS_TOTAL: &str = "gateway_proxy_faults_injected_total";
 
@@ -79,6 +80,8 @@ pub struct Metrics {
     pub concurrency_limit: IntGaugeVec,
     pub unbuffered: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    /// Spans refused by a full export queue or lost in a failed export (`otel`).
+    pub tracing_spans_dropped: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -112,6 +115,12 @@ fn histogram(
     h
 }
 
+fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
@@ -122,12 +131,11 @@ impl Metrics {
             &["service", "route", "method"],
             DURATION_BUCKETS,
         );
-        let access_log_dropped = IntCounter::new(
+        let access_log_dropped = plain_counter(
+            &r,
             ACCESS_LOG_DROPPED,
             "Access-log lines dropped because stdout could not keep up.",
-        )
-        .unwrap_or_else(|e| panic!("metric {ACCESS_LOG_DROPPED}: {e}"));
-        let _ = r.register(Box::new(access_log_dropped.clone()));
+        );
         #[cfg(target_os = "linux")]
         {
             let _ = r.register(Box::new(
@@ -220,6 +228,11 @@ impl Metrics {
                 &["route"],
             ),
             access_log_dropped,
+            tracing_spans_dropped: plain_counter(
+                &r,
+                TRACING_SPANS_DROPPED,
+                "Spans dropped from the trace export queue or lost in failed exports.",
+            ),
             registry: r,
         })
     }
