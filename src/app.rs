@@ -26,6 +26,9 @@ use crate::{admin, reload};
 #[derive(Debug, Default, Clone)]
 pub struct StartOptions {
     pub config_path: Option<PathBuf>,
+    /// Where access-log lines go (default: a logger writing to stdout). Tests hand in
+    /// one with a sink of their own.
+    pub access_log: Option<Arc<AccessLogger>>,
 }
 
 /// A running proxy.
@@ -127,7 +130,10 @@ pub async fn start_with(
     let (admin_tx, admin_rx) = watch::channel(false);
     let admin = tokio::spawn(admin::serve(admin_listener, ctrl.clone(), admin_rx));
     let watcher = reload::spawn(ctrl.clone(), opts.config_path.clone())?;
-    let logger = AccessLogger::new(shared.metrics.access_log_dropped.clone());
+    let logger = opts
+        .access_log
+        .clone()
+        .unwrap_or_else(|| AccessLogger::new(shared.metrics.access_log_dropped.clone()));
     logger.spawn_flusher();
     let proxy = Arc::new(Proxy {
         state: state.clone(),

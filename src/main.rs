@@ -58,6 +58,7 @@ fn main() -> ExitCode {
                     version,
                     app::StartOptions {
                         config_path: a.config.clone(),
+                        ..Default::default()
                     },
                 ))
             }))

@@ -86,6 +86,7 @@ async fn start_watching(dir: tempfile::TempDir, path: PathBuf) -> Watched {
         fusebox::config::content_hash(&text),
         StartOptions {
             config_path: Some(path.clone()),
+            ..Default::default()
         },
     )
     .await
