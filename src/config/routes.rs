@@ -131,7 +131,7 @@ fn route(
             &p.key("timeout"),
             f.timeout.as_ref(),
             DEFAULT_ROUTE_TIMEOUT,
-            false,
+            ROUTE_TIMEOUT_BOUNDS,
         ),
         strip_prefix,
         rate_limit: f
@@ -155,6 +155,7 @@ fn route(
             .as_ref()
             .map(|b| policy::breaker(cx, b, &base_breaker, &p.key("circuit_breaker"))),
         propagate_deadline: f.propagate_deadline.unwrap_or(DEFAULT_PROPAGATE_DEADLINE),
+        shed_on_deadline: f.shed_on_deadline.unwrap_or(DEFAULT_SHED_ON_DEADLINE),
     }
 }
 

@@ -166,7 +166,7 @@ upstream = "a"
     let ps = problems(text);
     let got: Vec<(usize, &str)> = ps.iter().map(|p| (p.line, p.message.as_str())).collect();
     let expect: [(usize, &str); 6] = [
-        (2, "listener.max_connections: must be at least 1, got 0"),
+        (2, "listener.max_connections: must be at least 1, got 0 (allowed: 1..=1000000)"),
         (5, "upstreams.a.endpoints: an upstream needs at least one endpoint"),
         (6, "upstreams.a.protocol: unknown protocol \"http3\"; expected one of: http1, h2c, https, h2"),
         (10, "routes[0].path_prefix: \"detect\" must start with `/`"),
