@@ -34,9 +34,10 @@ pub fn adaptive_concurrency(
     let limit = |cx: &mut Ctx, key: &str, v: Option<i64>, default: usize| {
         cx.int(&p.key(key), v, default, ADAPTIVE_LIMIT_BOUNDS)
     };
+    let mark = cx.mark();
     let min_limit = limit(cx, "min_limit", f.min_limit, DEFAULT_ADAPTIVE_MIN_LIMIT);
     let max_limit = limit(cx, "max_limit", f.max_limit, DEFAULT_ADAPTIVE_MAX_LIMIT);
-    if min_limit > max_limit {
+    if min_limit > max_limit && cx.mark() == mark {
         let key = if f.max_limit.is_some() {
             "max_limit"
         } else {

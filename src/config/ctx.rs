@@ -64,11 +64,12 @@ impl Ctx<'_> {
         value
     }
 
-    /// How many variables were found missing so far; a check across keys compares it
-    /// before and after reading them, and is skipped when one of them took a default
-    /// for a missing variable (it would judge the default, not the file).
-    pub fn missing_count(&self) -> usize {
-        self.missing.len()
+    /// How many problems and missing variables were recorded so far. A check across
+    /// keys compares it before and after reading them and is skipped when one of them
+    /// was refused or needed a missing variable: it took its default, and the check
+    /// would judge the default, not the file.
+    pub fn mark(&self) -> usize {
+        self.problems.len() + self.missing.len()
     }
 
     pub fn opt_string(&mut self, path: &Path, raw: Option<&String>) -> Option<String> {

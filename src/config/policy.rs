@@ -63,7 +63,7 @@ pub fn timeouts(cx: &mut Ctx, f: &TimeoutsFile, p: &Path) -> TimeoutsConfig {
 
 /// `f` over `base`: each key written replaces the base's value.
 pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) -> BreakerConfig {
-    let missing = cx.missing_count();
+    let mark = cx.mark();
     let recovery_timeout = cx.duration(
         &p.key("recovery_timeout"),
         f.recovery_timeout.as_ref(),
@@ -78,7 +78,7 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
     );
     if max_recovery_timeout < recovery_timeout
         && (f.recovery_timeout.is_some() || f.max_recovery_timeout.is_some())
-        && cx.missing_count() == missing
+        && cx.mark() == mark
     {
         let key = if f.max_recovery_timeout.is_some() {
             "max_recovery_timeout"
@@ -225,7 +225,7 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
 
 /// `f` over `base`: each key written replaces the base's value.
 pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> RetryConfig {
-    let missing = cx.missing_count();
+    let mark = cx.mark();
     let base_delay = cx.duration(
         &p.key("base_delay"),
         f.base_delay.as_ref(),
@@ -240,7 +240,7 @@ pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> Retry
     );
     if max_delay < base_delay
         && (f.base_delay.is_some() || f.max_delay.is_some())
-        && cx.missing_count() == missing
+        && cx.mark() == mark
     {
         let key = if f.max_delay.is_some() {
             "max_delay"

@@ -372,3 +372,25 @@ fn truncated_and_garbled_files_give_errors_not_panics() {
         }
     }
 }
+
+#[test]
+fn a_refused_value_gives_no_follow_on_problem() {
+    // max_delay is refused and takes its default (5s); comparing that default with
+    // base_delay would report a second, made-up problem.
+    let p = upstream_problem(
+        "retry = { base_delay = \"10s\", max_delay = \"soon\" }",
+        "invalid duration \"soon\"",
+    );
+    assert!(
+        p.message.starts_with("upstreams.a.retry.max_delay: "),
+        "{p}"
+    );
+    upstream_problem(
+        "circuit_breaker = { recovery_timeout = \"10m\", max_recovery_timeout = \"48h\" }",
+        "48h is above the maximum of 24h",
+    );
+    upstream_problem(
+        "adaptive_concurrency = { min_limit = 300, max_limit = 0 }",
+        "max_limit: must be at least 1, got 0",
+    );
+}
