@@ -351,4 +351,70 @@ rate_limit = { requests_per_second = 30, burst = 60, key = "header:X-Camera-ID" 
         assert_eq!(v["routes"][0]["rate_limit"]["key"], "header:x-camera-id");
         assert!(v["routes"][0]["retry"].is_null());
     }
+
+    #[test]
+    fn new_keys_are_rendered_and_tracing_headers_redacted() {
+        let text = r#"
+[limits]
+max_buffered_body_bytes = "1MiB"
+
+[tracing]
+otlp_endpoint = "http://otel:4318"
+headers = { authorization = "Bearer ${OTLP_TOKEN}" }
+
+[upstreams.yolo]
+endpoints = ["127.0.0.1:9001"]
+load_balancing = "peak_ewma"
+load_report_header = "X-Queue-Depth"
+adaptive_concurrency = { max_limit = 64 }
+[upstreams.cpu]
+endpoints = ["127.0.0.1:9002"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "yolo"
+shed_on_deadline = false
+"#;
+        let cfg = crate::config::parse_with_env(text, "t.toml", None, &|n| {
+            (n == "OTLP_TOKEN").then(|| "tok3n".to_owned())
+        })
+        .unwrap();
+        let v = config(&cfg);
+        assert!(!v.to_string().contains("tok3n"), "{v}");
+        assert_eq!(v["limits"]["max_buffered_body_bytes"], 1 << 20);
+        assert_eq!(v["limits"]["priority_header"], "x-priority");
+        let t = &v["tracing"];
+        assert_eq!(t["otlp_endpoint"], "http://otel:4318/");
+        assert_eq!(t["headers"]["authorization"], REDACTED);
+        assert_eq!(t["sample_ratio"], 0.05);
+        assert_eq!(t["service_name"], "fusebox");
+        assert_eq!(
+            (t["max_queue"].clone(), t["export_timeout"].clone()),
+            (json!(2048), json!("10s"))
+        );
+        let y = &v["upstreams"]["yolo"];
+        assert_eq!(y["load_balancing"], "peak_ewma");
+        assert_eq!(y["load_report_header"], "x-queue-depth");
+        assert_eq!(y["forward_load_report"], false);
+        assert_eq!(y["load_report_expiry"], "2s");
+        assert_eq!(
+            y["peak_ewma"],
+            json!({"default_latency": "30ms", "decay": "10s"})
+        );
+        assert_eq!(
+            y["adaptive_concurrency"],
+            json!({"min_limit": 1, "max_limit": 64, "initial_limit": 20, "rtt_tolerance": 1.5, "smoothing": 0.2})
+        );
+        let cpu = &v["upstreams"]["cpu"];
+        assert!(cpu["adaptive_concurrency"].is_null() && cpu["load_report_header"].is_null());
+        assert_eq!(v["routes"][0]["shed_on_deadline"], false);
+        let off = crate::config::parse_with_env(
+            "[upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n",
+            "t.toml",
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert!(config(&off)["tracing"].is_null());
+    }
 }

@@ -28,7 +28,11 @@ mod validate;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_bounds;
+#[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_keys;
 
 use std::path::{Path, PathBuf};
 
