@@ -96,7 +96,8 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
     let window = cx.opt_duration(&p.key("window"), f.window.as_ref(), WINDOW_BOUNDS);
     let base_rate = base.error_rate.as_ref();
     let error_rate = match window.or(base_rate.map(|e| e.window)) {
-        Some(window) => {
+        // A window written but refused still has the keys that need it checked.
+        w if w.is_some() || f.window.is_some() => {
             let etp = p.key("error_threshold_percentage");
             let default_pct = base_rate.map_or(DEFAULT_ERROR_THRESHOLD_PERCENTAGE, |e| {
                 e.error_threshold_percentage
@@ -108,36 +109,35 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
                     "must be greater than 0 (0 would open on the first failure)",
                 );
             }
-            Some(ErrorRateConfig {
+            let request_volume_threshold = cx.int(
+                &p.key("request_volume_threshold"),
+                f.request_volume_threshold,
+                base_rate.map_or(DEFAULT_REQUEST_VOLUME_THRESHOLD, |e| {
+                    e.request_volume_threshold
+                }),
+                REQUEST_VOLUME_THRESHOLD_BOUNDS,
+            );
+            w.map(|window| ErrorRateConfig {
                 window,
-                request_volume_threshold: cx.int(
-                    &p.key("request_volume_threshold"),
-                    f.request_volume_threshold,
-                    base_rate.map_or(DEFAULT_REQUEST_VOLUME_THRESHOLD, |e| {
-                        e.request_volume_threshold
-                    }),
-                    REQUEST_VOLUME_THRESHOLD_BOUNDS,
-                ),
+                request_volume_threshold,
                 error_threshold_percentage: pct,
             })
         }
-        None => {
-            if f.window.is_none() {
-                needs(
-                    cx,
-                    p,
-                    "request_volume_threshold",
-                    f.request_volume_threshold.is_some(),
-                    "window",
-                );
-                needs(
-                    cx,
-                    p,
-                    "error_threshold_percentage",
-                    f.error_threshold_percentage.is_some(),
-                    "window",
-                );
-            }
+        _ => {
+            needs(
+                cx,
+                p,
+                "request_volume_threshold",
+                f.request_volume_threshold.is_some(),
+                "window",
+            );
+            needs(
+                cx,
+                p,
+                "error_threshold_percentage",
+                f.error_threshold_percentage.is_some(),
+                "window",
+            );
             None
         }
     };

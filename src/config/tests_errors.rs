@@ -394,3 +394,23 @@ fn a_refused_value_gives_no_follow_on_problem() {
         "max_limit: must be at least 1, got 0",
     );
 }
+
+#[test]
+fn keys_of_a_refused_mode_key_are_still_checked() {
+    // window is refused, so error-rate mode is off; its keys are still checked rather
+    // than passed over.
+    let text = MINIMAL.replacen(
+        "\n\n[[routes]]",
+        "\n[upstreams.a.circuit_breaker]\nwindow = \"2h\"\nrequest_volume_threshold = 0\n\n[[routes]]",
+        1,
+    );
+    let ps = problems(&text);
+    let got: Vec<&str> = ps.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "upstreams.a.circuit_breaker.window: 2h is above the maximum of 1h (allowed: 1ms..=1h)",
+            "upstreams.a.circuit_breaker.request_volume_threshold: must be at least 1, got 0 (allowed: 1..=1000000)",
+        ]
+    );
+}
