@@ -1,16 +1,18 @@
 //! Configuration: reading the TOML file and turning it into a `Config` of valid values.
 //!
 //! - `file.rs`: serde mirror of the file (unknown keys refused, every key optional)
-//! - `validate.rs`, `policy.rs`, `routes.rs`: mirror -> `Config`, every problem collected
-//!   (`ctx.rs`: the per-value helpers they share)
+//! - `validate.rs`, `policy.rs`, `balance.rs`, `routes.rs`, `admission.rs`, `global.rs`:
+//!   mirror -> `Config`, every problem collected (`ctx.rs`: the per-value helpers they
+//!   share, `bounds.rs`: the ranges values must lie in and how a refusal reads)
 //! - `units.rs` (durations, sizes, addresses), `env.rs` (`${VAR}` interpolation)
 //! - `error.rs`: `ConfigError`, each problem located as `FILE:LINE:COL: message`
-//! - `defaults.rs`: every default as a named constant
+//! - `defaults.rs`: every default and every bound as a named constant
 //! - `types.rs`: the validated types the rest of the crate reads
 //!
 //! Loaded at start-up and on every reload, never per request. See
 //! `docs/configuration.md` for the file format.
 
+mod admission;
 mod balance;
 mod bounds;
 mod ctx;
@@ -29,6 +31,8 @@ mod validate;
 mod tests;
 #[cfg(test)]
 mod tests_bounds;
+#[cfg(test)]
+mod tests_bounds_policy;
 #[cfg(test)]
 mod tests_errors;
 #[cfg(test)]

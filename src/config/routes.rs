@@ -9,9 +9,9 @@ use super::ctx::Ctx;
 use super::defaults::*;
 use super::error::Path;
 use super::file::RouteFile;
-use super::policy;
 use super::types::*;
 use super::units;
+use super::{admission, policy};
 
 /// Methods a route may name (upper-cased before the check).
 const METHODS: &[&str] = &[
@@ -137,15 +137,15 @@ fn route(
         rate_limit: f
             .rate_limit
             .as_ref()
-            .map(|r| policy::rate_limit(cx, r, &p.key("rate_limit"))),
+            .map(|r| admission::rate_limit(cx, r, &p.key("rate_limit"))),
         concurrency: f
             .concurrency
             .as_ref()
-            .map(|c| policy::concurrency(cx, c, &p.key("concurrency"))),
+            .map(|c| admission::concurrency(cx, c, &p.key("concurrency"))),
         fault: f
             .fault
             .as_ref()
-            .map(|x| policy::fault(cx, x, &p.key("fault"))),
+            .map(|x| admission::fault(cx, x, &p.key("fault"))),
         retry: f
             .retry
             .as_ref()
