@@ -50,9 +50,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_CONNECTIONS_BOUNDS: Bounds<u64> = Bounds::new(1, 1_000_000);
 /// Time allowed to receive a request's headers; the slowloris guard (408 and close).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `header_read_timeout`: a timeout, `1ms..=1h` (see `TIMEOUT_BOUNDS`).
 pub const HEADER_READ_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Idle keep-alive downstream connection lifetime; above typical client pool timeouts.
 pub const DEFAULT_LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `listener.idle_timeout`: a timeout, `1ms..=1h`.
 pub const LISTENER_IDLE_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Largest request head in bytes (64 KiB, as nginx/Envoy); larger answers 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -66,6 +68,7 @@ pub const DEFAULT_MAX_REQUEST_BODY: u64 = 32 * MIB;
 pub const MAX_REQUEST_BODY_BOUNDS: Bounds<u64> = Bounds::new(1, 16 * GIB);
 /// Drain time on SIGTERM; Kubernetes' default grace period is 30 s.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `shutdown_timeout`: `1ms..=1h`; past Kubernetes' grace period the pod is killed anyway.
 pub const SHUTDOWN_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 
 /// Bytes of request bodies held for replay at once, process-wide (256 MiB: sixty-four
@@ -90,6 +93,7 @@ pub const DEFAULT_TRACING_MAX_QUEUE: usize = 2048;
 pub const TRACING_MAX_QUEUE_BOUNDS: Bounds<u64> = Bounds::new(1, 100_000);
 /// Timeout of one export request to the collector.
 pub const DEFAULT_TRACING_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `export_timeout`: a timeout, `1ms..=1h`.
 pub const TRACING_EXPORT_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Appended to `otlp_endpoint` to give the URL spans are posted to (OTLP/HTTP).
 pub const OTLP_TRACES_PATH: &str = "/v1/traces";
@@ -117,6 +121,7 @@ pub const DNS_REFRESH_BOUNDS: Bounds<Duration> =
     Bounds::new(Duration::from_millis(100), MAX_TIMEOUT);
 /// Traffic ramp for a recovered endpoint; 0 = off (full share at once).
 pub const DEFAULT_SLOW_START: Duration = Duration::ZERO;
+/// `slow_start`: 0 (off) up to 1 h.
 pub const SLOW_START_BOUNDS: Bounds<Duration> = DELAY_BOUNDS;
 /// Endpoint weight (relative share) when an endpoint gives none.
 pub const DEFAULT_ENDPOINT_WEIGHT: u32 = 1;
@@ -132,14 +137,17 @@ pub const DEFAULT_FORWARD_LOAD_REPORT: bool = false;
 /// An endpoint's last load report is trusted for this long (2 s: a few requests'
 /// worth at typical rates), then ignored until the next one.
 pub const DEFAULT_LOAD_REPORT_EXPIRY: Duration = Duration::from_secs(2);
+/// `load_report_expiry`: a period, `1ms..=1h`.
 pub const LOAD_REPORT_EXPIRY_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// peak_ewma: latency assumed for an endpoint with no samples yet (30 ms, Linkerd's
 /// default), so a new endpoint is neither flooded nor starved.
 pub const DEFAULT_PEAK_EWMA_DEFAULT_LATENCY: Duration = Duration::from_millis(30);
+/// `default_latency`: `1ms..=1h`, as a request timeout (no latency is longer).
 pub const PEAK_EWMA_DEFAULT_LATENCY_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// peak_ewma: the moving average's time constant (10 s, Linkerd's default): a
 /// sample's weight falls to 1/e after this long.
 pub const DEFAULT_PEAK_EWMA_DECAY: Duration = Duration::from_secs(10);
+/// `decay`: a period, `1ms..=1h`.
 pub const PEAK_EWMA_DECAY_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 
 /// Adaptive concurrency: the limit never goes below this (count), so an endpoint
@@ -175,29 +183,37 @@ pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 20;
 pub const POOL_MAX_IDLE_PER_HOST_BOUNDS: Bounds<u64> = Bounds::new(0, 100_000);
 /// An idle pooled connection is closed after this; under common upstream keep-alives.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// `pool.idle_timeout`: a timeout, `1ms..=1h`.
 pub const POOL_IDLE_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 
 /// TCP (and TLS) connect timeout; a sidecar's upstreams are near, 1 s is generous.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `timeouts.connect`: a timeout, `1ms..=1h`.
 pub const CONNECT_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Per-attempt timeout until response headers arrive; room for a slow GPU inference.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// `timeouts.request`: a timeout, `1ms..=1h`.
 pub const REQUEST_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// No body bytes either way for this long resets the upstream stream.
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `timeouts.idle`: a timeout, `1ms..=1h`.
 pub const UPSTREAM_IDLE_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 
 /// Consecutive failures (count) that open an endpoint's breaker.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// `failure_threshold`: a threshold, `1..=1000000`.
 pub const FAILURE_THRESHOLD_BOUNDS: Bounds<u64> = THRESHOLD_BOUNDS;
 /// First open period before half-open.
 pub const DEFAULT_RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `recovery_timeout`: the first open period, `1ms..=1h`.
 pub const RECOVERY_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Half-open successes (count) that close the breaker.
 pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 2;
+/// `success_threshold`: a threshold, `1..=1000000`.
 pub const SUCCESS_THRESHOLD_BOUNDS: Bounds<u64> = THRESHOLD_BOUNDS;
 /// Concurrent half-open probes (count): one, so a sick endpoint gets one request.
 pub const DEFAULT_HALF_OPEN_MAX_REQUESTS: u32 = 1;
+/// `half_open_max_requests`: a count, `1..=1000000`.
 pub const HALF_OPEN_MAX_REQUESTS_BOUNDS: Bounds<u64> = THRESHOLD_BOUNDS;
 /// Cap of the open period, which doubles on each re-open.
 pub const DEFAULT_MAX_RECOVERY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -213,6 +229,7 @@ pub const DEFAULT_FAILURE_STATUS_CODES: &[u16] = &[500, 502, 503, 504];
 pub const WINDOW_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Error-rate mode: attempts (count) the window must hold before the rate is judged.
 pub const DEFAULT_REQUEST_VOLUME_THRESHOLD: u32 = 20;
+/// `request_volume_threshold`: a threshold, `1..=1000000`.
 pub const REQUEST_VOLUME_THRESHOLD_BOUNDS: Bounds<u64> = THRESHOLD_BOUNDS;
 /// Calls slower than this count as slow (set in the file to turn it on).
 pub const SLOW_CALL_DURATION_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
@@ -265,6 +282,7 @@ pub const HEALTH_CHECK_INTERVAL_BOUNDS: Bounds<Duration> =
     Bounds::new(Duration::from_millis(10), MAX_TIMEOUT);
 /// Timeout of one active check.
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// `health_check.timeout`: a timeout, `1ms..=1h`.
 pub const HEALTH_CHECK_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Consecutive failed checks (count) that mark an endpoint unhealthy.
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
@@ -281,6 +299,7 @@ pub const DEFAULT_FALLBACK_CONTENT_TYPE: &str = "application/json";
 
 /// Whole-request deadline of a route, retries and backoff included.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Route `timeout`: `1ms..=1h`; `started + timeout` is computed per request.
 pub const ROUTE_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Send the remaining deadline upstream as `x-request-timeout-ms`; off by default.
 pub const DEFAULT_PROPAGATE_DEADLINE: bool = false;
@@ -311,6 +330,7 @@ pub const DEFAULT_MAX_QUEUE: usize = 128;
 pub const MAX_QUEUE_BOUNDS: Bounds<u64> = Bounds::new(0, 1_000_000);
 /// Longest wait for a slot before 503 `OVERLOADED`.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+/// `queue_timeout`: a timeout, `1ms..=1h`.
 pub const QUEUE_TIMEOUT_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 /// Fault injection: share of requests aborted (percent); 0 = none.
 pub const DEFAULT_FAULT_ABORT_PERCENT: f64 = 0.0;
@@ -320,6 +340,7 @@ pub const DEFAULT_FAULT_ABORT_STATUS: u16 = 503;
 pub const DEFAULT_FAULT_DELAY_PERCENT: f64 = 0.0;
 /// Length of an injected delay.
 pub const DEFAULT_FAULT_DELAY: Duration = Duration::from_millis(200);
+/// Fault `delay`: 0 up to 1 h.
 pub const FAULT_DELAY_BOUNDS: Bounds<Duration> = DELAY_BOUNDS;
 
 impl Default for PoolConfig {
