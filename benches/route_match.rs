@@ -26,6 +26,7 @@ fn route(i: usize, host: Option<HostMatch>, prefix: String) -> RouteConfig {
         retry: None,
         circuit_breaker: None,
         propagate_deadline: false,
+        shed_on_deadline: true,
     }
 }
 

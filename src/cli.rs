@@ -51,6 +51,11 @@ pub struct ValidateArgs {
     /// Config file to check.
     #[arg(long, short = 'c', env = "FUSEBOX_CONFIG")]
     pub config: PathBuf,
+    /// Check a config without the environment it will run in (CI without the pod's
+    /// secrets): a value needing an unset variable (`${VAR}`, `admin.token_env`) is
+    /// skipped and listed; everything else is checked. `run` never does this.
+    #[arg(long)]
+    pub allow_missing_env: bool,
 }
 
 #[derive(Debug, Args)]

@@ -214,6 +214,7 @@ mod tests {
             retry: None,
             circuit_breaker: None,
             propagate_deadline: false,
+            shed_on_deadline: true,
         }
     }
 

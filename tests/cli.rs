@@ -1,6 +1,7 @@
 //! The command line: `validate` accepts a good file (exit 0) and refuses a bad one
-//! (exit 1, each problem located as FILE:LINE:COL), `--version`, `--help`, `run` with a
-//! bad file, `${VAR}` interpolation, and the embedded default config.
+//! (exit 1, each problem located as FILE:LINE:COL), `validate --allow-missing-env`
+//! (unset variables listed, not refused), `--version`, `--help`, `run` with a bad file,
+//! `${VAR}` interpolation, and the embedded default config.
 
 mod common;
 
@@ -162,6 +163,135 @@ upstream = "a"
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(located(&err, &path, 2), "located at line 2: {err}");
+}
+
+/// A config as a CI job sees it: the admin token and the collector token are secrets
+/// of the pod, not set where `validate` runs.
+const NEEDS_SECRETS: &str = r#"[admin]
+address = "0.0.0.0:9901"
+token_env = "FUSEBOX_TEST_ADMIN_TOKEN"
+
+[tracing]
+otlp_endpoint = "http://otel-collector:4318"
+headers = { authorization = "Bearer ${FUSEBOX_TEST_OTLP_TOKEN}" }
+
+[upstreams.a]
+endpoints = ["127.0.0.1:9001"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "a"
+"#;
+
+#[test]
+fn validate_without_the_flag_refuses_unset_variables_and_names_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "secrets.toml", NEEDS_SECRETS);
+    let out = run_binary(&["validate", "--config", &path], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        located(&err, &path, 3),
+        "token_env located at line 3: {err}"
+    );
+    assert!(located(&err, &path, 7), "header located at line 7: {err}");
+    for name in ["FUSEBOX_TEST_ADMIN_TOKEN", "FUSEBOX_TEST_OTLP_TOKEN"] {
+        assert!(
+            err.contains(&format!("environment variable {name} is not set")),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        err.matches("run validate --allow-missing-env").count(),
+        2,
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_allow_missing_env_checks_the_rest_and_lists_what_it_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "secrets.toml", NEEDS_SECRETS);
+    let out = run_binary(&["validate", "--allow-missing-env", "--config", &path], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{path}: ok (1 upstreams, 1 routes)").as_str(),
+            "note: not set here, so not checked: FUSEBOX_TEST_ADMIN_TOKEN (admin.token_env), \
+             FUSEBOX_TEST_OTLP_TOKEN (tracing.headers.authorization)",
+        ]
+    );
+    // Variables that are set are used and not listed.
+    let out = run_binary(
+        &["validate", "--allow-missing-env", "--config", &path],
+        &[("FUSEBOX_TEST_ADMIN_TOKEN", "t0ken")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("FUSEBOX_TEST_ADMIN_TOKEN"), "{stdout}");
+    assert!(
+        stdout.contains("FUSEBOX_TEST_OTLP_TOKEN (tracing.headers.authorization)"),
+        "{stdout}"
+    );
+    // Everything set: no note at all.
+    let out = run_binary(
+        &["validate", "--allow-missing-env", "--config", &path],
+        &[
+            ("FUSEBOX_TEST_ADMIN_TOKEN", "t"),
+            ("FUSEBOX_TEST_OTLP_TOKEN", "o"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("note:"));
+}
+
+#[test]
+fn validate_allow_missing_env_still_refuses_other_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = NEEDS_SECRETS.replace("upstream = \"a\"", "upstream = \"a\"\ntimeout = 1e19");
+    let path = write(dir.path(), "bad.toml", &text);
+    let out = run_binary(&["validate", "--allow-missing-env", "--config", &path], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        located(&err, &path, 15),
+        "timeout located at line 15: {err}"
+    );
+    assert!(
+        err.contains("routes[0].timeout: 1e19s is above the maximum of 1h (allowed: 1ms..=1h)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("is not set"),
+        "missing variables are not errors here: {err}"
+    );
+    assert!(out.stdout.is_empty(), "no ok line");
+}
+
+#[test]
+fn run_does_not_take_allow_missing_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "secrets.toml", NEEDS_SECRETS);
+    for args in [
+        vec!["run", "--allow-missing-env", "--config", &path],
+        vec!["--allow-missing-env", "--config", &path],
+    ] {
+        let out = run_binary(&args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("unexpected argument '--allow-missing-env'"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `GET /config`: the active config as JSON, with every table and every effective value
 //! (defaults filled in), keyed as in the TOML file. Durations are humantime strings
 //! (`"30s"`, `"250ms"`, `"1s 500ms"`: each parses back as a config value), sizes are
-//! integers of bytes, and the admin token is shown only as `"<redacted>"`.
+//! integers of bytes, and the admin token and the values of `[tracing] headers` are
+//! shown only as `"<redacted>"`.
 //!
 //! Written here rather than as `Serialize` on the config types so that what the admin
 //! API shows (redaction, units) is decided in one place.
@@ -12,13 +13,13 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::config::{
-    AdminConfig, BreakerConfig, Config, EndpointConfig, FallbackConfig, HealthCheckConfig,
-    HostMatch, ListenerConfig, LoadBalancing, LogFormat, PartitionKey, Protocol, RateLimitKey,
-    RetryConfig, RouteConfig, UpstreamConfig,
+    AdaptiveConcurrencyConfig, AdminConfig, BreakerConfig, Config, EndpointConfig, FallbackConfig,
+    HealthCheckConfig, HostMatch, ListenerConfig, LoadBalancing, LogFormat, PartitionKey, Protocol,
+    RateLimitKey, RetryConfig, RouteConfig, TracingConfig, UpstreamConfig,
 };
 use crate::control::Control;
 
-/// What the admin token is shown as.
+/// What the admin token and tracing header values are shown as.
 pub(super) const REDACTED: &str = "<redacted>";
 
 /// The whole `/config` body: version, load history and the config.
@@ -78,6 +79,11 @@ fn config(c: &Config) -> Value {
         "correlation": {
             "propagate": c.correlation.propagate.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
         },
+        "limits": {
+            "max_buffered_body_bytes": c.limits.max_buffered_body_bytes,
+            "priority_header": c.limits.priority_header.as_str(),
+        },
+        "tracing": c.tracing.as_ref().map(tracing),
         "upstreams": upstreams,
         "routes": c.routes.iter().map(route).collect::<Vec<_>>(),
         "source": c.source.as_deref().map_or(Value::Null, path),
@@ -109,6 +115,32 @@ fn admin(a: &AdminConfig) -> Value {
     })
 }
 
+fn tracing(t: &TracingConfig) -> Value {
+    let headers: Map<String, Value> = t
+        .headers
+        .iter()
+        .map(|(name, _)| (name.as_str().to_owned(), json!(REDACTED)))
+        .collect();
+    json!({
+        "otlp_endpoint": t.otlp_endpoint.to_string(),
+        "sample_ratio": t.sample_ratio,
+        "headers": headers,
+        "service_name": t.service_name,
+        "max_queue": t.max_queue,
+        "export_timeout": dur(t.export_timeout),
+    })
+}
+
+fn adaptive_concurrency(a: &AdaptiveConcurrencyConfig) -> Value {
+    json!({
+        "min_limit": a.min_limit,
+        "max_limit": a.max_limit,
+        "initial_limit": a.initial_limit,
+        "rtt_tolerance": a.rtt_tolerance,
+        "smoothing": a.smoothing,
+    })
+}
+
 fn upstream(u: &UpstreamConfig) -> Value {
     json!({
         "endpoints": u.endpoints.iter().map(endpoint).collect::<Vec<_>>(),
@@ -123,7 +155,16 @@ fn upstream(u: &UpstreamConfig) -> Value {
             LoadBalancing::LeastRequest => "least_request",
             LoadBalancing::Random => "random",
             LoadBalancing::Weighted => "weighted",
+            LoadBalancing::PeakEwma => "peak_ewma",
         },
+        "load_report_header": u.load_report_header.as_ref().map(|h| h.as_str()),
+        "forward_load_report": u.forward_load_report,
+        "load_report_expiry": dur(u.load_report_expiry),
+        "peak_ewma": {
+            "default_latency": dur(u.peak_ewma.default_latency),
+            "decay": dur(u.peak_ewma.decay),
+        },
+        "adaptive_concurrency": u.adaptive_concurrency.as_ref().map(adaptive_concurrency),
         "dns_refresh": dur(u.dns_refresh),
         "slow_start": dur(u.slow_start),
         "pool": {
@@ -259,6 +300,7 @@ fn route(r: &RouteConfig) -> Value {
         "retry": r.retry.as_ref().map(retry),
         "circuit_breaker": r.circuit_breaker.as_ref().map(breaker),
         "propagate_deadline": r.propagate_deadline,
+        "shed_on_deadline": r.shed_on_deadline,
     })
 }
 
@@ -309,5 +351,71 @@ rate_limit = { requests_per_second = 30, burst = 60, key = "header:X-Camera-ID" 
         assert_eq!(v["routes"][0]["host"], "*.local");
         assert_eq!(v["routes"][0]["rate_limit"]["key"], "header:x-camera-id");
         assert!(v["routes"][0]["retry"].is_null());
+    }
+
+    #[test]
+    fn new_keys_are_rendered_and_tracing_headers_redacted() {
+        let text = r#"
+[limits]
+max_buffered_body_bytes = "1MiB"
+
+[tracing]
+otlp_endpoint = "http://otel:4318"
+headers = { authorization = "Bearer ${OTLP_TOKEN}" }
+
+[upstreams.yolo]
+endpoints = ["127.0.0.1:9001"]
+load_balancing = "peak_ewma"
+load_report_header = "X-Queue-Depth"
+adaptive_concurrency = { max_limit = 64 }
+[upstreams.cpu]
+endpoints = ["127.0.0.1:9002"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "yolo"
+shed_on_deadline = false
+"#;
+        let cfg = crate::config::parse_with_env(text, "t.toml", None, &|n| {
+            (n == "OTLP_TOKEN").then(|| "tok3n".to_owned())
+        })
+        .unwrap();
+        let v = config(&cfg);
+        assert!(!v.to_string().contains("tok3n"), "{v}");
+        assert_eq!(v["limits"]["max_buffered_body_bytes"], 1 << 20);
+        assert_eq!(v["limits"]["priority_header"], "x-priority");
+        let t = &v["tracing"];
+        assert_eq!(t["otlp_endpoint"], "http://otel:4318/");
+        assert_eq!(t["headers"]["authorization"], REDACTED);
+        assert_eq!(t["sample_ratio"], 0.05);
+        assert_eq!(t["service_name"], "fusebox");
+        assert_eq!(
+            (t["max_queue"].clone(), t["export_timeout"].clone()),
+            (json!(2048), json!("10s"))
+        );
+        let y = &v["upstreams"]["yolo"];
+        assert_eq!(y["load_balancing"], "peak_ewma");
+        assert_eq!(y["load_report_header"], "x-queue-depth");
+        assert_eq!(y["forward_load_report"], false);
+        assert_eq!(y["load_report_expiry"], "2s");
+        assert_eq!(
+            y["peak_ewma"],
+            json!({"default_latency": "30ms", "decay": "10s"})
+        );
+        assert_eq!(
+            y["adaptive_concurrency"],
+            json!({"min_limit": 1, "max_limit": 64, "initial_limit": 20, "rtt_tolerance": 1.5, "smoothing": 0.2})
+        );
+        let cpu = &v["upstreams"]["cpu"];
+        assert!(cpu["adaptive_concurrency"].is_null() && cpu["load_report_header"].is_null());
+        assert_eq!(v["routes"][0]["shed_on_deadline"], false);
+        let off = crate::config::parse_with_env(
+            "[upstreams.a]\nendpoints = [\"127.0.0.1:1\"]\n",
+            "t.toml",
+            None,
+            &|_| None,
+        )
+        .unwrap();
+        assert!(config(&off)["tracing"].is_null());
     }
 }

@@ -1,21 +1,29 @@
 //! `Ctx`, the validation state: where `${VAR}` values come from and the problems found
 //! so far, with one helper per kind of value. Every helper records its own problem and
-//! returns a fallback, so validation goes on and reports everything at once.
+//! returns a fallback, so validation goes on and reports everything at once. Numeric
+//! helpers take the key's `Bounds` and refuse a value outside them with a message that
+//! states the allowed range.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::env::{interpolate, Env};
+use super::bounds::{above, below, show_duration, show_number, show_size, Bounds, SizeBounds};
+use super::env::{interpolate, Env, EnvError, ALLOW_MISSING_HINT};
 use super::error::Path;
 use super::file::{DurationValue, SizeValue};
-use super::units;
+use super::units::{self, UnitError};
 
 /// Touched only while a config is validated (start-up and reload).
 pub struct Ctx<'a> {
     pub env: Env<'a>,
     pub problems: Vec<(Path, String)>,
+    /// `validate --allow-missing-env`: an unset variable is noted in `missing` instead
+    /// of being a problem, and its value takes the key's default.
+    pub allow_missing_env: bool,
+    /// Variables not set, with the key whose value needed them.
+    pub missing: Vec<(String, Path)>,
 }
 
 impl Ctx<'_> {
@@ -23,11 +31,45 @@ impl Ctx<'_> {
         self.problems.push((path.clone(), message.into()));
     }
 
-    /// A string value with `${VAR}` replaced; `None` (problem recorded) if that fails.
+    /// A string value with `${VAR}` replaced; `None` (problem or missing variable
+    /// recorded) if that fails.
     pub fn string(&mut self, path: &Path, raw: &str) -> Option<String> {
-        interpolate(raw, self.env)
-            .map_err(|msg| self.problem(path, msg))
-            .ok()
+        match interpolate(raw, self.env) {
+            Ok(s) => Some(s),
+            Err(EnvError::Unset(name)) if self.allow_missing_env => {
+                self.missing.push((name, path.clone()));
+                None
+            }
+            Err(e) => {
+                self.problem(path, e.message());
+                None
+            }
+        }
+    }
+
+    /// The value of the variable `name` (not a `${...}` reference: a key such as
+    /// `admin.token_env` that names one); `None` when unset, recorded as a problem
+    /// saying what the variable is for (`what`), or as missing.
+    pub fn variable(&mut self, path: &Path, name: &str, what: &str) -> Option<String> {
+        let value = (self.env)(name);
+        if value.is_none() {
+            if self.allow_missing_env {
+                self.missing.push((name.to_owned(), path.clone()));
+            } else {
+                let msg =
+                    format!("environment variable {name} is not set{what} ({ALLOW_MISSING_HINT})");
+                self.problem(path, msg);
+            }
+        }
+        value
+    }
+
+    /// How many problems and missing variables were recorded so far. A check across
+    /// keys compares it before and after reading them and is skipped when one of them
+    /// was refused or needed a missing variable: it took its default, and the check
+    /// would judge the default, not the file.
+    pub fn mark(&self) -> usize {
+        self.problems.len() + self.missing.len()
     }
 
     pub fn opt_string(&mut self, path: &Path, raw: Option<&String>) -> Option<String> {
@@ -65,27 +107,37 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration within `bounds` (0 allowed when `bounds.min` is 0), or `None` when
+    /// absent or refused.
     pub fn opt_duration(
         &mut self,
         path: &Path,
         v: Option<&DurationValue>,
-        zero_ok: bool,
+        bounds: Bounds<Duration>,
     ) -> Option<Duration> {
-        let parsed = match v? {
-            DurationValue::Seconds(s) => units::duration_from_secs(*s),
-            DurationValue::Text(t) => units::parse_duration(&self.string(path, t)?),
+        let (shown, parsed) = match v? {
+            DurationValue::Seconds(s) => (
+                format!("{}s", show_number(*s)),
+                units::duration_from_secs(*s),
+            ),
+            DurationValue::Text(t) => {
+                let t = self.string(path, t)?;
+                let parsed = units::parse_duration(&t);
+                (t.trim().to_owned(), parsed)
+            }
         };
-        match parsed {
-            Ok(d) if d.is_zero() && !zero_ok => {
-                self.problem(path, "must be greater than 0");
-                None
+        let msg = match parsed {
+            Ok(d) if bounds.contains(d) => return Some(d),
+            Ok(d) if d.is_zero() => format!("must be greater than 0 (allowed: {bounds})"),
+            Ok(d) if d < bounds.min => below(shown, show_duration(bounds.min), bounds),
+            Ok(_) | Err(UnitError::TooLarge) => above(shown, show_duration(bounds.max), bounds),
+            Err(UnitError::Negative) => {
+                format!("negative duration {shown} is not allowed (allowed: {bounds})")
             }
-            Ok(d) => Some(d),
-            Err(msg) => {
-                self.problem(path, msg);
-                None
-            }
-        }
+            Err(UnitError::Invalid(msg)) => msg,
+        };
+        self.problem(path, msg);
+        None
     }
 
     pub fn duration(
@@ -93,51 +145,83 @@ impl Ctx<'_> {
         path: &Path,
         v: Option<&DurationValue>,
         default: Duration,
-        zero_ok: bool,
+        bounds: Bounds<Duration>,
     ) -> Duration {
-        self.opt_duration(path, v, zero_ok).unwrap_or(default)
+        self.opt_duration(path, v, bounds).unwrap_or(default)
     }
 
-    pub fn size(&mut self, path: &Path, v: Option<&SizeValue>, default: u64, zero_ok: bool) -> u64 {
-        let parsed = match v {
+    /// A size in bytes within `bounds`; `default` when absent or refused.
+    pub fn size(
+        &mut self,
+        path: &Path,
+        v: Option<&SizeValue>,
+        default: u64,
+        bounds: Bounds<u64>,
+    ) -> u64 {
+        let (shown, parsed) = match v {
             None => return default,
-            Some(SizeValue::Bytes(n)) => {
-                u64::try_from(*n).map_err(|_| format!("negative size {n} is not allowed"))
-            }
+            Some(SizeValue::Bytes(n)) => (
+                n.to_string(),
+                u64::try_from(*n).map_err(|_| UnitError::Negative),
+            ),
             Some(SizeValue::Text(t)) => match self.string(path, t) {
-                Some(t) => units::parse_size(&t),
+                Some(t) => (t.trim().to_owned(), units::parse_size(&t)),
                 None => return default,
             },
         };
-        match parsed {
-            Ok(0) if !zero_ok => self.problem(path, "must be greater than 0"),
-            Ok(n) => return n,
-            Err(msg) => self.problem(path, msg),
-        }
+        let range = SizeBounds(bounds);
+        let msg = match parsed {
+            Ok(n) if bounds.contains(n) => return n,
+            Ok(0) => format!("must be greater than 0 (allowed: {range})"),
+            Ok(n) if n < bounds.min => below(shown, show_size(bounds.min), range),
+            Ok(_) | Err(UnitError::TooLarge) => above(shown, show_size(bounds.max), range),
+            Err(UnitError::Negative) => {
+                format!("negative size {shown} is not allowed (allowed: {range})")
+            }
+            Err(UnitError::Invalid(msg)) => msg,
+        };
+        self.problem(path, msg);
         default
     }
 
-    /// An integer of at least `min`, fitting `T`.
-    pub fn int<T: TryFrom<i64> + Copy>(
+    /// An integer within `bounds` (whose maximum `T` must hold); `default` when absent
+    /// or refused.
+    pub fn int<T: TryFrom<u64> + Copy>(
         &mut self,
         path: &Path,
         v: Option<i64>,
         default: T,
-        min: i64,
+        bounds: Bounds<u64>,
     ) -> T {
         let Some(v) = v else { return default };
-        if v < min {
-            let msg = match min {
-                1 => format!("must be at least 1, got {v}"),
-                _ => format!("must be at least {min}, got {v}"),
-            };
-            self.problem(path, msg);
-            return default;
+        let (min, max) = (bounds.min, bounds.max);
+        match u64::try_from(v) {
+            Ok(n) if bounds.contains(n) => match T::try_from(n) {
+                Ok(t) => return t,
+                // Only if a bound were wider than its field: a bug, said plainly.
+                Err(_) => self.problem(path, format!("{v} does not fit (allowed: {bounds})")),
+            },
+            Ok(n) if n > max => self.problem(path, above(v, max, bounds)),
+            _ => self.problem(
+                path,
+                format!("must be at least {min}, got {v} (allowed: {bounds})"),
+            ),
         }
-        T::try_from(v).unwrap_or_else(|_| {
-            self.problem(path, format!("{v} is too large"));
-            default
-        })
+        default
+    }
+
+    /// A finite number within `bounds`; `default` when absent or refused.
+    pub fn float(&mut self, path: &Path, v: Option<f64>, default: f64, bounds: Bounds<f64>) -> f64 {
+        let Some(v) = v else { return default };
+        let msg = match v {
+            v if v.is_nan() => format!("must be a number, got nan (allowed: {bounds})"),
+            v if bounds.contains(v) => return v,
+            0.0 => format!("must be greater than 0 (allowed: {bounds})"),
+            v if v > bounds.max => above(show_number(v), show_number(bounds.max), bounds),
+            v => below(show_number(v), show_number(bounds.min), bounds),
+        };
+        self.problem(path, msg);
+        default
     }
 
     /// A percentage in `0..=100`.

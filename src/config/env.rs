@@ -16,8 +16,34 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Why a value could not be interpolated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvError {
+    /// `${NAME}` without a default, and `NAME` is not set: the one failure that
+    /// `validate --allow-missing-env` sets aside.
+    Unset(String),
+    /// A malformed reference; the message says what is wrong.
+    Invalid(String),
+}
+
+impl EnvError {
+    pub fn message(&self) -> String {
+        match self {
+            EnvError::Unset(name) => format!(
+                "environment variable {name} is not set (write ${{{name}:-default}} to give a \
+                 default, or {ALLOW_MISSING_HINT})"
+            ),
+            EnvError::Invalid(msg) => msg.clone(),
+        }
+    }
+}
+
+/// How to check a file without its environment; the end of every "not set" message.
+pub const ALLOW_MISSING_HINT: &str =
+    "run validate --allow-missing-env to check the rest without it";
+
 /// Replaces every `${...}` in `text`. The error says which variable and why.
-pub fn interpolate(text: &str, env: Env<'_>) -> Result<String, String> {
+pub fn interpolate(text: &str, env: Env<'_>) -> Result<String, EnvError> {
     if !text.contains('$') {
         return Ok(text.to_owned());
     }
@@ -31,9 +57,9 @@ pub fn interpolate(text: &str, env: Env<'_>) -> Result<String, String> {
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
             let Some(end) = body.find('}') else {
-                return Err(format!(
+                return Err(EnvError::Invalid(format!(
                     "unterminated \"${{\" in {text:?} (write \"$${{\" for a literal \"${{\")"
-                ));
+                )));
             };
             out.push_str(&expand(&body[..end], env)?);
             rest = &body[end + 1..];
@@ -46,7 +72,7 @@ pub fn interpolate(text: &str, env: Env<'_>) -> Result<String, String> {
     Ok(out)
 }
 
-fn expand(inner: &str, env: Env<'_>) -> Result<String, String> {
+fn expand(inner: &str, env: Env<'_>) -> Result<String, EnvError> {
     let (name, default) = match inner.split_once(":-") {
         Some((name, default)) => (name, Some(default)),
         None => (inner, None),
@@ -56,18 +82,16 @@ fn expand(inner: &str, env: Env<'_>) -> Result<String, String> {
         .enumerate()
         .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
     if name.is_empty() || !valid {
-        return Err(format!(
+        return Err(EnvError::Invalid(format!(
             "invalid environment variable reference \"${{{inner}}}\" \
              (expected ${{NAME}} or ${{NAME:-default}})"
-        ));
+        )));
     }
     match (env(name), default) {
         (Some(value), Some(default)) if value.is_empty() => Ok(default.to_owned()),
         (Some(value), _) => Ok(value),
         (None, Some(default)) => Ok(default.to_owned()),
-        (None, None) => Err(format!(
-            "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
-        )),
+        (None, None) => Err(EnvError::Unset(name.to_owned())),
     }
 }
 
@@ -94,12 +118,15 @@ mod tests {
             interpolate("cost: $5, $$${PORT}, $${PORT}", &env).unwrap(),
             "cost: $5, $9100, ${PORT}"
         );
-        assert!(interpolate("${MISSING}", &env)
-            .unwrap_err()
-            .contains("MISSING is not set"));
-        assert!(interpolate("${PORT", &env)
-            .unwrap_err()
-            .contains("unterminated"));
-        assert!(interpolate("${1X}", &env).unwrap_err().contains("invalid"));
+        let missing = interpolate("a ${MISSING} b", &env).unwrap_err();
+        assert_eq!(missing, EnvError::Unset("MISSING".into()));
+        assert_eq!(
+            missing.message(),
+            "environment variable MISSING is not set (write ${MISSING:-default} to give a \
+             default, or run validate --allow-missing-env to check the rest without it)"
+        );
+        let invalid = |t: &str| interpolate(t, &env).unwrap_err().message();
+        assert!(invalid("${PORT").contains("unterminated"));
+        assert!(invalid("${1X}").contains("invalid"));
     }
 }

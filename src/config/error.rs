@@ -160,15 +160,11 @@ fn reword(message: &str) -> String {
 /// Semantic problems, each located by looking its path up in the file; sorted in file
 /// order. A path whose key is absent points at the nearest enclosing table or key.
 pub fn locate_all(text: &str, origin: &str, problems: Vec<(Path, String)>) -> Vec<Problem> {
-    let doc = ImDocument::parse(text).ok();
+    let locator = Locator::new(text);
     let mut out: Vec<Problem> = problems
         .into_iter()
         .map(|(path, message)| {
-            let offset = doc
-                .as_ref()
-                .and_then(|d| span_of(d.as_table(), &path))
-                .map_or(0, |s| s.start);
-            let (line, column) = line_col(text, offset);
+            let (line, column) = locator.line_col(&path);
             let message = if path.0.is_empty() {
                 message
             } else {
@@ -184,6 +180,31 @@ pub fn locate_all(text: &str, origin: &str, problems: Vec<(Path, String)>) -> Ve
         .collect();
     out.sort_by_key(|p| (p.line, p.column));
     out
+}
+
+/// Finds where TOML paths are in one text (parsed once for many look-ups).
+pub struct Locator<'a> {
+    text: &'a str,
+    doc: Option<ImDocument<&'a str>>,
+}
+
+impl<'a> Locator<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Locator {
+            text,
+            doc: ImDocument::parse(text).ok(),
+        }
+    }
+
+    /// Line and column of `path`'s value (or of its nearest enclosing table or key).
+    pub fn line_col(&self, path: &Path) -> (usize, usize) {
+        let offset = self
+            .doc
+            .as_ref()
+            .and_then(|d| span_of(d.as_table(), path))
+            .map_or(0, |s| s.start);
+        line_col(self.text, offset)
+    }
 }
 
 /// A position in the document while walking a path.

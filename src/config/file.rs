@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub admin: AdminFile,
     pub logging: LoggingFile,
     pub correlation: CorrelationFile,
+    pub limits: LimitsFile,
+    pub tracing: Option<TracingFile>,
     pub upstreams: Ordered<UpstreamFile>,
     pub routes: Vec<RouteFile>,
 }
@@ -75,10 +77,33 @@ pub struct CorrelationFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_buffered_body_bytes: Option<SizeValue>,
+    pub priority_header: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingFile {
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub headers: Option<Ordered<String>>,
+    pub service_name: Option<String>,
+    pub max_queue: Option<i64>,
+    pub export_timeout: Option<DurationValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpstreamFile {
     pub endpoints: Option<Vec<EndpointFile>>,
     pub protocol: Option<String>,
     pub load_balancing: Option<String>,
+    pub load_report_header: Option<String>,
+    pub forward_load_report: Option<bool>,
+    pub load_report_expiry: Option<DurationValue>,
+    pub peak_ewma: PeakEwmaFile,
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyFile>,
     pub dns_refresh: Option<DurationValue>,
     pub slow_start: Option<DurationValue>,
     pub pool: PoolFile,
@@ -102,6 +127,23 @@ pub enum EndpointFile {
 pub struct EndpointTable {
     pub address: Option<String>,
     pub weight: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeakEwmaFile {
+    pub default_latency: Option<DurationValue>,
+    pub decay: Option<DurationValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveConcurrencyFile {
+    pub min_limit: Option<i64>,
+    pub max_limit: Option<i64>,
+    pub initial_limit: Option<i64>,
+    pub rtt_tolerance: Option<f64>,
+    pub smoothing: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +243,7 @@ pub struct RouteFile {
     pub concurrency: Option<ConcurrencyFile>,
     pub fault: Option<FaultFile>,
     pub propagate_deadline: Option<bool>,
+    pub shed_on_deadline: Option<bool>,
     pub retry: Option<RetryFile>,
     pub circuit_breaker: Option<BreakerFile>,
 }

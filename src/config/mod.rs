@@ -1,21 +1,26 @@
 //! Configuration: reading the TOML file and turning it into a `Config` of valid values.
 //!
 //! - `file.rs`: serde mirror of the file (unknown keys refused, every key optional)
-//! - `validate.rs`, `policy.rs`, `routes.rs`: mirror -> `Config`, every problem collected
-//!   (`ctx.rs`: the per-value helpers they share)
+//! - `validate.rs`, `policy.rs`, `balance.rs`, `routes.rs`, `admission.rs`, `global.rs`:
+//!   mirror -> `Config`, every problem collected (`ctx.rs`: the per-value helpers they
+//!   share, `bounds.rs`: the ranges values must lie in and how a refusal reads)
 //! - `units.rs` (durations, sizes, addresses), `env.rs` (`${VAR}` interpolation)
 //! - `error.rs`: `ConfigError`, each problem located as `FILE:LINE:COL: message`
-//! - `defaults.rs`: every default as a named constant
+//! - `defaults.rs`: every default and every bound as a named constant
 //! - `types.rs`: the validated types the rest of the crate reads
 //!
 //! Loaded at start-up and on every reload, never per request. See
 //! `docs/configuration.md` for the file format.
 
+mod admission;
+mod balance;
+mod bounds;
 mod ctx;
 mod defaults;
 mod env;
 mod error;
 mod file;
+mod global;
 mod policy;
 mod routes;
 mod types;
@@ -25,7 +30,13 @@ mod validate;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_bounds;
+#[cfg(test)]
+mod tests_bounds_policy;
+#[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_keys;
 
 use std::path::{Path, PathBuf};
 
@@ -59,10 +70,93 @@ pub fn parse_with_env(
     source: Option<PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    let options = ParseOptions {
+        env,
+        allow_missing_env: false,
+    };
+    parse_with_options(text, origin, source, &options).map(|parsed| parsed.config)
+}
+
+/// How `parse_with_options` reads a text.
+pub struct ParseOptions<'a> {
+    /// Where `${VAR}` and `admin.token_env` are looked up.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// `fusebox validate --allow-missing-env`: a variable that is not set is noted in
+    /// `Parsed::missing_env` instead of refusing the file; a value that needed it is
+    /// not checked and takes its key's default. Every other value is checked as usual.
+    /// Never for a config that is served: the defaults would stand in for secrets.
+    pub allow_missing_env: bool,
+}
+
+impl ParseOptions<'static> {
+    /// The process environment, missing variables refused (what `parse` does).
+    pub fn process_env() -> Self {
+        ParseOptions {
+            env: &env::process_env,
+            allow_missing_env: false,
+        }
+    }
+}
+
+/// A valid config and what could not be checked in it.
+#[derive(Debug)]
+pub struct Parsed {
+    pub config: Config,
+    /// With `allow_missing_env`: each variable that was not set and the key that needed
+    /// it, in file order. Empty otherwise.
+    pub missing_env: Vec<MissingEnv>,
+}
+
+/// A variable that was not set, found while `allow_missing_env` was on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingEnv {
+    /// The variable, e.g. `FUSEBOX_ADMIN_TOKEN`.
+    pub name: String,
+    /// The TOML path of the key whose value needed it, e.g. `admin.token_env`.
+    pub key: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for MissingEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.key)
+    }
+}
+
+/// Validates config text as `parse` does, with the variables and the handling of
+/// missing ones that `options` give.
+pub fn parse_with_options(
+    text: &str,
+    origin: &str,
+    source: Option<PathBuf>,
+    options: &ParseOptions<'_>,
+) -> Result<Parsed, ConfigError> {
     let file: file::FileConfig = toml::from_str(text)
         .map_err(|e| ConfigError::Invalid(vec![error::from_toml(text, origin, &e)]))?;
-    validate::validate(&file, env, source)
-        .map_err(|problems| ConfigError::Invalid(error::locate_all(text, origin, problems)))
+    let (config, missing) =
+        validate::validate(&file, options.env, options.allow_missing_env, source)
+            .map_err(|problems| ConfigError::Invalid(error::locate_all(text, origin, problems)))?;
+    let locator = error::Locator::new(text);
+    let mut missing_env: Vec<MissingEnv> = Vec::with_capacity(missing.len());
+    for (name, path) in missing {
+        let key = path.to_string();
+        if missing_env.iter().any(|m| m.name == name && m.key == key) {
+            continue;
+        }
+        let (line, column) = locator.line_col(&path);
+        missing_env.push(MissingEnv {
+            name,
+            key,
+            line,
+            column,
+        });
+    }
+    missing_env.sort_by_key(|m| (m.line, m.column));
+    Ok(Parsed {
+        config,
+        missing_env,
+    })
 }
 
 /// The embedded default config. It holds no `${VAR}` and is parsed with an empty

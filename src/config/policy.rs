@@ -1,7 +1,7 @@
-//! Validation of the policy tables: an upstream's pool, timeouts, circuit breaker,
-//! retry, health check, fallback and TLS, and a route's rate limit, concurrency limit
-//! and fault injection. Breaker and retry tables are read over a base (the defaults for
-//! an upstream, the upstream's values for a route), so a route overrides key by key.
+//! Validation of the policy tables of an upstream: pool, timeouts, circuit breaker,
+//! retry, health check, fallback and TLS (a route's admission tables are in
+//! `admission.rs`). Breaker and retry tables are read over a base (the defaults for an
+//! upstream, the upstream's values for a route), so a route overrides key by key.
 
 use std::time::Duration;
 
@@ -20,19 +20,19 @@ pub fn pool(cx: &mut Ctx, f: &PoolFile, p: &Path) -> PoolConfig {
             &p.key("max_connections_per_host"),
             f.max_connections_per_host,
             d.max_connections_per_host,
-            1,
+            POOL_MAX_CONNECTIONS_PER_HOST_BOUNDS,
         ),
         max_idle_per_host: cx.int(
             &p.key("max_idle_per_host"),
             f.max_idle_per_host,
             d.max_idle_per_host,
-            0,
+            POOL_MAX_IDLE_PER_HOST_BOUNDS,
         ),
         idle_timeout: cx.duration(
             &p.key("idle_timeout"),
             f.idle_timeout.as_ref(),
             d.idle_timeout,
-            false,
+            POOL_IDLE_TIMEOUT_BOUNDS,
         ),
     }
 }
@@ -40,28 +40,45 @@ pub fn pool(cx: &mut Ctx, f: &PoolFile, p: &Path) -> PoolConfig {
 pub fn timeouts(cx: &mut Ctx, f: &TimeoutsFile, p: &Path) -> TimeoutsConfig {
     let d = TimeoutsConfig::default();
     TimeoutsConfig {
-        connect: cx.duration(&p.key("connect"), f.connect.as_ref(), d.connect, false),
-        request: cx.duration(&p.key("request"), f.request.as_ref(), d.request, false),
-        idle: cx.duration(&p.key("idle"), f.idle.as_ref(), d.idle, false),
+        connect: cx.duration(
+            &p.key("connect"),
+            f.connect.as_ref(),
+            d.connect,
+            CONNECT_TIMEOUT_BOUNDS,
+        ),
+        request: cx.duration(
+            &p.key("request"),
+            f.request.as_ref(),
+            d.request,
+            REQUEST_TIMEOUT_BOUNDS,
+        ),
+        idle: cx.duration(
+            &p.key("idle"),
+            f.idle.as_ref(),
+            d.idle,
+            UPSTREAM_IDLE_TIMEOUT_BOUNDS,
+        ),
     }
 }
 
 /// `f` over `base`: each key written replaces the base's value.
 pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) -> BreakerConfig {
+    let mark = cx.mark();
     let recovery_timeout = cx.duration(
         &p.key("recovery_timeout"),
         f.recovery_timeout.as_ref(),
         base.recovery_timeout,
-        false,
+        RECOVERY_TIMEOUT_BOUNDS,
     );
     let max_recovery_timeout = cx.duration(
         &p.key("max_recovery_timeout"),
         f.max_recovery_timeout.as_ref(),
         base.max_recovery_timeout,
-        false,
+        MAX_RECOVERY_TIMEOUT_BOUNDS,
     );
     if max_recovery_timeout < recovery_timeout
         && (f.recovery_timeout.is_some() || f.max_recovery_timeout.is_some())
+        && cx.mark() == mark
     {
         let key = if f.max_recovery_timeout.is_some() {
             "max_recovery_timeout"
@@ -76,10 +93,11 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
         cx.problem(&p.key(key), msg);
     }
 
-    let window = cx.opt_duration(&p.key("window"), f.window.as_ref(), false);
+    let window = cx.opt_duration(&p.key("window"), f.window.as_ref(), WINDOW_BOUNDS);
     let base_rate = base.error_rate.as_ref();
     let error_rate = match window.or(base_rate.map(|e| e.window)) {
-        Some(window) => {
+        // A window written but refused still has the keys that need it checked.
+        w if w.is_some() || f.window.is_some() => {
             let etp = p.key("error_threshold_percentage");
             let default_pct = base_rate.map_or(DEFAULT_ERROR_THRESHOLD_PERCENTAGE, |e| {
                 e.error_threshold_percentage
@@ -91,36 +109,35 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
                     "must be greater than 0 (0 would open on the first failure)",
                 );
             }
-            Some(ErrorRateConfig {
+            let request_volume_threshold = cx.int(
+                &p.key("request_volume_threshold"),
+                f.request_volume_threshold,
+                base_rate.map_or(DEFAULT_REQUEST_VOLUME_THRESHOLD, |e| {
+                    e.request_volume_threshold
+                }),
+                REQUEST_VOLUME_THRESHOLD_BOUNDS,
+            );
+            w.map(|window| ErrorRateConfig {
                 window,
-                request_volume_threshold: cx.int(
-                    &p.key("request_volume_threshold"),
-                    f.request_volume_threshold,
-                    base_rate.map_or(DEFAULT_REQUEST_VOLUME_THRESHOLD, |e| {
-                        e.request_volume_threshold
-                    }),
-                    1,
-                ),
+                request_volume_threshold,
                 error_threshold_percentage: pct,
             })
         }
-        None => {
-            if f.window.is_none() {
-                needs(
-                    cx,
-                    p,
-                    "request_volume_threshold",
-                    f.request_volume_threshold.is_some(),
-                    "window",
-                );
-                needs(
-                    cx,
-                    p,
-                    "error_threshold_percentage",
-                    f.error_threshold_percentage.is_some(),
-                    "window",
-                );
-            }
+        _ => {
+            needs(
+                cx,
+                p,
+                "request_volume_threshold",
+                f.request_volume_threshold.is_some(),
+                "window",
+            );
+            needs(
+                cx,
+                p,
+                "error_threshold_percentage",
+                f.error_threshold_percentage.is_some(),
+                "window",
+            );
             None
         }
     };
@@ -129,7 +146,7 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
         .opt_duration(
             &p.key("slow_call_duration"),
             f.slow_call_duration.as_ref(),
-            false,
+            SLOW_CALL_DURATION_BOUNDS,
         )
         .or(base.slow_call_duration);
     if slow_call_duration.is_none() && f.slow_call_duration.is_none() {
@@ -162,20 +179,20 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
             &p.key("failure_threshold"),
             f.failure_threshold,
             base.failure_threshold,
-            1,
+            FAILURE_THRESHOLD_BOUNDS,
         ),
         recovery_timeout,
         success_threshold: cx.int(
             &p.key("success_threshold"),
             f.success_threshold,
             base.success_threshold,
-            1,
+            SUCCESS_THRESHOLD_BOUNDS,
         ),
         half_open_max_requests: cx.int(
             &p.key("half_open_max_requests"),
             f.half_open_max_requests,
             base.half_open_max_requests,
-            1,
+            HALF_OPEN_MAX_REQUESTS_BOUNDS,
         ),
         max_recovery_timeout,
         failure_status_codes: cx.status_codes(
@@ -200,7 +217,7 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
             &p.key("max_partitions"),
             f.max_partitions,
             base.max_partitions,
-            1,
+            MAX_PARTITIONS_BOUNDS,
         ),
         jitter: f.jitter.unwrap_or(base.jitter),
     }
@@ -208,19 +225,23 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
 
 /// `f` over `base`: each key written replaces the base's value.
 pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> RetryConfig {
+    let mark = cx.mark();
     let base_delay = cx.duration(
         &p.key("base_delay"),
         f.base_delay.as_ref(),
         base.base_delay,
-        true,
+        RETRY_DELAY_BOUNDS,
     );
     let max_delay = cx.duration(
         &p.key("max_delay"),
         f.max_delay.as_ref(),
         base.max_delay,
-        true,
+        RETRY_DELAY_BOUNDS,
     );
-    if max_delay < base_delay && (f.base_delay.is_some() || f.max_delay.is_some()) {
+    if max_delay < base_delay
+        && (f.base_delay.is_some() || f.max_delay.is_some())
+        && cx.mark() == mark
+    {
         let key = if f.max_delay.is_some() {
             "max_delay"
         } else {
@@ -234,7 +255,12 @@ pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> Retry
         cx.problem(&p.key(key), msg);
     }
     RetryConfig {
-        max_retries: cx.int(&p.key("max_retries"), f.max_retries, base.max_retries, 0),
+        max_retries: cx.int(
+            &p.key("max_retries"),
+            f.max_retries,
+            base.max_retries,
+            MAX_RETRIES_BOUNDS,
+        ),
         base_delay,
         max_delay,
         jitter: f.jitter.unwrap_or(base.jitter),
@@ -253,7 +279,7 @@ pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> Retry
             &p.key("max_replay_body"),
             f.max_replay_body.as_ref(),
             base.max_replay_body,
-            true,
+            MAX_REPLAY_BODY_BOUNDS,
         ),
         budget_percent: cx.percent(
             &p.key("budget_percent"),
@@ -264,7 +290,7 @@ pub fn retry(cx: &mut Ctx, f: &RetryFile, base: &RetryConfig, p: &Path) -> Retry
             &p.key("budget_min_per_second"),
             f.budget_min_per_second,
             base.budget_min_per_second,
-            0,
+            BUDGET_MIN_PER_SECOND_BOUNDS,
         ),
     }
 }
@@ -280,25 +306,25 @@ pub fn health_check(cx: &mut Ctx, f: &HealthCheckFile, p: &Path) -> HealthCheckC
             &p.key("interval"),
             f.interval.as_ref(),
             DEFAULT_HEALTH_CHECK_INTERVAL,
-            false,
+            HEALTH_CHECK_INTERVAL_BOUNDS,
         ),
         timeout: cx.duration(
             &p.key("timeout"),
             f.timeout.as_ref(),
             DEFAULT_HEALTH_CHECK_TIMEOUT,
-            false,
+            HEALTH_CHECK_TIMEOUT_BOUNDS,
         ),
         unhealthy_threshold: cx.int(
             &p.key("unhealthy_threshold"),
             f.unhealthy_threshold,
             DEFAULT_UNHEALTHY_THRESHOLD,
-            1,
+            HEALTH_THRESHOLD_BOUNDS,
         ),
         healthy_threshold: cx.int(
             &p.key("healthy_threshold"),
             f.healthy_threshold,
             DEFAULT_HEALTHY_THRESHOLD,
-            1,
+            HEALTH_THRESHOLD_BOUNDS,
         ),
     }
 }
@@ -372,86 +398,6 @@ pub fn upstream_tls(
     }
 }
 
-pub fn rate_limit(cx: &mut Ctx, f: &RateLimitFile, p: &Path) -> RateLimitConfig {
-    let rps_path = p.key("requests_per_second");
-    let rps = match f.requests_per_second {
-        Some(r) if r.is_finite() && r > 0.0 => r,
-        Some(r) => {
-            cx.problem(&rps_path, format!("must be greater than 0, got {r}"));
-            DEFAULT_RATE_LIMIT_RPS
-        }
-        None => DEFAULT_RATE_LIMIT_RPS,
-    };
-    let default_burst = (rps * DEFAULT_RATE_LIMIT_BURST_SECONDS)
-        .ceil()
-        .clamp(1.0, u32::MAX as f64) as u32;
-    let kp = p.key("key");
-    let key = match cx.opt_string(&kp, f.key.as_ref()) {
-        None => RateLimitKey::Global,
-        Some(s) if s == "global" => RateLimitKey::Global,
-        Some(s) if s == "client_ip" => RateLimitKey::ClientIp,
-        Some(s) => match cx.header_key(&kp, &s) {
-            Some(name) => name.map_or(RateLimitKey::Global, RateLimitKey::Header),
-            None => {
-                cx.problem(&kp, format!("unknown rate-limit key {s:?}; expected one of: global, client_ip, header:NAME"));
-                RateLimitKey::Global
-            }
-        },
-    };
-    RateLimitConfig {
-        requests_per_second: rps,
-        burst: cx.int(&p.key("burst"), f.burst, default_burst, 1),
-        key,
-        max_keys: cx.int(
-            &p.key("max_keys"),
-            f.max_keys,
-            DEFAULT_RATE_LIMIT_MAX_KEYS,
-            1,
-        ),
-    }
-}
-
-pub fn concurrency(cx: &mut Ctx, f: &ConcurrencyFile, p: &Path) -> ConcurrencyConfig {
-    ConcurrencyConfig {
-        max_in_flight: cx.int(
-            &p.key("max_in_flight"),
-            f.max_in_flight,
-            DEFAULT_MAX_IN_FLIGHT,
-            1,
-        ),
-        max_queue: cx.int(&p.key("max_queue"), f.max_queue, DEFAULT_MAX_QUEUE, 0),
-        queue_timeout: cx.duration(
-            &p.key("queue_timeout"),
-            f.queue_timeout.as_ref(),
-            DEFAULT_QUEUE_TIMEOUT,
-            false,
-        ),
-    }
-}
-
-pub fn fault(cx: &mut Ctx, f: &FaultFile, p: &Path) -> FaultConfig {
-    let status_path = p.key("abort_status");
-    let abort_status = f
-        .abort_status
-        .and_then(|s| cx.status(&status_path, s))
-        .or_else(|| http::StatusCode::from_u16(DEFAULT_FAULT_ABORT_STATUS).ok())
-        .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
-    FaultConfig {
-        abort_percent: cx.percent(
-            &p.key("abort_percent"),
-            f.abort_percent,
-            DEFAULT_FAULT_ABORT_PERCENT,
-        ),
-        abort_status,
-        delay_percent: cx.percent(
-            &p.key("delay_percent"),
-            f.delay_percent,
-            DEFAULT_FAULT_DELAY_PERCENT,
-        ),
-        delay: cx.duration(&p.key("delay"), f.delay.as_ref(), DEFAULT_FAULT_DELAY, true),
-    }
-}
-
 /// `unknown upstream "x"; expected one of: a, b`.
 pub fn unknown_upstream(name: &str, names: &[&str]) -> String {
     if names.is_empty() {
@@ -467,7 +413,7 @@ pub fn unknown_upstream(name: &str, names: &[&str]) -> String {
 }
 
 /// Records that `key` was written without the key that turns its mode on.
-fn needs(cx: &mut Ctx, p: &Path, key: &str, given: bool, mode_key: &str) {
+pub fn needs(cx: &mut Ctx, p: &Path, key: &str, given: bool, mode_key: &str) {
     if given {
         cx.problem(
             &p.key(key),

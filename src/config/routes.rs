@@ -9,9 +9,9 @@ use super::ctx::Ctx;
 use super::defaults::*;
 use super::error::Path;
 use super::file::RouteFile;
-use super::policy;
 use super::types::*;
 use super::units;
+use super::{admission, policy};
 
 /// Methods a route may name (upper-cased before the check).
 const METHODS: &[&str] = &[
@@ -131,21 +131,21 @@ fn route(
             &p.key("timeout"),
             f.timeout.as_ref(),
             DEFAULT_ROUTE_TIMEOUT,
-            false,
+            ROUTE_TIMEOUT_BOUNDS,
         ),
         strip_prefix,
         rate_limit: f
             .rate_limit
             .as_ref()
-            .map(|r| policy::rate_limit(cx, r, &p.key("rate_limit"))),
+            .map(|r| admission::rate_limit(cx, r, &p.key("rate_limit"))),
         concurrency: f
             .concurrency
             .as_ref()
-            .map(|c| policy::concurrency(cx, c, &p.key("concurrency"))),
+            .map(|c| admission::concurrency(cx, c, &p.key("concurrency"))),
         fault: f
             .fault
             .as_ref()
-            .map(|x| policy::fault(cx, x, &p.key("fault"))),
+            .map(|x| admission::fault(cx, x, &p.key("fault"))),
         retry: f
             .retry
             .as_ref()
@@ -155,6 +155,7 @@ fn route(
             .as_ref()
             .map(|b| policy::breaker(cx, b, &base_breaker, &p.key("circuit_breaker"))),
         propagate_deadline: f.propagate_deadline.unwrap_or(DEFAULT_PROPAGATE_DEADLINE),
+        shed_on_deadline: f.shed_on_deadline.unwrap_or(DEFAULT_SHED_ON_DEADLINE),
     }
 }
 

@@ -87,6 +87,17 @@ fn the_example_writes_out_exactly_the_defaults() {
         format!("{:?}", ocr.circuit_breaker)
     );
     assert_eq!(format!("{:?}", yolo.retry), format!("{:?}", ocr.retry));
+    assert_eq!(yolo.peak_ewma, ocr.peak_ewma);
+    assert_eq!(
+        (yolo.forward_load_report, yolo.load_report_expiry),
+        (ocr.forward_load_report, ocr.load_report_expiry)
+    );
+    assert_eq!(
+        format!("{:?}", c.limits),
+        format!("{:?}", ok(MINIMAL).limits)
+    );
+    assert!(c.tracing.is_none() && yolo.adaptive_concurrency.is_none());
+    assert_eq!(c.routes[0].shed_on_deadline, c.routes[1].shed_on_deadline);
     assert_eq!(
         (yolo.protocol, yolo.load_balancing),
         (ocr.protocol, ocr.load_balancing)

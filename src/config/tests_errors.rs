@@ -166,7 +166,7 @@ upstream = "a"
     let ps = problems(text);
     let got: Vec<(usize, &str)> = ps.iter().map(|p| (p.line, p.message.as_str())).collect();
     let expect: [(usize, &str); 6] = [
-        (2, "listener.max_connections: must be at least 1, got 0"),
+        (2, "listener.max_connections: must be at least 1, got 0 (allowed: 1..=1000000)"),
         (5, "upstreams.a.endpoints: an upstream needs at least one endpoint"),
         (6, "upstreams.a.protocol: unknown protocol \"http3\"; expected one of: http1, h2c, https, h2"),
         (10, "routes[0].path_prefix: \"detect\" must start with `/`"),
@@ -371,4 +371,46 @@ fn truncated_and_garbled_files_give_errors_not_panics() {
             }
         }
     }
+}
+
+#[test]
+fn a_refused_value_gives_no_follow_on_problem() {
+    // max_delay is refused and takes its default (5s); comparing that default with
+    // base_delay would report a second, made-up problem.
+    let p = upstream_problem(
+        "retry = { base_delay = \"10s\", max_delay = \"soon\" }",
+        "invalid duration \"soon\"",
+    );
+    assert!(
+        p.message.starts_with("upstreams.a.retry.max_delay: "),
+        "{p}"
+    );
+    upstream_problem(
+        "circuit_breaker = { recovery_timeout = \"10m\", max_recovery_timeout = \"48h\" }",
+        "48h is above the maximum of 24h",
+    );
+    upstream_problem(
+        "adaptive_concurrency = { min_limit = 300, max_limit = 0 }",
+        "max_limit: must be at least 1, got 0",
+    );
+}
+
+#[test]
+fn keys_of_a_refused_mode_key_are_still_checked() {
+    // window is refused, so error-rate mode is off; its keys are still checked rather
+    // than passed over.
+    let text = MINIMAL.replacen(
+        "\n\n[[routes]]",
+        "\n[upstreams.a.circuit_breaker]\nwindow = \"2h\"\nrequest_volume_threshold = 0\n\n[[routes]]",
+        1,
+    );
+    let ps = problems(&text);
+    let got: Vec<&str> = ps.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "upstreams.a.circuit_breaker.window: 2h is above the maximum of 1h (allowed: 1ms..=1h)",
+            "upstreams.a.circuit_breaker.request_volume_threshold: must be at least 1, got 0 (allowed: 1..=1000000)",
+        ]
+    );
 }

@@ -17,6 +17,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub logging: LoggingConfig,
     pub correlation: CorrelationConfig,
+    pub limits: LimitsConfig,
+    /// Span export over OTLP; `None` (off) unless `[tracing] otlp_endpoint` is set.
+    pub tracing: Option<TracingConfig>,
     /// Upstreams by name (sorted, so builds are deterministic).
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routes in file order (ties in specificity go to the earlier one).
@@ -79,6 +82,41 @@ pub struct CorrelationConfig {
     pub propagate: Vec<HeaderName>,
 }
 
+/// `[limits]`: limits of the whole process rather than of one route or upstream.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Bytes of request bodies held for replay at once, summed over every request in
+    /// flight; a body that would pass it streams through and is not retried (counted
+    /// in `gateway_proxy_unbuffered_bodies_total`). 0 keeps no body.
+    pub max_buffered_body_bytes: u64,
+    /// The request header naming a request's priority (`critical`, `high`, `normal`,
+    /// `low`), which orders a route's concurrency queue.
+    pub priority_header: HeaderName,
+}
+
+/// `[tracing]`: spans exported over OTLP/HTTP (protobuf). Present only when
+/// `otlp_endpoint` is set.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// The collector's base URL as written (`http://otel-collector:4318`); http or
+    /// https, no query.
+    pub otlp_endpoint: http::Uri,
+    /// Where spans are posted: `otlp_endpoint` + `/v1/traces`.
+    pub traces_url: http::Uri,
+    /// Share (0..=1) of requests without an incoming `traceparent` that are sampled;
+    /// an incoming one's sampled flag is followed instead.
+    pub sample_ratio: f64,
+    /// Sent with every export request (auth tokens); values are marked sensitive and
+    /// shown as `<redacted>` in `/config`.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The `service.name` resource attribute; `service.name` of the file by default.
+    pub service_name: String,
+    /// Finished spans waiting for export; past it spans are dropped and counted.
+    pub max_queue: usize,
+    /// Timeout of one export request.
+    pub export_timeout: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
@@ -93,6 +131,10 @@ pub enum LoadBalancing {
     LeastRequest,
     Random,
     Weighted,
+    /// Least expected latency: a peak-sensitive moving average of each endpoint's
+    /// latency times its requests in flight (Finagle's and Linkerd's peak EWMA), with
+    /// upstream load reports folded in; settings in `UpstreamConfig::peak_ewma`.
+    PeakEwma,
 }
 
 /// Where an endpoint lives: a literal socket address or a DNS name re-resolved every
@@ -211,12 +253,48 @@ pub struct UpstreamTls {
     pub client_key: Option<PathBuf>,
 }
 
+/// `[upstreams.NAME.peak_ewma]`: the latency estimate `peak_ewma` balancing reads.
+/// Always present (the defaults when the table is not written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeakEwmaConfig {
+    /// Latency assumed for an endpoint with no samples yet.
+    pub default_latency: Duration,
+    /// Time constant of the moving average: a sample's weight falls to 1/e after it.
+    pub decay: Duration,
+}
+
+/// `[upstreams.NAME.adaptive_concurrency]`: a per-endpoint concurrency limit learned
+/// from latency (Gradient2 style). Valid by construction:
+/// `1 <= min_limit <= initial_limit <= max_limit`, `rtt_tolerance >= 1`,
+/// `0 < smoothing <= 1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveConcurrencyConfig {
+    pub min_limit: usize,
+    pub max_limit: usize,
+    /// The limit an endpoint starts with, already clamped into `min_limit..=max_limit`.
+    pub initial_limit: usize,
+    /// How far latency may grow over its long-term value before the limit shrinks.
+    pub rtt_tolerance: f64,
+    /// Weight of each new limit estimate in the smoothed limit.
+    pub smoothing: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
     pub endpoints: Vec<EndpointConfig>,
     pub protocol: Protocol,
     pub load_balancing: LoadBalancing,
+    /// An extra response header carrying the endpoint's load (`x-queue-depth`); ORCA
+    /// `endpoint-load-metrics` is always read.
+    pub load_report_header: Option<HeaderName>,
+    /// Whether load-report headers reach the caller; stripped from responses if false.
+    pub forward_load_report: bool,
+    /// How long an endpoint's last load report counts.
+    pub load_report_expiry: Duration,
+    pub peak_ewma: PeakEwmaConfig,
+    /// Off (`None`) unless the table is written.
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyConfig>,
     pub dns_refresh: Duration,
     pub slow_start: Duration,
     pub pool: PoolConfig,
@@ -289,4 +367,7 @@ pub struct RouteConfig {
     pub circuit_breaker: Option<BreakerConfig>,
     /// Send the remaining budget upstream as `x-request-timeout-ms`.
     pub propagate_deadline: bool,
+    /// Answer `OVERLOADED` at once when the deadline left is shorter than the
+    /// predicted queue wait plus service time.
+    pub shed_on_deadline: bool,
 }

@@ -10,33 +10,50 @@ use super::types::EndpointAddr;
 const DURATION_HINT: &str = "expected a number with a unit such as \"250ms\", \"1.5s\", \"5m\" \
                              or \"1h\", or a plain number of seconds";
 
+/// Why a duration or size could not be read. `TooLarge` and `Negative` are told apart
+/// so the caller can say which bound the value is past.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitError {
+    /// Does not fit a `Duration` / `u64` at all (past every maximum).
+    TooLarge,
+    Negative,
+    /// Not a duration or size; the message says what was expected.
+    Invalid(String),
+}
+
 /// `"250ms"`, `"1.5s"`, `"5m"`, `"1h 30m"` (humantime's syntax, fractions included).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let t = text.trim();
     if t.is_empty() {
-        return Err(format!("empty duration; {DURATION_HINT}"));
+        return Err(UnitError::Invalid(format!(
+            "empty duration; {DURATION_HINT}"
+        )));
     }
     if t.starts_with('-') {
-        return Err(format!("negative duration {text:?} is not allowed"));
+        return Err(UnitError::Negative);
     }
     if t.parse::<f64>().is_ok() {
-        return Err(format!(
+        return Err(UnitError::Invalid(format!(
             "duration {text:?} has no unit; write \"{t}s\" or the number {t} without quotes"
-        ));
+        )));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {text:?} ({e}); {DURATION_HINT}"))
+    humantime::parse_duration(t).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => UnitError::TooLarge,
+        e => UnitError::Invalid(format!("invalid duration {text:?} ({e}); {DURATION_HINT}")),
+    })
 }
 
 /// A plain number of seconds (`30`, `0.25`).
-pub fn duration_from_secs(secs: f64) -> Result<Duration, String> {
+pub fn duration_from_secs(secs: f64) -> Result<Duration, UnitError> {
     if !secs.is_finite() {
-        return Err(format!("duration {secs} is not a finite number of seconds"));
+        return Err(UnitError::Invalid(format!(
+            "duration {secs} is not a finite number of seconds"
+        )));
     }
     if secs < 0.0 {
-        return Err(format!("negative duration {secs} is not allowed"));
+        return Err(UnitError::Negative);
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {secs} is too large"))
+    Duration::try_from_secs_f64(secs).map_err(|_| UnitError::TooLarge)
 }
 
 const SIZE_UNITS: &[(&str, u64)] = &[
@@ -53,7 +70,11 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 
 /// `"4MiB"`, `"64KiB"`, `"1GiB"` (1024-based), `"512KB"` (1000-based), `"100B"` or
 /// `"100"`. Units are case-insensitive; a fraction (`"1.5MiB"`) is rounded down.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+    let invalid = |m: String| UnitError::Invalid(m);
+    if text.trim().starts_with('-') {
+        return Err(UnitError::Negative);
+    }
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -62,7 +83,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let hint = "expected bytes or a number with a unit: B, KB, MB, GB, TB (1000-based) \
                 or KiB, MiB, GiB, TiB (1024-based)";
     if number.is_empty() {
-        return Err(format!("invalid size {text:?}; {hint}"));
+        return Err(invalid(format!("invalid size {text:?}; {hint}")));
     }
     let lower = unit.to_ascii_lowercase();
     let multiplier = if unit.is_empty() {
@@ -70,24 +91,27 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     } else {
         match SIZE_UNITS.iter().find(|(u, _)| *u == lower) {
             Some((_, m)) => *m,
-            None => return Err(format!("unknown size unit {unit:?} in {text:?}; {hint}")),
+            None => {
+                return Err(invalid(format!(
+                    "unknown size unit {unit:?} in {text:?}; {hint}"
+                )))
+            }
         }
     };
     if let Ok(n) = number.parse::<u64>() {
-        return n
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("size {text:?} is too large"));
+        return n.checked_mul(multiplier).ok_or(UnitError::TooLarge);
     }
     match number.parse::<f64>() {
         Ok(n) if n.is_finite() => {
             let bytes = n * multiplier as f64;
             if bytes >= u64::MAX as f64 {
-                Err(format!("size {text:?} is too large"))
+                Err(UnitError::TooLarge)
             } else {
                 Ok(bytes as u64)
             }
         }
-        _ => Err(format!("invalid size {text:?}; {hint}")),
+        Ok(_) => Err(UnitError::TooLarge),
+        Err(_) => Err(invalid(format!("invalid size {text:?}; {hint}"))),
     }
 }
 
@@ -170,6 +194,55 @@ pub fn check_route_host(host: &str) -> Result<(), String> {
     check_dns_name(host)
 }
 
+/// An OTLP/HTTP collector's base URL (`http://otel-collector:4318`) and the URL spans
+/// are posted to (it + `/v1/traces`). http or https with a host; no credentials (they
+/// belong in `headers`), query or fragment, and not already ending in `/v1/traces`.
+pub fn parse_otlp_endpoint(text: &str) -> Result<(http::Uri, http::Uri), String> {
+    let t = text.trim();
+    let hint = "expected an http:// or https:// URL such as \"http://otel-collector:4318\"";
+    let uri: http::Uri = t
+        .parse()
+        .map_err(|_| format!("invalid URL {text:?}; {hint}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("URL {text:?} must start with http:// or https://"));
+    }
+    let authority = match uri.authority() {
+        Some(a) if !a.host().is_empty() => a,
+        _ => return Err(format!("URL {text:?} has no host; {hint}")),
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "URL {text:?} must not hold credentials; send them in `headers`"
+        ));
+    }
+    // `http::Uri` takes any digits as a port; a bracketed IPv6 host has its own colons.
+    let port = authority.as_str().rsplit_once(':').map(|(_, p)| p);
+    match port.filter(|p| !p.contains(']')).map(str::parse::<u16>) {
+        Some(Ok(0)) => return Err(format!("URL {text:?} has port 0")),
+        Some(Err(_)) => return Err(format!("URL {text:?} has an invalid port")),
+        _ => {}
+    }
+    if uri.query().is_some() || t.contains('#') {
+        return Err(format!("URL {text:?} must not have a query or fragment"));
+    }
+    let path = uri.path().trim_end_matches('/');
+    if path.ends_with(super::defaults::OTLP_TRACES_PATH) {
+        return Err(format!(
+            "URL {text:?}: give the collector's base URL; {} is appended to it",
+            super::defaults::OTLP_TRACES_PATH
+        ));
+    }
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let traces = format!(
+        "{scheme}://{authority}{path}{}",
+        super::defaults::OTLP_TRACES_PATH
+    );
+    let traces = traces
+        .parse()
+        .map_err(|_| format!("invalid URL {text:?}; {hint}"))?;
+    Ok((uri, traces))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,10 +255,24 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(secs(300)));
         assert_eq!(parse_duration("1h"), Ok(secs(3600)));
         assert_eq!(parse_duration("1m 30s"), Ok(secs(90)));
-        assert!(parse_duration("30").unwrap_err().contains("no unit"));
-        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("").is_err());
+        let invalid = |t: &str| match parse_duration(t) {
+            Err(UnitError::Invalid(m)) => m,
+            other => panic!("{t}: {other:?}"),
+        };
+        assert!(invalid("30").contains("no unit"));
+        assert!(invalid("soon").contains("invalid duration"));
+        assert!(invalid("").contains("empty"));
+        assert_eq!(parse_duration("-1s"), Err(UnitError::Negative));
+        assert_eq!(
+            parse_duration("99999999999999999999999h"),
+            Err(UnitError::TooLarge)
+        );
+        assert_eq!(duration_from_secs(1e20), Err(UnitError::TooLarge));
+        assert_eq!(duration_from_secs(-0.5), Err(UnitError::Negative));
+        assert!(matches!(
+            duration_from_secs(f64::NAN),
+            Err(UnitError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -198,13 +285,15 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert_eq!(parse_size("1.5 MiB"), Ok(3 << 19));
         assert_eq!(parse_size("2mib"), Ok(2 << 20));
-        assert!(parse_size("4 parsecs")
-            .unwrap_err()
-            .contains("unknown size unit"));
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("99999999999999TiB")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(matches!(
+            parse_size("4 parsecs"),
+            Err(UnitError::Invalid(m)) if m.contains("unknown size unit")
+        ));
+        assert!(matches!(parse_size("MiB"), Err(UnitError::Invalid(_))));
+        assert_eq!(parse_size("99999999999999TiB"), Err(UnitError::TooLarge));
+        let huge = format!("1{}.5", "0".repeat(400));
+        assert_eq!(parse_size(&huge), Err(UnitError::TooLarge));
+        assert_eq!(parse_size("-1KiB"), Err(UnitError::Negative));
     }
 
     #[test]
@@ -230,6 +319,34 @@ mod tests {
             "[::1]",
         ] {
             assert!(parse_endpoint(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn otlp_endpoints_are_http_urls_and_get_v1_traces_appended() {
+        let traces = |t: &str| parse_otlp_endpoint(t).map(|(_, u)| u.to_string());
+        assert_eq!(
+            traces("http://otel-collector:4318").as_deref(),
+            Ok("http://otel-collector:4318/v1/traces")
+        );
+        assert_eq!(
+            traces("https://otel.example.com/otlp/").as_deref(),
+            Ok("https://otel.example.com/otlp/v1/traces")
+        );
+        for (bad, why) in [
+            ("otel-collector:4318", "must start with http"),
+            ("grpc://c:4317", "must start with http"),
+            ("http://", "invalid URL"),
+            ("http://user:pw@c:4318", "credentials"),
+            ("http://c:4318/?a=1", "query"),
+            ("http://c:4318/v1/traces", "base URL"),
+            ("http://c:0", "port 0"),
+            ("http://c:99999", "invalid port"),
+            ("http://[::1]:4318x", "invalid"),
+            ("not a url", "invalid URL"),
+        ] {
+            let err = parse_otlp_endpoint(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
         }
     }
 }

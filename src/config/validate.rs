@@ -1,7 +1,8 @@
 //! File mirror -> `Config` of valid values. Each check records its problem with the TOML
 //! path and goes on with a default, so one pass reports everything wrong; `Config` is
-//! returned only when nothing was. Upstream policies live in `policy.rs`, routes in
-//! `routes.rs`, the value helpers in `ctx.rs`; this file has the top-level tables.
+//! returned only when nothing was. Upstream policies live in `policy.rs` and
+//! `balance.rs`, routes in `routes.rs`, `[limits]` and `[tracing]` in `global.rs`, the
+//! value helpers in `ctx.rs`; this file has the other top-level tables.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,17 +13,25 @@ use super::env::Env;
 use super::error::Path;
 use super::file::*;
 use super::types::*;
-use super::{policy, routes, units};
+use super::{balance, global, policy, routes, units};
 
-/// Validates a whole file. `Err` holds every problem found, by TOML path.
+/// A valid config and, with `allow_missing_env`, the variables that were not set (by
+/// the key that needed them); their keys took their defaults.
+pub type Validated = (Config, Vec<(String, Path)>);
+
+/// Validates a whole file. `Err` holds every problem found, by TOML path. With
+/// `allow_missing_env`, an unset variable is not a problem (see `Ctx::missing`).
 pub fn validate(
     file: &FileConfig,
     env: Env<'_>,
+    allow_missing_env: bool,
     source: Option<PathBuf>,
-) -> Result<Config, Vec<(Path, String)>> {
+) -> Result<Validated, Vec<(Path, String)>> {
     let mut cx = Ctx {
         env,
         problems: Vec::new(),
+        allow_missing_env,
+        missing: Vec::new(),
     };
     let root = Path::default();
     let service = ServiceConfig {
@@ -62,6 +71,13 @@ pub fn validate(
             cx.header_name(&pp.idx(i), &name)
         })
         .collect();
+    let limits = global::limits(&mut cx, &file.limits, &root.key("limits"));
+    let tracing = global::tracing(
+        &mut cx,
+        file.tracing.as_ref(),
+        &service.name,
+        &root.key("tracing"),
+    );
 
     let names: Vec<&str> = file.upstreams.0.iter().map(|(n, _)| n.as_str()).collect();
     let mut upstreams = BTreeMap::new();
@@ -81,16 +97,19 @@ pub fn validate(
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
-    Ok(Config {
+    let config = Config {
         service,
         listener,
         admin,
         logging,
         correlation: CorrelationConfig { propagate },
+        limits,
+        tracing,
         upstreams,
         routes,
         source,
-    })
+    };
+    Ok((config, cx.missing))
 }
 
 fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
@@ -109,7 +128,7 @@ fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
         &p.key("max_header_bytes"),
         f.max_header_bytes.as_ref(),
         DEFAULT_MAX_HEADER_BYTES as u64,
-        false,
+        MAX_HEADER_BYTES_BOUNDS,
     );
     ListenerConfig {
         address: cx.socket_addr(
@@ -122,32 +141,32 @@ fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
             &p.key("max_connections"),
             f.max_connections,
             DEFAULT_MAX_CONNECTIONS,
-            1,
+            MAX_CONNECTIONS_BOUNDS,
         ),
         header_read_timeout: cx.duration(
             &p.key("header_read_timeout"),
             f.header_read_timeout.as_ref(),
             DEFAULT_HEADER_READ_TIMEOUT,
-            false,
+            HEADER_READ_TIMEOUT_BOUNDS,
         ),
         idle_timeout: cx.duration(
             &p.key("idle_timeout"),
             f.idle_timeout.as_ref(),
             DEFAULT_LISTENER_IDLE_TIMEOUT,
-            false,
+            LISTENER_IDLE_TIMEOUT_BOUNDS,
         ),
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
         max_request_body: cx.size(
             &p.key("max_request_body"),
             f.max_request_body.as_ref(),
             DEFAULT_MAX_REQUEST_BODY,
-            false,
+            MAX_REQUEST_BODY_BOUNDS,
         ),
         shutdown_timeout: cx.duration(
             &p.key("shutdown_timeout"),
             f.shutdown_timeout.as_ref(),
             DEFAULT_SHUTDOWN_TIMEOUT,
-            false,
+            SHUTDOWN_TIMEOUT_BOUNDS,
         ),
     }
 }
@@ -158,10 +177,10 @@ fn admin(cx: &mut Ctx, f: &AdminFile, p: &Path) -> AdminConfig {
     let token_env = cx.opt_string(&tp, f.token_env.as_ref());
     let mut token = None;
     match &token_env {
-        Some(name) => match (cx.env)(name) {
+        Some(name) => match cx.variable(&tp, name, "; it must hold the admin token") {
             Some(value) if !value.trim().is_empty() => token = Some(value),
             Some(_) => cx.problem(&tp, format!("environment variable {name} is empty; it must hold the admin token")),
-            None => cx.problem(&tp, format!("environment variable {name} is not set; it must hold the admin token")),
+            None => {}
         },
         None if f.token_env.is_none() && !address.ip().is_loopback() => cx.problem(
             &p.key("address"),
@@ -216,6 +235,7 @@ fn upstream(
         &BreakerConfig::default(),
         &p.key("circuit_breaker"),
     );
+    let lp = p.key("load_report_header");
     UpstreamConfig {
         name: name.to_owned(),
         endpoints: endpoints(cx, f.endpoints.as_deref(), p),
@@ -230,19 +250,35 @@ fn upstream(
                 ("least_request", LoadBalancing::LeastRequest),
                 ("random", LoadBalancing::Random),
                 ("weighted", LoadBalancing::Weighted),
+                ("peak_ewma", LoadBalancing::PeakEwma),
             ],
         ),
+        load_report_header: cx
+            .opt_string(&lp, f.load_report_header.as_ref())
+            .and_then(|name| cx.header_name(&lp, &name)),
+        forward_load_report: f.forward_load_report.unwrap_or(DEFAULT_FORWARD_LOAD_REPORT),
+        load_report_expiry: cx.duration(
+            &p.key("load_report_expiry"),
+            f.load_report_expiry.as_ref(),
+            DEFAULT_LOAD_REPORT_EXPIRY,
+            LOAD_REPORT_EXPIRY_BOUNDS,
+        ),
+        peak_ewma: balance::peak_ewma(cx, &f.peak_ewma, &p.key("peak_ewma")),
+        adaptive_concurrency: f
+            .adaptive_concurrency
+            .as_ref()
+            .map(|a| balance::adaptive_concurrency(cx, a, &p.key("adaptive_concurrency"))),
         dns_refresh: cx.duration(
             &p.key("dns_refresh"),
             f.dns_refresh.as_ref(),
             DEFAULT_DNS_REFRESH,
-            false,
+            DNS_REFRESH_BOUNDS,
         ),
         slow_start: cx.duration(
             &p.key("slow_start"),
             f.slow_start.as_ref(),
             DEFAULT_SLOW_START,
-            true,
+            SLOW_START_BOUNDS,
         ),
         pool: policy::pool(cx, &f.pool, &p.key("pool")),
         timeouts: policy::timeouts(cx, &f.timeouts, &p.key("timeouts")),
@@ -276,7 +312,12 @@ fn endpoints(cx: &mut Ctx, list: Option<&[EndpointFile]>, p: &Path) -> Vec<Endpo
             EndpointFile::Address(a) => (Some(a), None),
             EndpointFile::Table(t) => (t.address.as_ref(), t.weight),
         };
-        let weight = cx.int(&path.key("weight"), weight, DEFAULT_ENDPOINT_WEIGHT, 1);
+        let weight = cx.int(
+            &path.key("weight"),
+            weight,
+            DEFAULT_ENDPOINT_WEIGHT,
+            ENDPOINT_WEIGHT_BOUNDS,
+        );
         let Some(raw) = raw else {
             cx.problem(&path, "missing `address` (\"host:port\")");
             continue;

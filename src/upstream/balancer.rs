@@ -87,6 +87,7 @@ impl Balancer {
                 }
                 LoadBalancing::Random => scan(n, rand::thread_rng().gen_range(0..n), &usable),
                 LoadBalancing::LeastRequest => least_request(eps, &usable),
+                LoadBalancing::PeakEwma => least_request(eps, &usable), // temporary, until peak EWMA lands
                 LoadBalancing::Weighted => {
                     let total: usize = eps.iter().map(|e| e.weight as usize).sum();
                     let mut k = self.next.fetch_add(1, Ordering::Relaxed) % total.max(1);

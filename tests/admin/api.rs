@@ -68,11 +68,13 @@ async fn read_endpoints_answer_with_their_documented_shapes() {
         [
             "admin",
             "correlation",
+            "limits",
             "listener",
             "logging",
             "routes",
             "service",
             "source",
+            "tracing",
             "upstreams"
         ]
     );

@@ -119,3 +119,68 @@ failure_threshold = 7
     assert_eq!(c["admin"]["token"], "<redacted>");
     assert!(p.running.shutdown().await);
 }
+
+/// Proves: `/config` renders the process-wide tables (`[limits]`, `[tracing]` with its
+/// header values redacted) and an upstream's load-balancing inputs (peak EWMA, load
+/// reports, adaptive concurrency) and a route's `shed_on_deadline`.
+#[tokio::test]
+async fn config_renders_limits_tracing_and_balancing_inputs() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let toml = format!(
+        r#"{base}[limits]
+max_buffered_body_bytes = "64MiB"
+priority_header = "X-Prio"
+
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318"
+sample_ratio = 0.5
+headers = {{ authorization = "Bearer ${{{TOKEN_ENV}}}" }}
+
+[upstreams.yolo]
+endpoints = ["{a}"]
+load_balancing = "peak_ewma"
+load_report_header = "X-Queue-Depth"
+load_report_expiry = "500ms"
+peak_ewma = {{ default_latency = "5ms" }}
+adaptive_concurrency = {{ min_limit = 2, max_limit = 32 }}
+
+[[routes]]
+path_prefix = "/"
+upstream = "yolo"
+shed_on_deadline = false
+"#,
+        base = base(""),
+        a = up.addr,
+    );
+    let p = start(&toml).await;
+    let cfg = p.admin_json("/config").await;
+    let c = &cfg["config"];
+    assert!(
+        !cfg.to_string().contains(TOKEN),
+        "the tracing token is redacted"
+    );
+    assert_eq!(c["limits"]["max_buffered_body_bytes"], 64 * 1024 * 1024);
+    assert_eq!(c["limits"]["priority_header"], "x-prio");
+    let t = &c["tracing"];
+    assert_eq!(t["otlp_endpoint"], "http://127.0.0.1:4318/");
+    assert_eq!(t["sample_ratio"], 0.5);
+    assert_eq!(t["headers"]["authorization"], "<redacted>");
+    assert_eq!(t["service_name"], "fusion-test");
+    let yolo = &c["upstreams"]["yolo"];
+    assert_eq!(yolo["load_balancing"], "peak_ewma");
+    assert_eq!(yolo["load_report_header"], "x-queue-depth");
+    assert_eq!(yolo["forward_load_report"], false);
+    assert_eq!(yolo["load_report_expiry"], "500ms");
+    assert_eq!(yolo["peak_ewma"]["default_latency"], "5ms");
+    assert_eq!(yolo["peak_ewma"]["decay"], "10s");
+    let ac = &yolo["adaptive_concurrency"];
+    assert_eq!(
+        (ac["min_limit"].clone(), ac["max_limit"].clone()),
+        (2.into(), 32.into())
+    );
+    assert_eq!(ac["initial_limit"], 20);
+    assert_eq!(c["routes"][0]["shed_on_deadline"], false);
+    // Served with peak_ewma picked: the request reaches the upstream.
+    assert_eq!(p.data_get("/x").await.status, 200);
+    assert!(p.running.shutdown().await);
+}
