@@ -38,15 +38,12 @@ pub struct Shared {
     pub replay: Arc<ReplayBudget>,
 }
 
-/// Default of the process-wide replay budget (`[limits] max_buffered_body_bytes`).
-pub const DEFAULT_REPLAY_BUDGET: u64 = 256 * 1024 * 1024;
-
 impl Shared {
     pub fn new() -> Arc<Shared> {
         let metrics = Metrics::new();
         Arc::new(Shared {
             registry: Registry::new(&metrics),
-            replay: ReplayBudget::new(DEFAULT_REPLAY_BUDGET),
+            replay: ReplayBudget::new(crate::config::DEFAULT_MAX_BUFFERED_BODY_BYTES),
             metrics,
         })
     }
@@ -181,6 +178,8 @@ impl Snapshot {
         let router = Router::build(&config.routes);
         let service_name =
             HeaderValue::from_str(&config.service.name).map_err(|_| BuildError::ServiceName)?;
+        // The last fallible step is done: the budget follows the new config at once.
+        shared.replay.set_cap(config.limits.max_buffered_body_bytes);
         let proto = if config.listener.tls.is_some() {
             "https"
         } else {

@@ -34,12 +34,64 @@ pub(super) fn document(ctrl: &Control) -> Value {
             "not_applied": r.not_applied,
         })
     });
+    let mut cfg = config(&snap.config);
+    let secrets: std::collections::HashSet<String> = snap
+        .config
+        .interpolated
+        .iter()
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    if !secrets.is_empty() {
+        redact(&mut cfg, "", &secrets);
+    }
     json!({
         "version": snap.version,
         "loaded_at": timestamp(history.loaded_at),
         "last_reload": last_reload,
-        "config": config(&snap.config),
+        "config": cfg,
     })
+}
+
+/// Replaces every value that came from `${VAR}` (its TOML path is in `secrets`,
+/// lower-cased: header names are shown lower-cased) with [`REDACTED`]: all its
+/// strings, when the path names a table (an endpoint written as a plain string).
+fn redact(v: &mut Value, at: &str, secrets: &std::collections::HashSet<String>) {
+    if !at.is_empty() && secrets.contains(at) {
+        redact_all(v);
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let bare = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                let key = if bare { k.clone() } else { format!("{k:?}") };
+                let p = if at.is_empty() {
+                    key
+                } else {
+                    format!("{at}.{key}")
+                };
+                redact(child, &p.to_ascii_lowercase(), secrets);
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter_mut().enumerate() {
+                redact(child, &format!("{at}[{i}]"), secrets);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn redact_all(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = REDACTED.to_string(),
+        Value::Object(m) => m.values_mut().for_each(redact_all),
+        Value::Array(a) => a.iter_mut().for_each(redact_all),
+        Value::Number(_) => *v = json!(REDACTED),
+        _ => {}
+    }
 }
 
 fn timestamp(t: std::time::SystemTime) -> String {
@@ -417,5 +469,45 @@ shed_on_deadline = false
         )
         .unwrap();
         assert!(config(&off)["tracing"].is_null());
+    }
+
+    /// DESIGN, `/config`: "secrets (tokens, values from `${VAR}`) redacted": every value
+    /// that came from an environment variable is shown as `<redacted>`, wherever it is.
+    #[test]
+    fn values_from_environment_variables_are_redacted() {
+        let text = r#"
+[upstreams.yolo]
+endpoints = ["${HOST}:9001", "127.0.0.1:9002"]
+[upstreams.yolo.fallback]
+body = '{"key": "${FB_SECRET}"}'
+
+[[routes]]
+path_prefix = "/"
+upstream = "yolo"
+headers = { "X-Org-ID" = "${ORG}" }
+"#;
+        let env = |n: &str| match n {
+            "HOST" => Some("10.0.0.9".to_owned()),
+            "FB_SECRET" => Some("fb-s3cret".to_owned()),
+            "ORG" => Some("org-s3cret".to_owned()),
+            _ => None,
+        };
+        let cfg = crate::config::parse_with_env(text, "t.toml", None, &env).unwrap();
+        let mut v = config(&cfg);
+        let secrets = cfg
+            .interpolated
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        redact(&mut v, "", &secrets);
+        let s = v.to_string();
+        for secret in ["10.0.0.9", "fb-s3cret", "org-s3cret"] {
+            assert!(!s.contains(secret), "{secret} shown: {s}");
+        }
+        let up = &v["upstreams"]["yolo"];
+        assert_eq!(up["endpoints"][0]["address"], REDACTED);
+        assert_eq!(up["endpoints"][1]["address"], "127.0.0.1:9002");
+        assert_eq!(up["fallback"]["body"], REDACTED);
+        assert_eq!(v["routes"][0]["path_prefix"], "/");
     }
 }

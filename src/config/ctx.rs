@@ -24,6 +24,8 @@ pub struct Ctx<'a> {
     pub allow_missing_env: bool,
     /// Variables not set, with the key whose value needed them.
     pub missing: Vec<(String, Path)>,
+    /// Keys whose value came (in part) from `${VAR}`: secrets, redacted in `/config`.
+    pub interpolated: Vec<Path>,
 }
 
 impl Ctx<'_> {
@@ -35,7 +37,12 @@ impl Ctx<'_> {
     /// recorded) if that fails.
     pub fn string(&mut self, path: &Path, raw: &str) -> Option<String> {
         match interpolate(raw, self.env) {
-            Ok(s) => Some(s),
+            Ok(s) => {
+                if raw.contains("${") {
+                    self.interpolated.push(path.clone());
+                }
+                Some(s)
+            }
             Err(EnvError::Unset(name)) if self.allow_missing_env => {
                 self.missing.push((name, path.clone()));
                 None

@@ -102,6 +102,10 @@ pub const OTLP_TRACES_PATH: &str = "/v1/traces";
 pub const DEFAULT_ADMIN_ADDRESS: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
 
+/// `correlation.propagate` when unset: X-Org-ID and X-Camera-ID (lower-case, as header
+/// names are kept), always passed on and logged as `org_id` / `camera_id`.
+pub const DEFAULT_PROPAGATE: &[&str] = &["x-org-id", "x-camera-id"];
+
 /// Log format: JSON lines, what log shippers parse.
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Json;
 /// Log filter directive (tracing-subscriber syntax).

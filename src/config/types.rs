@@ -26,6 +26,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The file this came from (`None` for the embedded default).
     pub source: Option<PathBuf>,
+    /// TOML paths (`upstreams.yolo.fallback.body`) of the values that came from
+    /// `${VAR}`: treated as secrets, shown redacted by `/config`.
+    pub interpolated: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

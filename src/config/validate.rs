@@ -32,6 +32,7 @@ pub fn validate(
         problems: Vec::new(),
         allow_missing_env,
         missing: Vec::new(),
+        interpolated: Vec::new(),
     };
     let root = Path::default();
     let service = ServiceConfig {
@@ -65,12 +66,20 @@ pub fn validate(
     };
     let pp = root.key("correlation").key("propagate");
     let propagate = file.correlation.propagate.iter().flatten().enumerate();
-    let propagate = propagate
+    let mut propagate: Vec<http::HeaderName> = propagate
         .filter_map(|(i, raw)| {
             let name = cx.string(&pp.idx(i), raw)?;
             cx.header_name(&pp.idx(i), &name)
         })
         .collect();
+    if file.correlation.propagate.is_none() {
+        // DESIGN's default: the two ids every vision service sends (they are passed on
+        // and logged whatever the list says).
+        propagate = DEFAULT_PROPAGATE
+            .iter()
+            .map(|n| http::HeaderName::from_static(n))
+            .collect();
+    }
     let limits = global::limits(&mut cx, &file.limits, &root.key("limits"));
     let tracing = global::tracing(
         &mut cx,
@@ -108,6 +117,7 @@ pub fn validate(
         upstreams,
         routes,
         source,
+        interpolated: cx.interpolated.iter().map(ToString::to_string).collect(),
     };
     Ok((config, cx.missing))
 }
