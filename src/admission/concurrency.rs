@@ -1,15 +1,15 @@
-//! The concurrency limit of a route: at most `max_in_flight` requests at once, a
-//! bounded wait queue, and 503 `OVERLOADED` past it.
+//! The concurrency limit of a route: at most `max_in_flight` requests at once, up to
+//! `max_queue` more waiting (highest priority first, then first come) for at most
+//! `queue_timeout`, and 503 `OVERLOADED` past that. A full queue sheds its lowest
+//! priority waiter for a more urgent arrival (DESIGN, *Priority*).
 //!
 //! Built per route with the snapshot (carried over on reload while its settings stay);
-//! touched per request (`acquire`): a semaphore and atomics, nothing awaited while locked.
+//! touched per request (`acquire`, and the permit's drop): one short lock.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
+use super::queue::{Priority, Shed, WaitQueue};
 use crate::config::ConcurrencyConfig;
 
 /// `Retry-After` when shedding (full queue, or a wait past `queue_timeout`): 1 s, the
@@ -18,17 +18,12 @@ use crate::config::ConcurrencyConfig;
 /// found a longer wait; a longer one would leave capacity idle once it frees up.
 pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// The concurrency limit of one route: at most `max_in_flight` requests at once; up to
-/// `max_queue` more wait, first come first served, for at most `queue_timeout`.
+/// The concurrency limit of one route.
 #[derive(Debug)]
 pub struct Concurrency {
-    /// One permit per slot. tokio's semaphore is fair: a released permit goes to the
-    /// oldest waiter, so the queue is FIFO.
-    slots: Arc<Semaphore>,
-    /// The semaphore's initial permits: `in_flight` = this - available.
+    slots: Arc<WaitQueue>,
+    /// The limit: `in_flight` = this - free slots.
     max_in_flight: usize,
-    /// Requests waiting now, at most `max_queue`, so parked requests cannot pile up.
-    queued: AtomicUsize,
     max_queue: usize,
     queue_timeout: Duration,
 }
@@ -38,65 +33,54 @@ pub struct Concurrency {
 #[derive(Debug)]
 #[must_use = "the slot is freed as soon as the permit is dropped"]
 pub struct ConcurrencyPermit {
-    _slot: OwnedSemaphorePermit,
+    slots: Arc<WaitQueue>,
+}
+
+impl Drop for ConcurrencyPermit {
+    fn drop(&mut self) {
+        self.slots.release();
+    }
 }
 
 impl Concurrency {
-    /// `max_in_flight` is kept within 1..=`Semaphore::MAX_PERMITS`.
+    /// `max_in_flight` of at least 1 (validation bounds it).
     pub fn new(cfg: &ConcurrencyConfig) -> Concurrency {
-        let max_in_flight = cfg.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let max_in_flight = cfg.max_in_flight.max(1);
         Concurrency {
-            slots: Arc::new(Semaphore::new(max_in_flight)),
+            slots: Arc::new(WaitQueue::counting(max_in_flight)),
             max_in_flight,
-            queued: AtomicUsize::new(0),
             max_queue: cfg.max_queue,
             queue_timeout: cfg.queue_timeout,
         }
     }
 
-    /// Admits the request now or after a wait in the queue. A full queue, or a wait
-    /// past `queue_timeout`, returns `Err(OVERLOADED_RETRY_AFTER)`. Dropping the future
+    /// Admits the request now or after a wait in the queue. A full queue (of requests
+    /// at least as urgent), or a wait past `queue_timeout`, is `Shed::Overloaded`; being
+    /// pushed out by a more urgent request is `Shed::Priority`. Dropping the future
     /// while it waits leaves the queue.
-    pub async fn acquire(&self) -> Result<ConcurrencyPermit, Duration> {
-        // Released permits go to waiters first, so this never overtakes the queue.
-        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Ok(ConcurrencyPermit { _slot: slot });
+    pub async fn acquire(&self, priority: Priority) -> Result<ConcurrencyPermit, Shed> {
+        if self.slots.try_take() {
+            return Ok(self.permit());
         }
-        let reserve = |q: usize| (q < self.max_queue).then_some(q + 1);
-        if self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, reserve)
-            .is_err()
-        {
-            return Err(OVERLOADED_RETRY_AFTER);
-        }
-        let _in_queue = QueueSlot(&self.queued);
-        let wait = Arc::clone(&self.slots).acquire_owned();
-        match tokio::time::timeout(self.queue_timeout, wait).await {
-            Ok(Ok(slot)) => Ok(ConcurrencyPermit { _slot: slot }),
-            // Timed out, or the semaphore was closed (never done here).
-            Ok(Err(_)) | Err(_) => Err(OVERLOADED_RETRY_AFTER),
+        let ticket = self.slots.join(priority, self.max_queue)?;
+        ticket.wait(self.queue_timeout).await?;
+        Ok(self.permit())
+    }
+
+    fn permit(&self) -> ConcurrencyPermit {
+        ConcurrencyPermit {
+            slots: self.slots.clone(),
         }
     }
 
     /// Requests admitted and not yet finished.
     pub fn in_flight(&self) -> usize {
-        self.max_in_flight
-            .saturating_sub(self.slots.available_permits())
+        self.max_in_flight.saturating_sub(self.slots.permits())
     }
 
     /// Requests waiting for a slot.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
-    }
-}
-
-/// A place in the queue, given back on drop: admitted, timed out or cancelled.
-struct QueueSlot<'a>(&'a AtomicUsize);
-
-impl Drop for QueueSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.slots.len()
     }
 }
 
@@ -109,11 +93,10 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn concurrency(max_in_flight: usize, max_queue: usize) -> Arc<Concurrency> {
-        let queue_timeout = 100 * MS;
         Arc::new(Concurrency::new(&ConcurrencyConfig {
             max_in_flight,
             max_queue,
-            queue_timeout,
+            queue_timeout: 100 * MS,
         }))
     }
 
@@ -122,16 +105,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn third_waits_for_a_slot_and_fourth_is_refused() {
         let c = concurrency(2, 1);
-        let first = c.acquire().await.expect("1st admitted");
-        let _second = c.acquire().await.expect("2nd admitted");
+        let n = Priority::Normal;
+        let first = c.acquire(n).await.expect("1st admitted");
+        let _second = c.acquire(n).await.expect("2nd admitted");
         let waiter = Arc::clone(&c);
-        let third = tokio::spawn(async move { waiter.acquire().await.map(drop) });
+        let third = tokio::spawn(async move { waiter.acquire(n).await.map(drop) });
         while c.queued() == 0 {
             tokio::task::yield_now().await;
         }
         assert_eq!((c.in_flight(), c.queued()), (2, 1));
         let started = Instant::now();
-        assert_eq!(c.acquire().await.map(drop), Err(OVERLOADED_RETRY_AFTER));
+        assert_eq!(c.acquire(n).await.map(drop), Err(Shed::Overloaded));
         assert_eq!(started.elapsed(), Duration::ZERO, "refused without waiting");
         drop(first);
         assert_eq!(third.await.expect("task"), Ok(()));
@@ -143,12 +127,42 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn queued_request_times_out_and_cancelled_waits_leave_the_queue() {
         let c = concurrency(1, 1);
-        let _held = c.acquire().await.expect("admitted");
+        let n = Priority::Normal;
+        let _held = c.acquire(n).await.expect("admitted");
         let started = Instant::now();
-        assert_eq!(c.acquire().await.map(drop), Err(OVERLOADED_RETRY_AFTER));
+        assert_eq!(c.acquire(n).await.map(drop), Err(Shed::Overloaded));
         let waited = started.elapsed();
         assert!(waited >= 100 * MS && waited < 102 * MS, "waited {waited:?}");
-        assert!(tokio::time::timeout(10 * MS, c.acquire()).await.is_err());
+        assert!(tokio::time::timeout(10 * MS, c.acquire(n)).await.is_err());
         assert_eq!((c.in_flight(), c.queued()), (1, 0));
+    }
+
+    /// Proves priority: with the queue full of `low`, a `critical` request takes a
+    /// place (the low one is shed with `Priority`) and is admitted first when a slot
+    /// frees, before a `normal` that came earlier.
+    #[tokio::test(start_paused = true)]
+    async fn the_most_urgent_waiter_goes_first_and_pushes_out_the_least() {
+        let c = concurrency(1, 2);
+        let held = c.acquire(Priority::Normal).await.expect("admitted");
+        let spawn = |p| {
+            let c = Arc::clone(&c);
+            tokio::spawn(async move { c.acquire(p).await.map(|permit| (p, permit)) })
+        };
+        let low = spawn(Priority::Low);
+        while c.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let normal = spawn(Priority::Normal);
+        while c.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let critical = spawn(Priority::Critical);
+        assert_eq!(low.await.expect("task").map(drop), Err(Shed::Priority));
+        drop(held);
+        let (p, permit) = critical.await.expect("task").expect("admitted");
+        assert_eq!(p, Priority::Critical, "critical before the earlier normal");
+        drop(permit);
+        let (p, _permit) = normal.await.expect("task").expect("admitted");
+        assert_eq!(p, Priority::Normal);
     }
 }

@@ -16,7 +16,7 @@ use super::correlate::{Ids, X_CAMERA_ID, X_ORG_ID};
 use super::error::ErrorCode;
 use super::listener::ConnState;
 use crate::access_log::{self, AccessLogger, Entry};
-use crate::admission::ConcurrencyPermit;
+use crate::admission::{ConcurrencyPermit, Priority};
 use crate::body::BodyShared;
 use crate::config::LogFormat;
 use crate::upstream::InFlight;
@@ -51,7 +51,8 @@ pub struct RequestCtx {
     pub camera_id: Option<HeaderValue>,
     /// Values of `correlation.propagate` headers, for the log.
     pub propagated: Vec<(HeaderName, HeaderValue)>,
-    pub priority: &'static str,
+    /// From the `[limits] priority_header` (`X-Priority`), `normal` when absent.
+    pub priority: Priority,
     /// Shared with the request body wrappers (bytes in, too large, stalled).
     pub body: Arc<BodyShared>,
     pub bytes_out: u64,
@@ -101,7 +102,7 @@ impl RequestCtx {
             org_id: headers.get(&X_ORG_ID).cloned(),
             camera_id: headers.get(&X_CAMERA_ID).cloned(),
             propagated: propagated(headers, propagate),
-            priority: "normal",
+            priority: Priority::Normal,
             body: Arc::new(BodyShared::default()),
             bytes_out: 0,
             body_error: false,
@@ -153,7 +154,7 @@ impl Drop for RequestCtx {
             trace_id: access_log::trace_id_of(&self.ids.traceparent),
             org_id: self.org_id.as_ref().map(HeaderValue::as_bytes),
             camera_id: self.camera_id.as_ref().map(HeaderValue::as_bytes),
-            priority: self.priority,
+            priority: self.priority.as_str(),
             error_code: self.error_code.map(ErrorCode::as_str),
             bytes_in: self
                 .body

@@ -17,6 +17,7 @@ use super::attempt::{self, upstream_path, Outbound, Sent};
 use super::classify::{classify, Facts, Outcome};
 use super::ctx::RequestCtx;
 use super::error::{ErrorCode, ProxyError};
+use super::inference;
 use super::resp_body::RespBody;
 use crate::body::{CallerFault, LimitedIncoming, ReplaySource};
 use crate::snapshot::Route;
@@ -126,6 +127,17 @@ pub(super) async fn attempts(
     let mut tried = Tried::for_len(eps.len());
     let mut retries_done = 0u32;
     let mut refused = 0usize;
+    if route.cfg.shed_on_deadline {
+        let now = Instant::now();
+        let left = ctx.deadline.saturating_duration_since(now);
+        let p = inference::predicted(up, &eps, slot, out.headers, ctx.priority, now);
+        if let Some(p) = p.filter(|p| left < *p) {
+            return LoopEnd::Error {
+                err: inference::deadline_shed(route, left, p),
+                fallback: false,
+            };
+        }
+    }
     loop {
         let now = Instant::now();
         if now >= ctx.deadline {
@@ -135,6 +147,17 @@ pub(super) async fn attempts(
             };
         }
         let Some(i) = pick(up, &eps, slot, &tried, out.headers, now) else {
+            if inference::only_limits_refuse(&eps, slot, out.headers, now) {
+                let recheck =
+                    || pick(up, &eps, slot, &tried, out.headers, Instant::now()).is_some();
+                if let Err(err) = inference::wait_for_capacity(route, up, ctx, recheck).await {
+                    return LoopEnd::Error {
+                        err,
+                        fallback: false,
+                    };
+                }
+                continue;
+            }
             return all_open(route, up, slot, &eps, out.headers, now);
         };
         let ep = &eps[i];
@@ -152,11 +175,12 @@ pub(super) async fn attempts(
         ctx.attempts += 1;
         ctx.endpoint = Some(ep.key.clone());
 
+        let in_flight_at_send = ep.in_flight();
         let in_flight = ep.start_request();
         let left = ctx.deadline.saturating_duration_since(now);
         let per_attempt = up.cfg.timeouts.request.min(left);
         let capped = per_attempt < up.cfg.timeouts.request;
-        let sent = attempt::send_once(up, ep, out, per_attempt, capped, left).await;
+        let mut sent = attempt::send_once(up, ep, out, per_attempt, capped, left).await;
         let done = Instant::now();
         let elapsed = done.saturating_duration_since(now);
         let outcome = match ctx.body.caller_fault() {
@@ -172,6 +196,20 @@ pub(super) async fn attempts(
         };
         let verdict = classify(outcome, facts, breaker_cfg, retry);
         record(ep, slot, main, keyed, key.as_ref(), &verdict, elapsed, done);
+        let response = match &mut sent {
+            Sent::Response(r, _) => Some(r),
+            Sent::Failed(..) => None,
+        };
+        inference::learn(
+            up,
+            ep,
+            outcome,
+            &verdict,
+            elapsed,
+            in_flight_at_send + 1,
+            done,
+            response,
+        );
 
         if let Outcome::CallerBody(fault) = outcome {
             return LoopEnd::Error {
@@ -222,12 +260,12 @@ fn pick(
     headers: &HeaderMap,
     now: Instant,
 ) -> Option<usize> {
-    let admits = |ep: &Endpoint| ep.breakers(slot).available(headers, now);
+    let admits = |ep: &Endpoint| ep.core.under_limit() && ep.breakers(slot).available(headers, now);
     let slow_start = up.cfg.slow_start;
-    up.pick(eps, tried, |ep| {
+    up.pick(eps, tried, now, |ep: &Endpoint| {
         ep.is_healthy() && admits(ep) && ep.core.slow_start_admits(now, slow_start)
     })
-    .or_else(|| up.pick(eps, tried, admits))
+    .or_else(|| up.pick(eps, tried, now, admits))
 }
 
 /// The wait before retry `n`, or `None` when it would not fit: a `Retry-After` past

@@ -12,6 +12,7 @@ pub mod ctx;
 pub mod error;
 pub mod fallback;
 pub mod forward;
+pub mod inference;
 pub mod listener;
 pub mod resp_body;
 
@@ -24,7 +25,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::AccessLogger;
-use crate::admission::FaultAction;
+use crate::admission::{FaultAction, Priority, Shed, OVERLOADED_RETRY_AFTER};
 use crate::body::LimitedIncoming;
 use crate::snapshot::{Route, Snapshot, SnapshotCell};
 use attempt::{parse_grpc_timeout, parse_timeout_ms, GRPC_TIMEOUT, X_REQUEST_TIMEOUT_MS};
@@ -70,6 +71,9 @@ impl Proxy {
             conn,
             logger,
         ));
+        if let Some(p) = parts.headers.get(&snap.config.limits.priority_header) {
+            ctx.priority = Priority::parse(p.as_bytes());
+        }
         // route, admit, forward
         let result = serve(&snap, parts, body, &mut ctx).await;
         // respond
@@ -115,6 +119,21 @@ async fn serve(
     let idle = route.upstream.cfg.timeouts.idle;
     let body = LimitedIncoming::new(body, max_body, idle, ctx.body.clone());
     forward::send(route, parts, body, ctx).await
+}
+
+/// OVERLOADED for a request shed from a queue, counted by why.
+pub(crate) fn shed_error(route: &Route, shed: Shed, message: &'static str) -> ProxyError {
+    match shed {
+        Shed::Overloaded => route.metrics.rejected_overloaded.inc(),
+        Shed::Priority => route.metrics.rejected_priority.inc(),
+    }
+    let message = match shed {
+        Shed::Overloaded => message,
+        Shed::Priority => "shed from a full queue for a request of higher priority",
+    };
+    ProxyError::new(ErrorCode::Overloaded, message)
+        .upstream(&route.upstream.name)
+        .retry_after(OVERLOADED_RETRY_AFTER)
 }
 
 fn check_declared_length(headers: &HeaderMap, max_body: u64) -> Result<(), ProxyError> {
@@ -181,16 +200,9 @@ async fn admit(
         }
     }
     if let Some(c) = &route.concurrency {
-        match c.acquire().await {
+        match c.acquire(ctx.priority).await {
             Ok(permit) => ctx.admission = Some(permit),
-            Err(wait) => {
-                route.metrics.rejected_overloaded.inc();
-                return Err(
-                    ProxyError::new(ErrorCode::Overloaded, "too many requests in flight")
-                        .upstream(&route.upstream.name)
-                        .retry_after(wait),
-                );
-            }
+            Err(shed) => return Err(shed_error(route, shed, "too many requests in flight")),
         }
     }
     ctx.route_in_flight = Some(GaugeGuard::inc(&route.metrics.in_flight));

@@ -1,5 +1,6 @@
 //! Endpoint choice per attempt: round_robin, least_request (power of two choices on the
-//! in-flight count), random and weighted. Every policy skips endpoints that cannot take a
+//! in-flight count), peak_ewma (power of two choices on the cost of `load.rs`: peak-EWMA
+//! latency x (in flight + 1), scaled by reported load), random and weighted. Every policy skips endpoints that cannot take a
 //! request now (breaker open, failing health checks) and, on a retry, prefers one not yet
 //! tried. Lock-free: one atomic counter per upstream and the endpoints' own atomics.
 
@@ -9,7 +10,11 @@ use std::sync::Arc;
 use rand::Rng;
 
 use super::Endpoint;
-use crate::config::LoadBalancing;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{LoadBalancing, PeakEwmaConfig};
 
 /// Which endpoints (by index in the request's pinned list) an attempt loop already
 /// tried: one word for up to 64 endpoints, a heap bitset beyond.
@@ -55,13 +60,19 @@ impl Tried {
 pub struct Balancer {
     policy: LoadBalancing,
     next: AtomicUsize,
+    /// `peak_ewma`'s settings: the decay of the estimate and the latency assumed for an
+    /// endpoint without samples.
+    decay: Duration,
+    default_latency: Duration,
 }
 
 impl Balancer {
-    pub fn new(policy: LoadBalancing) -> Self {
+    pub fn new(policy: LoadBalancing, ewma: &PeakEwmaConfig) -> Self {
         Balancer {
             policy,
             next: AtomicUsize::new(0),
+            decay: ewma.decay,
+            default_latency: ewma.default_latency,
         }
     }
 
@@ -71,6 +82,7 @@ impl Balancer {
         &self,
         eps: &[Arc<Endpoint>],
         tried: &Tried,
+        now: Instant,
         ok: impl Fn(&Endpoint) -> bool,
     ) -> Option<usize> {
         let n = eps.len();
@@ -86,8 +98,17 @@ impl Balancer {
                     scan(n, start, &usable)
                 }
                 LoadBalancing::Random => scan(n, rand::thread_rng().gen_range(0..n), &usable),
-                LoadBalancing::LeastRequest => least_request(eps, &usable),
-                LoadBalancing::PeakEwma => least_request(eps, &usable), // temporary, until peak EWMA lands
+                LoadBalancing::LeastRequest => {
+                    two_choices(eps, &usable, |e: &Endpoint| e.in_flight() as f64)
+                }
+                LoadBalancing::PeakEwma => {
+                    let cost = |e: &Endpoint| {
+                        e.core
+                            .load
+                            .cost(e.in_flight(), now, self.decay, self.default_latency)
+                    };
+                    two_choices(eps, &usable, cost)
+                }
                 LoadBalancing::Weighted => {
                     let total: usize = eps.iter().map(|e| e.weight as usize).sum();
                     let mut k = self.next.fetch_add(1, Ordering::Relaxed) % total.max(1);
@@ -114,10 +135,14 @@ fn scan(n: usize, start: usize, usable: &impl Fn(usize) -> bool) -> Option<usize
     (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
 }
 
-/// Power of two choices: two distinct random endpoints, the one with fewer requests in
-/// flight wins. When either sample is unusable, fall back to a full scan for the least
-/// loaded usable endpoint (rare: only while breakers are open).
-fn least_request(eps: &[Arc<Endpoint>], usable: &impl Fn(usize) -> bool) -> Option<usize> {
+/// Power of two choices: two distinct random endpoints, the cheaper wins (ties go to
+/// the first drawn). When either sample is unusable, fall back to a full scan for the
+/// cheapest usable endpoint (rare: only while breakers or limits refuse).
+fn two_choices(
+    eps: &[Arc<Endpoint>],
+    usable: &impl Fn(usize) -> bool,
+    cost: impl Fn(&Endpoint) -> f64,
+) -> Option<usize> {
     let n = eps.len();
     if n == 1 {
         return usable(0).then_some(0);
@@ -126,10 +151,10 @@ fn least_request(eps: &[Arc<Endpoint>], usable: &impl Fn(usize) -> bool) -> Opti
     let a = rng.gen_range(0..n);
     let b = (a + rng.gen_range(1..n)) % n;
     if usable(a) && usable(b) {
-        let (la, lb) = (eps[a].in_flight(), eps[b].in_flight());
-        return Some(if lb < la { b } else { a });
+        let (ca, cb) = (cost(&eps[a]), cost(&eps[b]));
+        return Some(if cb < ca { b } else { a });
     }
     (0..n)
         .filter(|&i| usable(i))
-        .min_by_key(|&i| eps[i].in_flight())
+        .min_by(|&i, &j| cost(&eps[i]).total_cmp(&cost(&eps[j])))
 }

@@ -12,14 +12,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::uri::Authority;
 use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Transition};
 use super::breakers::BreakerSet;
+use super::load::LoadState;
 use super::pool::Pool;
 use super::registry::Registry;
+use crate::admission::{AdaptiveLimit, WaitQueue};
 use crate::metrics::EndpointMetrics;
 
 /// The process's time origin for millisecond stamps kept in atomics.
@@ -64,6 +66,13 @@ pub struct EndpointCore {
     /// queue behind inference traffic.
     pub probe_pool: ArcSwap<Pool>,
     pub metrics: EndpointMetrics,
+    /// Latency estimate and reported load (the `peak_ewma` cost, deadline predictions).
+    pub load: LoadState,
+    /// The learned in-flight limit, when the upstream sets `adaptive_concurrency`.
+    pub adaptive: ArcSwapOption<AdaptiveLimit>,
+    /// Requests waiting for an endpoint of this upstream to get below its limit (one
+    /// queue per upstream name, shared by its endpoints): woken as requests finish.
+    pub waiting: Arc<WaitQueue>,
     /// Where this core is listed, so its metric series go with it.
     pub(super) registry: Weak<Registry>,
 }
@@ -87,6 +96,19 @@ impl EndpointCore {
 
     pub(super) fn set_forced_open(&self, forced: bool) {
         self.forced_open.store(forced, Ordering::Relaxed);
+    }
+
+    /// Whether one more request fits the adaptive limit (always, without one).
+    pub fn under_limit(&self) -> bool {
+        match &*self.adaptive.load() {
+            Some(l) => self.in_flight() < l.limit(),
+            None => true,
+        }
+    }
+
+    /// The adaptive limit now, if the upstream has one.
+    pub fn limit(&self) -> Option<usize> {
+        self.adaptive.load().as_ref().map(|l| l.limit())
     }
 
     /// Starts the slow-start ramp.
@@ -131,12 +153,15 @@ impl Drop for EndpointCore {
 }
 
 impl EndpointCore {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         service: &Arc<str>,
         addr: SocketAddr,
         pool: Arc<Pool>,
         probe_pool: Arc<Pool>,
         metrics: EndpointMetrics,
+        default_latency: Duration,
+        waiting: Arc<WaitQueue>,
         registry: Weak<Registry>,
     ) -> EndpointCore {
         EndpointCore {
@@ -152,6 +177,9 @@ impl EndpointCore {
             pool: ArcSwap::new(pool),
             probe_pool: ArcSwap::new(probe_pool),
             metrics,
+            load: LoadState::new(default_latency),
+            adaptive: ArcSwapOption::empty(),
+            waiting,
             registry,
         }
     }
@@ -278,5 +306,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Below its adaptive limit again: a request waiting for this upstream may go.
+        if self.0.adaptive.load().is_some() && !self.0.waiting.is_empty() {
+            self.0.waiting.release();
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod breakers;
 pub mod dns;
 pub mod endpoint;
 pub mod health;
+pub mod load;
 pub mod partition;
 pub mod pool;
 pub mod registry;
@@ -44,6 +45,9 @@ pub struct Upstream {
     pub policies: Vec<BreakerPolicy>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     balancer: Balancer,
+    /// Requests waiting for an endpoint below its adaptive limit (shared with the
+    /// endpoints' cores, which wake it as requests finish).
+    pub waiting: Arc<crate::admission::WaitQueue>,
     /// Shared by every request to this upstream (and carried over on reload while the
     /// budget settings stay).
     pub budget: Arc<RetryBudget>,
@@ -85,11 +89,12 @@ impl Upstream {
                 &cfg.retry.retry_status_codes,
                 &cfg.retry.retry_grpc_codes,
             ),
-            name,
+            name: name.clone(),
             cfg: cfg.clone(),
             policies,
             endpoints: ArcSwap::from_pointee(Vec::new()),
-            balancer: Balancer::new(cfg.load_balancing),
+            balancer: Balancer::new(cfg.load_balancing, &cfg.peak_ewma),
+            waiting: registry.queue(&name),
             budget,
             registry: registry.clone(),
             tls,
@@ -138,12 +143,17 @@ impl Upstream {
             data: pool_settings(&self.cfg, self.tls.as_ref(), addr, host, false),
             probe: pool_settings(&self.cfg, self.tls.as_ref(), addr, host, true),
         };
-        let (core, new) = self
-            .registry
-            .core(&self.name, addr, &pools, &self.metrics.pool_wait);
+        let (core, new) = self.registry.core(
+            &self.name,
+            addr,
+            &pools,
+            &self.metrics.pool_wait,
+            self.cfg.peak_ewma.default_latency,
+        );
         if new && ramp && !self.cfg.slow_start.is_zero() {
             core.mark_recovered(Instant::now());
         }
+        self.set_adaptive(&core);
         let sets = self
             .policies
             .iter()
@@ -157,6 +167,29 @@ impl Upstream {
             })
             .collect();
         Arc::new(Endpoint::new(core, weight, origin, sets))
+    }
+
+    /// Gives the core this upstream's adaptive limit: the learned one is kept while the
+    /// settings stay, a changed table starts afresh, none removes it.
+    fn set_adaptive(&self, core: &EndpointCore) {
+        match &self.cfg.adaptive_concurrency {
+            None => core.adaptive.store(None),
+            Some(cfg) => {
+                let keep = core
+                    .adaptive
+                    .load()
+                    .as_ref()
+                    .is_some_and(|l| l.same_settings(cfg));
+                if !keep {
+                    core.adaptive
+                        .store(Some(Arc::new(crate::admission::AdaptiveLimit::new(cfg))));
+                }
+                let limit = core.limit().unwrap_or(cfg.initial_limit);
+                core.metrics
+                    .concurrency_limit
+                    .set(i64::try_from(limit).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// The current endpoint list (one atomic load). A request loads it once and keeps
@@ -216,9 +249,10 @@ impl Upstream {
         &self,
         eps: &[Arc<Endpoint>],
         tried: &Tried,
+        now: Instant,
         ok: impl Fn(&Endpoint) -> bool,
     ) -> Option<usize> {
-        self.balancer.pick(eps, tried, ok)
+        self.balancer.pick(eps, tried, now, ok)
     }
 
     /// The metric families (for handles resolved outside the build).

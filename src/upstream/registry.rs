@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::breakers::BreakerSet;
 use super::endpoint::EndpointCore;
 use super::pool::{Pool, PoolSettings};
+use crate::admission::WaitQueue;
 use crate::config::{BreakerConfig, PartitionKey, UpstreamTls};
 use crate::metrics::{BreakerMetrics, EndpointMetrics, Metrics};
 use crate::tls;
@@ -46,6 +47,9 @@ pub struct Registry {
     /// Upstream name -> (fingerprint, config): an unchanged TLS setup keeps its config
     /// object, so pools compare equal and keep their connections.
     tls: Mutex<HashMap<String, (u64, Arc<rustls::ClientConfig>)>>,
+    /// Upstream name -> the queue of requests waiting for its endpoints' adaptive
+    /// limits, shared by every snapshot while anything holds it.
+    queues: Mutex<HashMap<Arc<str>, Weak<WaitQueue>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,7 +71,19 @@ impl Registry {
             cores: Mutex::default(),
             sets: Mutex::default(),
             tls: Mutex::default(),
+            queues: Mutex::default(),
         })
+    }
+
+    /// The adaptive-limit wait queue of upstream `service`.
+    pub fn queue(&self, service: &Arc<str>) -> Arc<WaitQueue> {
+        let mut queues = lock(&self.queues);
+        if let Some(q) = queues.get(service).and_then(Weak::upgrade) {
+            return q;
+        }
+        let q = Arc::new(WaitQueue::new());
+        queues.insert(service.clone(), Arc::downgrade(&q));
+        q
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -83,6 +99,7 @@ impl Registry {
         addr: SocketAddr,
         pools: &CorePools,
         pool_wait: &prometheus::Histogram,
+        default_latency: std::time::Duration,
     ) -> (Arc<EndpointCore>, bool) {
         let mut cores = lock(&self.cores);
         let key = (service.clone(), addr);
@@ -99,6 +116,7 @@ impl Registry {
             return (core, false);
         }
         let metrics = EndpointMetrics::new(&self.metrics, service, &addr.to_string());
+        let waiting = self.queue(service);
         let core = Arc::new(EndpointCore::new(
             service,
             addr,
@@ -106,6 +124,8 @@ impl Registry {
             // Probes are not data: their waits are not the pool's.
             Pool::new(addr, pools.probe.clone(), None),
             metrics,
+            default_latency,
+            waiting,
             Arc::downgrade(self),
         ));
         cores.insert(key, Arc::downgrade(&core));

@@ -1,0 +1,191 @@
+//! The adaptive concurrency limit of one endpoint (`[upstreams.X.adaptive_concurrency]`):
+//! how many requests it may have in flight, learned from its latency.
+//!
+//! The algorithm is Netflix concurrency-limits' *Gradient2*: a long-term average of
+//! latency (the endpoint's unloaded-ish baseline) against a short-term one (now); when
+//! `rtt_tolerance x long / short` falls below 1, latency is growing faster than the
+//! tolerance allows and the limit shrinks in proportion (never by more than half per
+//! step); otherwise it grows by `sqrt(limit)` (the queue it may keep), smoothed:
+//!
+//! ```text
+//! gradient  = clamp(rtt_tolerance * long_rtt / short_rtt, 0.5, 1.0)
+//! new_limit = limit * gradient + sqrt(limit)
+//! limit     = limit * (1 - smoothing) + new_limit * smoothing, within min..=max
+//! ```
+//!
+//! Chosen over Envoy's gradient filter (and Vegas) because it needs no minimum-RTT
+//! probing window: Envoy re-measures minRTT by pinning concurrency low, which answers
+//! 503s during the window (its documented pitfall), and a GPU model server's "minimum"
+//! latency depends on batch fill, so a sampled minimum misleads. Gradient2 compares
+//! against a slowly moving average instead, and when latency falls far below it (the
+//! overload is over) the average is pulled down quickly, so the limit recovers. Chosen
+//! over AIMD because AIMD only backs off on drops and timeouts, that is after the
+//! deadline is already lost; Gradient2 backs off when queueing begins.
+//!
+//! Samples: completed attempts only. Fail-fast errors (connect failures, resets,
+//! failure statuses), cancelled requests and health probes are not samples (the
+//! caller does not report them): a failing replica answering in 1 ms must not raise
+//! the limit, and a probe's latency says nothing about queueing. A sample taken while
+//! fewer than half the limit were in flight says nothing about the limit either (the
+//! endpoint was not pushed), so it moves the averages but not the limit.
+//!
+//! Touched per attempt (`sample`): one short uncontended lock per endpoint.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::config::AdaptiveConcurrencyConfig;
+
+/// Samples the long-term average spans (its weight per sample is 1/this).
+const LONG_WINDOW: f64 = 100.0;
+/// Weight of a sample in the short-term average.
+const SHORT_WEIGHT: f64 = 0.25;
+/// Below this ratio of short to long latency the long average is pulled down fast.
+const RECOVERY_RATIO: f64 = 0.5;
+
+/// One endpoint's limit.
+#[derive(Debug)]
+pub struct AdaptiveLimit {
+    cfg: AdaptiveConcurrencyConfig,
+    state: Mutex<State>,
+    /// The current limit, readable without the lock (per pick).
+    limit: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    limit: f64,
+    /// Averages of latency in seconds; 0 until the first sample.
+    long_rtt: f64,
+    short_rtt: f64,
+}
+
+impl AdaptiveLimit {
+    pub fn new(cfg: &AdaptiveConcurrencyConfig) -> AdaptiveLimit {
+        AdaptiveLimit {
+            limit: AtomicUsize::new(cfg.initial_limit),
+            state: Mutex::new(State {
+                limit: cfg.initial_limit as f64,
+                long_rtt: 0.0,
+                short_rtt: 0.0,
+            }),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Requests this endpoint may have in flight now.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Whether the settings are `cfg` (a reload keeps the learned limit only then).
+    pub fn same_settings(&self, cfg: &AdaptiveConcurrencyConfig) -> bool {
+        &self.cfg == cfg
+    }
+
+    /// Feeds one completed attempt's latency, with the requests that were in flight at
+    /// the endpoint when it was sent; returns the new limit.
+    pub fn sample(&self, rtt: Duration, in_flight: usize) -> usize {
+        let rtt = rtt.as_secs_f64().max(1e-6);
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.long_rtt == 0.0 {
+            s.long_rtt = rtt;
+            s.short_rtt = rtt;
+        } else {
+            s.long_rtt += (rtt - s.long_rtt) / LONG_WINDOW;
+            s.short_rtt += (rtt - s.short_rtt) * SHORT_WEIGHT;
+        }
+        if s.short_rtt < s.long_rtt * RECOVERY_RATIO {
+            // Latency fell well below the long average: the overload that raised it is
+            // over, so the average follows quickly and the limit can grow again.
+            s.long_rtt = s.long_rtt * 0.9 + s.short_rtt * 0.1;
+        }
+        if (in_flight as f64) >= s.limit / 2.0 {
+            let gradient = (self.cfg.rtt_tolerance * s.long_rtt / s.short_rtt).clamp(0.5, 1.0);
+            let proposed = s.limit * gradient + s.limit.sqrt();
+            let smoothed = s.limit * (1.0 - self.cfg.smoothing) + proposed * self.cfg.smoothing;
+            s.limit = smoothed.clamp(self.cfg.min_limit as f64, self.cfg.max_limit as f64);
+        }
+        let limit = (s.limit.floor() as usize).clamp(self.cfg.min_limit, self.cfg.max_limit);
+        self.limit.store(limit, Ordering::Relaxed);
+        limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AdaptiveConcurrencyConfig {
+        AdaptiveConcurrencyConfig {
+            min_limit: 1,
+            max_limit: 64,
+            initial_limit: 8,
+            rtt_tolerance: 1.5,
+            smoothing: 0.2,
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Proves the limit grows while latency is steady and the endpoint is pushed, falls
+    /// when latency rises past the tolerance under load, and recovers once latency is
+    /// back; and stays within min..=max throughout.
+    #[test]
+    fn grows_while_steady_falls_under_queueing_and_recovers() {
+        let l = AdaptiveLimit::new(&cfg());
+        for _ in 0..200 {
+            let lim = l.limit();
+            l.sample(10 * MS, lim);
+        }
+        let steady = l.limit();
+        assert!(steady > 8, "grew from 8 to {steady}");
+        for _ in 0..40 {
+            let lim = l.limit();
+            l.sample(100 * MS, lim);
+        }
+        let loaded = l.limit();
+        assert!(loaded < steady / 2, "fell from {steady} to {loaded}");
+        for _ in 0..400 {
+            let lim = l.limit();
+            l.sample(10 * MS, lim);
+        }
+        let recovered = l.limit();
+        assert!(
+            recovered > loaded * 2,
+            "recovered from {loaded} to {recovered}"
+        );
+        assert!((1..=64).contains(&recovered));
+    }
+
+    /// Proves a sample taken while the endpoint was not pushed (fewer than half the
+    /// limit in flight) does not move the limit, and the bounds hold.
+    #[test]
+    fn unpushed_samples_leave_the_limit_and_bounds_hold() {
+        let l = AdaptiveLimit::new(&cfg());
+        for _ in 0..100 {
+            l.sample(10 * MS, 1);
+        }
+        assert_eq!(l.limit(), 8);
+        for _ in 0..10_000 {
+            let lim = l.limit();
+            l.sample(10 * MS, lim);
+        }
+        assert_eq!(l.limit(), 64, "never above max_limit");
+        let floor = AdaptiveLimit::new(&AdaptiveConcurrencyConfig {
+            min_limit: 4,
+            initial_limit: 6,
+            ..cfg()
+        });
+        for _ in 0..20 {
+            floor.sample(10 * MS, 6);
+        }
+        let mut lowest = usize::MAX;
+        for _ in 0..50 {
+            let lim = floor.limit();
+            lowest = lowest.min(floor.sample(Duration::from_secs(5), lim));
+        }
+        assert_eq!(lowest, 4, "it fell, and never below min_limit");
+    }
+}

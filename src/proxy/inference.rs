@@ -1,0 +1,154 @@
+//! What the attempt loop does for GPU model servers beyond picking and retrying:
+//! deadline-aware admission (a request whose time left is shorter than the predicted
+//! wait plus service time is answered OVERLOADED at once instead of occupying a GPU for
+//! an answer nobody will read), the wait for an endpoint below its adaptive
+//! concurrency limit (in the upstream's priority queue, bounded by the route's queue
+//! settings), and the samples each attempt feeds: peak-EWMA and mean latency, the
+//! adaptive limit, and the load the upstream reported.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Response};
+use tokio::time::Instant;
+
+use super::classify::{Outcome, Record, Verdict};
+use super::ctx::RequestCtx;
+use super::error::{ErrorCode, ProxyError};
+use crate::admission::{Priority, Shed, OVERLOADED_RETRY_AFTER};
+use crate::config::{DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT};
+use crate::snapshot::Route;
+use crate::upstream::load::{parse_report, ENDPOINT_LOAD_METRICS};
+use crate::upstream::{Endpoint, Upstream};
+
+/// The predicted wait plus service time of the best endpoint for a request of
+/// `priority`: over the endpoints whose breakers admit it, the smallest mean latency x
+/// (1 + requests queued ahead / the endpoint's limit). `None` when any such endpoint
+/// has no samples yet (it may be fast: never shed on what is not known).
+pub(super) fn predicted(
+    up: &Upstream,
+    eps: &[Arc<Endpoint>],
+    slot: usize,
+    headers: &HeaderMap,
+    priority: Priority,
+    now: Instant,
+) -> Option<Duration> {
+    let ahead = if up.cfg.adaptive_concurrency.is_some() {
+        up.waiting.ahead_of(priority) as f64
+    } else {
+        0.0
+    };
+    let mut best: Option<Duration> = None;
+    for ep in eps
+        .iter()
+        .filter(|ep| ep.breakers(slot).available(headers, now))
+    {
+        let mean = ep.core.load.mean_latency()?;
+        let limit = ep.core.limit().unwrap_or(1).max(1) as f64;
+        let p = mean.mul_f64(1.0 + ahead / limit);
+        best = Some(best.map_or(p, |b| b.min(p)));
+    }
+    best
+}
+
+/// OVERLOADED for a deadline shorter than the prediction (counted `reason="deadline"`).
+pub(super) fn deadline_shed(route: &Route, left: Duration, predicted: Duration) -> ProxyError {
+    route.metrics.rejected_deadline.inc();
+    ProxyError::new(
+        ErrorCode::Overloaded,
+        format!(
+            "{} ms left, predicted wait and service time {} ms: shed before reaching the upstream",
+            left.as_millis(),
+            predicted.as_millis()
+        ),
+    )
+    .upstream(&route.upstream.name)
+    .retry_after(OVERLOADED_RETRY_AFTER)
+}
+
+/// Whether some endpoint's breakers admit the request but every such endpoint is at
+/// its adaptive limit (so waiting can help).
+pub(super) fn only_limits_refuse(
+    eps: &[Arc<Endpoint>],
+    slot: usize,
+    headers: &HeaderMap,
+    now: Instant,
+) -> bool {
+    let mut admitted = eps
+        .iter()
+        .filter(|ep| ep.breakers(slot).available(headers, now))
+        .peekable();
+    admitted.peek().is_some() && admitted.all(|ep| !ep.core.under_limit())
+}
+
+/// Waits in the upstream's priority queue until an endpoint frees capacity, bounded by
+/// the route's queue (`max_queue`, `queue_timeout`, or their defaults) and the time
+/// left; `recheck` says whether capacity freed while joining.
+pub(super) async fn wait_for_capacity(
+    route: &Route,
+    up: &Upstream,
+    ctx: &RequestCtx,
+    recheck: impl Fn() -> bool,
+) -> Result<(), ProxyError> {
+    let (max_queue, timeout) = route
+        .cfg
+        .concurrency
+        .as_ref()
+        .map_or((DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT), |c| {
+            (c.max_queue, c.queue_timeout)
+        });
+    let left = ctx.deadline.saturating_duration_since(Instant::now());
+    let shed = |s: Shed| super::shed_error(route, s, "every endpoint is at its concurrency limit");
+    let ticket = up.waiting.join(ctx.priority, max_queue).map_err(shed)?;
+    if recheck() {
+        return Ok(()); // freed while joining: leaving passes any wake on
+    }
+    ticket.wait(timeout.min(left)).await.map_err(shed)
+}
+
+/// What the attempt teaches about the endpoint: latency samples (cancelled attempts,
+/// fusebox's own pool limit and the caller's faults are none), the adaptive limit
+/// (completed attempts only: fail-fast errors are not samples), and the load report of
+/// its response, which is stripped unless `forward_load_report`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn learn<B>(
+    up: &Upstream,
+    ep: &Endpoint,
+    outcome: Outcome,
+    verdict: &Verdict,
+    elapsed: Duration,
+    in_flight_at_send: usize,
+    now: Instant,
+    response: Option<&mut Response<B>>,
+) {
+    if verdict.endpoint == Record::Ignore && verdict.key == Record::Ignore {
+        return;
+    }
+    let failure = verdict.endpoint == Record::Failure || verdict.key == Record::Failure;
+    let load = &ep.core.load;
+    load.observe(elapsed, failure, now, up.cfg.peak_ewma.decay);
+    let completed = match outcome {
+        Outcome::Response { .. } => !failure,
+        Outcome::Timeout { .. } => true,
+        _ => false,
+    };
+    if completed {
+        if let Some(limit) = ep.core.adaptive.load().as_ref() {
+            let l = limit.sample(elapsed, in_flight_at_send);
+            ep.core
+                .metrics
+                .concurrency_limit
+                .set(i64::try_from(l).unwrap_or(i64::MAX));
+        }
+    }
+    if let Some(r) = response {
+        let (queue, util) = parse_report(r.headers(), up.cfg.load_report_header.as_ref());
+        load.report(queue, util, now, up.cfg.load_report_expiry);
+        if !up.cfg.forward_load_report {
+            r.headers_mut().remove(&ENDPOINT_LOAD_METRICS);
+            if let Some(h) = &up.cfg.load_report_header {
+                r.headers_mut().remove(h);
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! What an endpoint's load looks like from the proxy: a peak-EWMA latency estimate
+//! (Finagle's and linkerd's `PeakEwma`: a sample above the estimate replaces it at
+//! once, lower samples pull it down with weight `1 - e^(-dt/decay)`), the load figures
+//! the upstream reports in its responses (ORCA `endpoint-load-metrics` or a configured
+//! header), and the cost the `peak_ewma` balancer compares:
+//!
+//! ```text
+//! cost = latency x (in flight + 1) x (1 + queue) / (1 - utilisation)
+//! ```
+//!
+//! with `queue` and `utilisation` from a load report younger than
+//! `load_report_expiry` (0 otherwise; utilisation capped at 0.9).
+//!
+//! The pitfalls the anchors report are handled here: an endpoint with no samples
+//! starts at `default_latency`, not zero; a failed attempt (a replica that fails fast)
+//! counts as at least twice the estimate, so failing fast never looks fast; without
+//! samples the estimate drifts back to `default_latency` with the same decay, so an
+//! endpoint that was slow once is probed again later. Cancelled attempts and health
+//! probes are never samples (the caller does not report them).
+//!
+//! Lock-free: a few atomics per endpoint; racing updates may lose one sample, which an
+//! average can afford. Touched per attempt (`observe`, `report`) and per pick (`cost`).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+use tokio::time::Instant;
+
+use super::endpoint::epoch;
+
+/// ORCA's response header (TEXT format), as vLLM and others send it.
+pub static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-load-metrics");
+
+/// The largest utilisation a report may claim in the cost (a report of 1.0 would make
+/// the cost infinite and the endpoint unpickable forever).
+const MAX_UTILISATION: f32 = 0.9;
+
+/// A failed attempt counts as at least this many times the estimate.
+const FAILURE_PENALTY: f64 = 2.0;
+
+/// Weight of a new sample in the mean latency (about the last ten samples count).
+const MEAN_WEIGHT: f64 = 0.1;
+
+/// One endpoint's load.
+#[derive(Debug)]
+pub struct LoadState {
+    /// Peak-EWMA latency estimate, nanoseconds as `f64` bits.
+    est_ns: AtomicU64,
+    /// Microseconds since [`epoch`] of the last update.
+    stamp_us: AtomicU64,
+    /// Samples seen (0: the estimate is the default, nothing is known).
+    samples: AtomicU64,
+    /// Plain moving average of successful attempts' latency (nanoseconds, `f64` bits;
+    /// 0 = none yet): the service time deadline predictions use, which a single stall
+    /// does not dominate the way it dominates the peak estimate.
+    mean_ns: AtomicU64,
+    /// Last reported queue length and utilisation (`f32` bits), and until when
+    /// (milliseconds since [`epoch`]) they count.
+    queue: AtomicU32,
+    utilisation: AtomicU32,
+    report_until_ms: AtomicU64,
+}
+
+fn us_since_epoch(now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch()).as_micros()).unwrap_or(u64::MAX)
+}
+
+impl LoadState {
+    pub fn new(default_latency: Duration) -> LoadState {
+        LoadState {
+            est_ns: AtomicU64::new((default_latency.as_nanos() as f64).to_bits()),
+            stamp_us: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            mean_ns: AtomicU64::new(0f64.to_bits()),
+            queue: AtomicU32::new(0f32.to_bits()),
+            utilisation: AtomicU32::new(0f32.to_bits()),
+            report_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one attempt's latency (to response headers, or to its failure).
+    pub fn observe(&self, rtt: Duration, failure: bool, now: Instant, decay: Duration) {
+        let mut rtt_ns = rtt.as_nanos() as f64;
+        let old = self.latency_ns_at(now, decay, Duration::ZERO);
+        if failure {
+            rtt_ns = rtt_ns.max(old * FAILURE_PENALTY);
+        }
+        let est = if rtt_ns >= old || self.samples.load(Ordering::Relaxed) == 0 {
+            rtt_ns // a peak replaces the estimate at once (and the first sample does)
+        } else {
+            let w = weight(self.since_update(now), decay);
+            old * w + rtt_ns * (1.0 - w)
+        };
+        self.est_ns.store(est.to_bits(), Ordering::Relaxed);
+        self.stamp_us.store(us_since_epoch(now), Ordering::Relaxed);
+        self.samples.fetch_add(1, Ordering::Relaxed);
+        if !failure {
+            let m = f64::from_bits(self.mean_ns.load(Ordering::Relaxed));
+            let rtt_ns = rtt.as_nanos() as f64;
+            let m = if m == 0.0 {
+                rtt_ns
+            } else {
+                m + (rtt_ns - m) * MEAN_WEIGHT
+            };
+            self.mean_ns.store(m.max(1.0).to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// The moving average of successful latencies; `None` before the first one.
+    pub fn mean_latency(&self) -> Option<Duration> {
+        let m = f64::from_bits(self.mean_ns.load(Ordering::Relaxed));
+        (m > 0.0).then(|| Duration::from_nanos(m as u64))
+    }
+
+    /// Whether any attempt has been observed (a prediction needs one).
+    pub fn has_samples(&self) -> bool {
+        self.samples.load(Ordering::Relaxed) > 0
+    }
+
+    /// The estimate now: the last one drifting back to `default` without samples.
+    pub fn latency(&self, now: Instant, decay: Duration, default: Duration) -> Duration {
+        Duration::from_nanos(self.latency_ns_at(now, decay, default) as u64)
+    }
+
+    fn latency_ns_at(&self, now: Instant, decay: Duration, default: Duration) -> f64 {
+        let est = f64::from_bits(self.est_ns.load(Ordering::Relaxed));
+        if default.is_zero() || !self.has_samples() {
+            return est;
+        }
+        let d = default.as_nanos() as f64;
+        let w = weight(self.since_update(now), decay);
+        d + (est - d) * w
+    }
+
+    fn since_update(&self, now: Instant) -> Duration {
+        let last = self.stamp_us.load(Ordering::Relaxed);
+        Duration::from_micros(us_since_epoch(now).saturating_sub(last))
+    }
+
+    /// Stores the load figures of a response's report, valid for `expiry`.
+    pub fn report(
+        &self,
+        queue: Option<f32>,
+        utilisation: Option<f32>,
+        now: Instant,
+        expiry: Duration,
+    ) {
+        if queue.is_none() && utilisation.is_none() {
+            return;
+        }
+        let clean = |v: Option<f32>| v.filter(|x| x.is_finite() && *x >= 0.0).unwrap_or(0.0);
+        self.queue.store(clean(queue).to_bits(), Ordering::Relaxed);
+        let u = clean(utilisation).min(MAX_UTILISATION);
+        self.utilisation.store(u.to_bits(), Ordering::Relaxed);
+        let until = now.checked_add(expiry).unwrap_or(now);
+        let ms = u64::try_from(until.saturating_duration_since(epoch()).as_millis()).unwrap_or(0);
+        self.report_until_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// `(1 + queue) / (1 - utilisation)` of a report still valid at `now`, else 1.
+    pub fn report_factor(&self, now: Instant) -> f64 {
+        let until = self.report_until_ms.load(Ordering::Relaxed);
+        let now_ms = u64::try_from(now.saturating_duration_since(epoch()).as_millis()).unwrap_or(0);
+        if until == 0 || now_ms >= until {
+            return 1.0;
+        }
+        let q = f64::from(f32::from_bits(self.queue.load(Ordering::Relaxed)));
+        let u = f64::from(f32::from_bits(self.utilisation.load(Ordering::Relaxed)));
+        (1.0 + q) / (1.0 - u)
+    }
+
+    /// The peak-EWMA balancer's cost of sending one more request here.
+    pub fn cost(&self, in_flight: usize, now: Instant, decay: Duration, default: Duration) -> f64 {
+        self.latency_ns_at(now, decay, default) * (in_flight as f64 + 1.0) * self.report_factor(now)
+    }
+}
+
+/// The weight of the old estimate after `elapsed`: `e^(-elapsed/decay)`.
+fn weight(elapsed: Duration, decay: Duration) -> f64 {
+    if decay.is_zero() {
+        return 0.0;
+    }
+    (-elapsed.as_secs_f64() / decay.as_secs_f64()).exp()
+}
+
+/// The load figures of a response: ORCA `endpoint-load-metrics` (TEXT format:
+/// `named_metrics.num_requests_waiting=3, application_utilization=0.4, ...`) and, when
+/// configured, a header whose value is the queue length (`x-queue-depth: 7`).
+/// Returns (queue, utilisation); `None` each when not reported.
+pub fn parse_report(
+    headers: &HeaderMap,
+    queue_header: Option<&HeaderName>,
+) -> (Option<f32>, Option<f32>) {
+    let mut queue = queue_header.and_then(|h| headers.get(h)).and_then(|v| {
+        std::str::from_utf8(v.as_bytes())
+            .ok()?
+            .trim()
+            .parse::<f32>()
+            .ok()
+    });
+    let mut util = None;
+    if let Some(v) = headers.get(&ENDPOINT_LOAD_METRICS) {
+        if let Some(text) = std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|t| t.trim().strip_prefix("TEXT"))
+        {
+            for pair in text.split(',') {
+                let Some((k, v)) = pair.split_once('=') else {
+                    continue;
+                };
+                let Ok(v) = v.trim().parse::<f32>() else {
+                    continue;
+                };
+                match k.trim() {
+                    "named_metrics.num_requests_waiting" | "named_metrics.queue_size" => {
+                        queue = Some(queue.map_or(v, |q| q.max(v)));
+                    }
+                    "application_utilization"
+                    | "cpu_utilization"
+                    | "named_metrics.kv_cache_usage_perc" => {
+                        util = Some(util.map_or(v, |u: f32| u.max(v)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    (queue, util)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const DECAY: Duration = Duration::from_secs(10);
+
+    /// Proves the peak-EWMA rules: a new endpoint is at the default latency; the first
+    /// sample and every peak replace the estimate at once; lower samples pull it down
+    /// by `1 - e^(-dt/decay)`; with no samples it drifts back to the default.
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_follows_peaks_at_once_and_decays_slowly() {
+        let s = LoadState::new(30 * MS);
+        let t0 = Instant::now();
+        assert_eq!(s.latency(t0, DECAY, 30 * MS), 30 * MS);
+        assert!(!s.has_samples());
+        s.observe(5 * MS, false, t0, DECAY);
+        assert_eq!(s.latency(t0, DECAY, Duration::ZERO), 5 * MS);
+        s.observe(100 * MS, false, t0, DECAY);
+        assert_eq!(
+            s.latency(t0, DECAY, Duration::ZERO),
+            100 * MS,
+            "a peak at once"
+        );
+        let mean = s.mean_latency().expect("a mean").as_secs_f64() * 1000.0;
+        assert!((mean - 14.5).abs() < 0.01, "mean moves by a tenth: {mean}");
+        // 10 s later a 10 ms sample: weight e^-1 on the old 100 ms.
+        let t1 = t0 + Duration::from_secs(10);
+        s.observe(10 * MS, false, t1, DECAY);
+        let want = 100.0 * (-1f64).exp() + 10.0 * (1.0 - (-1f64).exp());
+        let got = s.latency(t1, DECAY, Duration::ZERO).as_secs_f64() * 1000.0;
+        assert!((got - want).abs() < 0.01, "{got} vs {want}");
+        // Without samples it drifts toward the default (30 ms).
+        let later = s.latency(t1 + Duration::from_secs(100), DECAY, 30 * MS);
+        assert!(
+            (later.as_secs_f64() * 1000.0 - 30.0).abs() < 0.01,
+            "{later:?}"
+        );
+    }
+
+    /// Proves a replica that fails fast does not look fast: a 1 ms failure counts as
+    /// twice the estimate, so repeated fast failures raise its cost.
+    #[tokio::test(start_paused = true)]
+    async fn fast_failures_raise_the_estimate() {
+        let s = LoadState::new(30 * MS);
+        let now = Instant::now();
+        s.observe(3 * MS, false, now, DECAY);
+        for _ in 0..3 {
+            s.observe(MS, true, now, DECAY);
+        }
+        assert_eq!(s.latency(now, DECAY, Duration::ZERO), 24 * MS);
+        let healthy = LoadState::new(30 * MS);
+        healthy.observe(3 * MS, false, now, DECAY);
+        assert!(s.cost(0, now, DECAY, 30 * MS) > healthy.cost(0, now, DECAY, 30 * MS));
+    }
+
+    /// Proves the cost formula: latency x (in flight + 1) x (1 + queue) / (1 - util),
+    /// the report counting until it expires.
+    #[tokio::test(start_paused = true)]
+    async fn cost_multiplies_in_flight_and_a_fresh_report() {
+        let s = LoadState::new(10 * MS);
+        let now = Instant::now();
+        s.observe(10 * MS, false, now, DECAY);
+        let base = 10e6;
+        assert_eq!(s.cost(0, now, DECAY, 10 * MS), base);
+        assert_eq!(s.cost(3, now, DECAY, 10 * MS), 4.0 * base);
+        s.report(Some(4.0), Some(0.5), now, Duration::from_secs(2));
+        let c = s.cost(0, now, DECAY, 10 * MS);
+        assert!((c - base * 5.0 / 0.5).abs() < 1.0, "{c}");
+        s.report(None, Some(1.0), now, Duration::from_secs(2));
+        assert!(
+            s.cost(0, now, DECAY, 10 * MS).is_finite(),
+            "utilisation is capped"
+        );
+        let after = now + Duration::from_secs(3);
+        assert_eq!(
+            s.report_factor(after),
+            1.0,
+            "an expired report counts for nothing"
+        );
+    }
+
+    #[test]
+    fn orca_text_and_a_configured_header_are_read() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            ENDPOINT_LOAD_METRICS.clone(),
+            HeaderValue::from_static(
+                "TEXT named_metrics.kv_cache_usage_perc=0.4, named_metrics.num_requests_waiting=3",
+            ),
+        );
+        assert_eq!(parse_report(&h, None), (Some(3.0), Some(0.4)));
+        let depth = HeaderName::from_static("x-queue-depth");
+        h.insert(depth.clone(), HeaderValue::from_static("7"));
+        assert_eq!(parse_report(&h, Some(&depth)), (Some(7.0), Some(0.4)));
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            ENDPOINT_LOAD_METRICS.clone(),
+            HeaderValue::from_static("JSON {}"),
+        );
+        bad.insert(depth.clone(), HeaderValue::from_static("lots"));
+        assert_eq!(parse_report(&bad, Some(&depth)), (None, None));
+        assert_eq!(parse_report(&HeaderMap::new(), Some(&depth)), (None, None));
+    }
+}
