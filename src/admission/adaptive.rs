@@ -26,8 +26,8 @@
 //! failure statuses), cancelled requests and health probes are not samples (the
 //! caller does not report them): a failing replica answering in 1 ms must not raise
 //! the limit, and a probe's latency says nothing about queueing. A sample taken while
-//! fewer than half the limit were in flight says nothing about the limit either (the
-//! endpoint was not pushed), so it moves the averages but not the limit.
+//! fewer than half the limit were in flight cannot grow the limit (the endpoint was not
+//! pushed, so nothing says it could take more); rising latency shrinks it either way.
 //!
 //! Touched per attempt (`sample`): one short uncontended lock per endpoint.
 
@@ -101,9 +101,12 @@ impl AdaptiveLimit {
             // over, so the average follows quickly and the limit can grow again.
             s.long_rtt = s.long_rtt * 0.9 + s.short_rtt * 0.1;
         }
-        if (in_flight as f64) >= s.limit / 2.0 {
-            let gradient = (self.cfg.rtt_tolerance * s.long_rtt / s.short_rtt).clamp(0.5, 1.0);
-            let proposed = s.limit * gradient + s.limit.sqrt();
+        let gradient = (self.cfg.rtt_tolerance * s.long_rtt / s.short_rtt).clamp(0.5, 1.0);
+        let pushed = (in_flight as f64) >= s.limit / 2.0;
+        // Queueing shrinks the limit whatever the load; only a pushed endpoint grows it.
+        if gradient < 1.0 || pushed {
+            let queue = if pushed { s.limit.sqrt() } else { 0.0 };
+            let proposed = s.limit * gradient + queue;
             let smoothed = s.limit * (1.0 - self.cfg.smoothing) + proposed * self.cfg.smoothing;
             s.limit = smoothed.clamp(self.cfg.min_limit as f64, self.cfg.max_limit as f64);
         }
@@ -160,7 +163,7 @@ mod tests {
     }
 
     /// Proves a sample taken while the endpoint was not pushed (fewer than half the
-    /// limit in flight) does not move the limit, and the bounds hold.
+    /// limit in flight) does not grow the limit, and the bounds hold.
     #[test]
     fn unpushed_samples_leave_the_limit_and_bounds_hold() {
         let l = AdaptiveLimit::new(&cfg());

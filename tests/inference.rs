@@ -1,0 +1,356 @@
+//! Inference-aware traffic against real upstreams on 127.0.0.1: `peak_ewma` keeps a
+//! slow replica, and one that fails fast, out of the way; load reports move traffic;
+//! the adaptive concurrency limit falls when latency rises under load and recovers;
+//! a request whose deadline is shorter than the predicted wait is shed at once; under
+//! overload, `low` is shed before `normal` before `critical`. Every check is a count
+//! (requests per endpoint, upstream hits, error codes, counters), never elapsed time.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::scripted::*;
+use common::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `n` requests from `clients` concurrent clients to `url`, with `headers`; returns
+/// the statuses in completion order.
+async fn drive(url: &str, clients: usize, n: usize, headers: &[(&str, &str)]) -> Vec<u16> {
+    let c = http1_client();
+    let per = n / clients;
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (c, url, headers) = (c.clone(), url.to_owned(), headers.clone());
+        tasks.push(tokio::spawn(async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (&**k, &**v)).collect();
+            let mut out = Vec::with_capacity(per);
+            for _ in 0..per {
+                out.push(call(&c, Method::GET, &url, &h, "").await.status.as_u16());
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(within(WAIT * 6, "the clients", t).await.expect("task"));
+    }
+    all
+}
+
+async fn metrics(p: &Proxy) -> String {
+    let url = format!("http://{}/metrics", p.running.admin_addr);
+    get(&http1_client(), &url).await.text()
+}
+
+fn sample(text: &str, name_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn fleet(addrs: &[SocketAddr], lb: &str, extra: &str) -> String {
+    format!(
+        "{}{}",
+        UpstreamToml::new("gpu", addrs)
+            .extra(&format!("load_balancing = \"{lb}\"\n{extra}"))
+            .build(),
+        route_toml("infer", "/", "gpu", "timeout = \"20s\"")
+    )
+}
+
+/// Proves: with one of two replicas 30x slower (100 ms against ~3 ms), 8 concurrent
+/// clients and 400 requests, `peak_ewma` sends it under 10 % of the requests (it
+/// learns the latency and compares cost, not only requests in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_keeps_a_slow_replica_out_of_the_way() {
+    let fast = Scripted::start(Behaviour::delayed(ms(3), Behaviour::ok("fast"))).await;
+    let slow = Scripted::start(Behaviour::delayed(ms(100), Behaviour::ok("slow"))).await;
+    let p = spawn_proxy(&fleet(&[fast.addr, slow.addr], "peak_ewma", "")).await;
+    let statuses = drive(&p.url("/detect"), 8, 400, &[]).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(fast.hits() + slow.hits(), 400);
+    assert!(
+        slow.hits() < 40,
+        "the slow replica got {} of 400 requests",
+        slow.hits()
+    );
+    assert!(p.shutdown().await);
+}
+
+/// Proves: a replica that answers 503 in 1 ms gets less traffic, not more: a failure
+/// counts as at least twice the latency estimate, so failing fast never looks fast
+/// (with `least_request` it would win every comparison: it has nothing in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_fails_fast_gets_less_traffic() {
+    let good = Scripted::start(Behaviour::delayed(ms(5), Behaviour::ok("ok"))).await;
+    let bad = Scripted::start(Behaviour::respond(503, "overloaded")).await;
+    let p = spawn_proxy(&fleet(&[good.addr, bad.addr], "peak_ewma", "")).await;
+    let statuses = drive(&p.url("/detect"), 4, 200, &[]).await;
+    let failed = statuses.iter().filter(|s| **s == 503).count();
+    assert_eq!(
+        failed,
+        bad.hits(),
+        "every 503 came from the failing replica"
+    );
+    assert!(
+        bad.hits() * 5 < good.hits(),
+        "the failing replica got {} requests, the good one {}",
+        bad.hits(),
+        good.hits()
+    );
+    assert!(p.shutdown().await);
+}
+
+/// Proves: a configured load-report header (`x-queue-depth`) and ORCA's
+/// `endpoint-load-metrics` each move traffic away from the replica reporting a long
+/// queue within a few responses, and neither header reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_move_traffic_and_are_not_forwarded() {
+    for (header, busy_value) in [
+        ("x-queue-depth", "50"),
+        (
+            "endpoint-load-metrics",
+            "TEXT named_metrics.num_requests_waiting=50, application_utilization=0.5",
+        ),
+    ] {
+        let calm_value = if header == "x-queue-depth" {
+            "0"
+        } else {
+            "TEXT named_metrics.num_requests_waiting=0"
+        };
+        let answer =
+            |v: &str| Behaviour::delayed(ms(5), Behaviour::ok("ok").with_header(header, v));
+        let busy = Scripted::start(answer(busy_value)).await;
+        let calm = Scripted::start(answer(calm_value)).await;
+        let p = spawn_proxy(&fleet(
+            &[busy.addr, calm.addr],
+            "peak_ewma",
+            "load_report_header = \"x-queue-depth\"",
+        ))
+        .await;
+        let c = http1_client();
+        // A few responses teach it; the next 100 go around the busy replica.
+        for _ in 0..6 {
+            let r = get(&c, &p.url("/x")).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header(header), None, "{header} is not forwarded");
+        }
+        let before = busy.hits();
+        let statuses = drive(&p.url("/x"), 2, 100, &[]).await;
+        assert!(statuses.iter().all(|s| *s == 200));
+        let to_busy = busy.hits() - before;
+        assert!(
+            to_busy < 10,
+            "{header}: the replica reporting a queue of 50 got {to_busy} of 100"
+        );
+        assert!(p.shutdown().await);
+    }
+}
+
+/// The adaptive limit now, from its gauge.
+async fn limit(p: &Proxy, ep: SocketAddr) -> f64 {
+    let text = metrics(p).await;
+    let labels = format!(r#"gateway_upstream_concurrency_limit{{endpoint="{ep}",service="gpu"}}"#);
+    sample(&text, &labels).unwrap_or_else(|| panic!("no {labels} in:\n{text}"))
+}
+
+/// Proves: the adaptive concurrency limit grows while latency is steady under load,
+/// falls when latency rises (10 ms -> 80 ms) with 16 concurrent clients, and recovers
+/// once latency is back; requests over the limit wait in the route's queue (a long
+/// `queue_timeout` here, so none is shed) and every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_limit_falls_under_queueing_and_recovers() {
+    let up = Scripted::start(Behaviour::delayed(ms(10), Behaviour::ok("ok"))).await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("gpu", &[up.addr])
+            .table(
+                "adaptive_concurrency",
+                "min_limit = 1\nmax_limit = 64\ninitial_limit = 8"
+            )
+            .build(),
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
+        )
+    );
+    let p = spawn_proxy(&tables).await;
+    let url = p.url("/infer");
+    let all_ok = |s: Vec<u16>| assert!(s.iter().all(|x| *x == 200), "{s:?}");
+    all_ok(drive(&url, 16, 320, &[]).await);
+    let steady = limit(&p, up.addr).await;
+    assert!(steady > 8.0, "grew from 8 under steady latency: {steady}");
+    up.set(Behaviour::delayed(ms(80), Behaviour::ok("ok")));
+    all_ok(drive(&url, 16, 48, &[]).await);
+    let loaded = limit(&p, up.addr).await;
+    assert!(
+        loaded < steady,
+        "the limit fell when latency rose: {steady} -> {loaded}"
+    );
+    up.set(Behaviour::delayed(ms(10), Behaviour::ok("ok")));
+    all_ok(drive(&url, 16, 480, &[]).await);
+    let recovered = limit(&p, up.addr).await;
+    assert!(
+        recovered > loaded,
+        "the limit recovered after the load: {loaded} -> {recovered}"
+    );
+    assert!(p.shutdown().await);
+}
+
+/// Proves: a request with 50 ms left, where the endpoint's answers take ~200 ms, is
+/// answered `503 OVERLOADED` (with `Retry-After`) at once and never reaches the
+/// upstream, counted as `reason="deadline"`; one with time enough goes through; a
+/// route with `shed_on_deadline = false` does not shed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_make_its_deadline_is_shed_at_once() {
+    let up = Scripted::start(Behaviour::delayed(ms(200), Behaviour::ok("ok"))).await;
+    let tables = format!(
+        "{}{}{}",
+        UpstreamToml::new("gpu", &[up.addr]).build(),
+        route_toml("infer", "/infer", "gpu", ""),
+        route_toml("patient", "/patient", "gpu", "shed_on_deadline = false"),
+    );
+    let p = spawn_proxy(&tables).await;
+    let c = http1_client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &p.url("/infer")).await.status, 200);
+    }
+    let hits = up.hits();
+    let r = call(
+        &c,
+        Method::GET,
+        &p.url("/infer"),
+        &[("x-request-timeout-ms", "50")],
+        "",
+    )
+    .await;
+    assert_fusebox_error(&r, 503, "OVERLOADED", Some("gpu"));
+    assert!(retry_after_secs(&r) >= 1);
+    assert_eq!(up.hits(), hits, "never reached the upstream");
+    let text = metrics(&p).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_proxy_rejected_total{reason="deadline",route="infer"}"#
+        ),
+        Some(1.0)
+    );
+    let r = call(
+        &c,
+        Method::GET,
+        &p.url("/infer"),
+        &[("x-request-timeout-ms", "5000")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "time enough: forwarded");
+    let r = call(
+        &c,
+        Method::GET,
+        &p.url("/patient"),
+        &[("x-request-timeout-ms", "50")],
+        "",
+    )
+    .await;
+    assert_fusebox_error(&r, 504, "DEADLINE_EXCEEDED", Some("gpu"));
+    assert_eq!(up.hits(), hits + 2);
+    assert!(p.shutdown().await);
+}
+
+fn finished(tasks: &[(&str, tokio::task::JoinHandle<Reply>)]) -> usize {
+    tasks.iter().filter(|(_, t)| t.is_finished()).count()
+}
+
+/// Proves DESIGN's *Priority*: with 2 requests in flight and a queue of 4, four `low`
+/// are queued, four `normal` push them out, four `critical` push those out, and a
+/// late `low` is refused on arrival: 8 shed as `reason="priority"`, 1 as
+/// `overloaded`; the 4 critical and the 2 held requests are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_low_goes_before_normal_before_critical() {
+    let gate = Gate::new();
+    let up = Scripted::start(Behaviour::gated(&gate, Behaviour::ok("ok"))).await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("gpu", &[up.addr]).build(),
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 2, max_queue = 4, queue_timeout = \"60s\" }"
+        )
+    );
+    let p = Arc::new(spawn_proxy(&tables).await);
+    let snap = p.running.snapshot();
+    let queue = snap.routes[0]
+        .concurrency
+        .clone()
+        .expect("a concurrency limit");
+    let send = |prio: &'static str| {
+        let (c, url) = (http1_client(), p.url("/x"));
+        tokio::spawn(async move { call(&c, Method::GET, &url, &[("x-priority", prio)], "").await })
+    };
+    let held = [send("normal"), send("normal")];
+    up.wait_hits(2).await;
+    let mut queued: Vec<(&str, tokio::task::JoinHandle<Reply>)> = Vec::new();
+    for prio in ["low", "normal", "critical"] {
+        for _ in 0..4 {
+            let (waiting, shed) = (queue.queued(), finished(&queued));
+            queued.push((prio, send(prio)));
+            // Joined: the queue grew, or (full) the request it pushed out was answered.
+            eventually("the request to join the queue", WAIT, || {
+                queue.queued() == waiting + 1 || finished(&queued) == shed + 1
+            })
+            .await;
+        }
+    }
+    let late = send("low");
+    let r = within(WAIT, "the late low request", late)
+        .await
+        .expect("task");
+    assert_fusebox_error(&r, 503, "OVERLOADED", Some("gpu"));
+    gate.open();
+    let mut by_prio: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (prio, t) in queued {
+        let r = within(WAIT, "a queued request", t).await.expect("task");
+        let e = by_prio.entry(prio).or_default();
+        if r.status == 200 {
+            e.0 += 1;
+        } else {
+            assert_fusebox_error(&r, 503, "OVERLOADED", Some("gpu"));
+            e.1 += 1;
+        }
+    }
+    for t in held {
+        assert_eq!(
+            within(WAIT, "a held request", t)
+                .await
+                .expect("task")
+                .status,
+            200
+        );
+    }
+    assert_eq!(by_prio["low"], (0, 4), "every low was shed");
+    assert_eq!(by_prio["normal"], (0, 4), "every queued normal was shed");
+    assert_eq!(by_prio["critical"], (4, 0), "every critical was served");
+    let text = metrics(&p).await;
+    let rejected = |reason: &str| {
+        sample(
+            &text,
+            &format!(r#"gateway_proxy_rejected_total{{reason="{reason}",route="infer"}}"#),
+        )
+    };
+    assert_eq!(rejected("priority"), Some(8.0));
+    assert_eq!(rejected("overloaded"), Some(1.0));
+    assert_eq!(up.hits(), 6);
+}
