@@ -184,3 +184,68 @@ async fn seconds_limits_the_window() {
     }
     assert!(p.running.shutdown().await);
 }
+
+/// Proves: a reload that removes an upstream and one endpoint of another drops their
+/// series from the timeline at the next slot, while the remaining endpoint and
+/// upstream keep their history (their arrays stay as long as the window).
+#[tokio::test]
+async fn a_reload_drops_the_series_of_what_it_removed() {
+    let a = TestUpstream::start(Behaviour::ok("a")).await;
+    let b = TestUpstream::start(Behaviour::ok("b")).await;
+    let routes = "[[routes]]\npath_prefix = \"/\"\nupstream = \"yolo\"\n";
+    let first = format!(
+        "{}{}{}{routes}",
+        base(""),
+        upstream("yolo", &[a.addr, b.addr], ""),
+        upstream("ocr", &[b.addr], ""),
+    );
+    let p = start(&first).await;
+    let has = |t: &Value, up: &str, ep: SocketAddr| {
+        t["upstreams"][up]["endpoints"][ep.to_string()].is_object()
+    };
+    let t = timeline_until(&p, "two slots of both upstreams", |t| {
+        t["seconds"].as_u64() >= Some(2) && has(t, "yolo", b.addr) && has(t, "ocr", b.addr)
+    })
+    .await;
+    let end = t["end"].as_u64();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fusebox.toml");
+    let second = format!("{}{}{routes}", base(""), upstream("yolo", &[a.addr], ""));
+    std::fs::write(&path, second).expect("write config");
+    let out = fusebox::reload::reload_from(&p.running.ctrl, &path).await;
+    assert!(
+        matches!(out, Ok(fusebox::reload::ReloadOutcome::Applied(_))),
+        "reload: {out:?}"
+    );
+
+    let t = timeline_until(&p, "a slot after the reload", |t| t["end"].as_u64() > end).await;
+    let t = if has(&t, "yolo", b.addr) {
+        // That slot may have been read just before the swap: one more.
+        let end = t["end"].as_u64();
+        timeline_until(&p, "another slot", |t| t["end"].as_u64() > end).await
+    } else {
+        t
+    };
+    let ups: Vec<&String> = t["upstreams"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(ups, ["yolo"], "{t}");
+    assert!(
+        !has(&t, "yolo", b.addr),
+        "removed endpoint still there: {t}"
+    );
+    let n = t["seconds"].as_u64().unwrap_or(0) as usize;
+    assert!(n >= 3, "{t}");
+    let kept = &t["upstreams"]["yolo"]["endpoints"][a.addr.to_string()];
+    for s in [&t["upstreams"]["yolo"]["series"], &kept["series"]] {
+        let rps = array(&s["rps"]);
+        assert_eq!(rps.len(), n);
+        assert!(
+            rps.iter().all(|v| v.as_f64() == Some(0.0)),
+            "history kept: {s}"
+        );
+    }
+    assert!(p.running.shutdown().await);
+}
