@@ -133,21 +133,29 @@ fn idle_point_has_no_figures() {
     assert!(p.error_pct.is_nan() && p.p50_ms.is_nan() && p.p99_ms.is_nan());
 }
 
-/// Prints the cost of one tick with 16 upstreams x 8 endpoints and 64 routes carrying
-/// traffic of 4 methods x 3 statuses each. Run with
-/// `cargo test --lib tick_cost -- --ignored --nocapture` (not asserted: timing).
+/// Prints the cost of one tick for a typical sidecar (3 upstreams x 2 endpoints, 4
+/// routes) and a large one (16 x 8, 64 routes), each route with traffic of 4 methods x 3
+/// statuses. Run with `cargo test --release --lib tick_cost -- --ignored --nocapture`
+/// (not asserted: timing).
 #[tokio::test]
 #[ignore = "timing, printed not asserted"]
 async fn tick_cost() {
+    measure(3, 2, 4);
+    measure(16, 8, 64);
+}
+
+fn measure(upstreams: usize, endpoints: usize, routes: usize) {
     let mut toml = String::new();
-    for u in 0..16 {
-        let eps: Vec<String> = (0..8).map(|e| format!("\"127.0.{u}.{e}:80\"")).collect();
+    for u in 0..upstreams {
+        let eps: Vec<String> = (0..endpoints)
+            .map(|e| format!("\"127.0.{u}.{e}:80\""))
+            .collect();
         toml += &format!("[upstreams.u{u}]\nendpoints = [{}]\n\n", eps.join(", "));
     }
-    for r in 0..64 {
+    for r in 0..routes {
         toml += &format!(
             "[[routes]]\nname = \"r{r}\"\npath_prefix = \"/r{r}\"\nupstream = \"u{}\"\n\n",
-            r % 16
+            r % upstreams
         );
     }
     let snap = snapshot(&toml);
@@ -167,18 +175,23 @@ async fn tick_cost() {
     let mut s = Sampler::new(now);
     let timeline = super::Timeline::default();
     let rounds = 200;
-    let started = std::time::Instant::now();
+    let (mut reading, mut recording) = (Duration::ZERO, Duration::ZERO);
     for i in 1..=rounds {
+        let started = std::time::Instant::now();
         let t = tick(&mut s, &snap, now + Duration::from_secs(i));
+        let read = std::time::Instant::now();
         timeline.record(t);
+        reading += read - started;
+        recording += read.elapsed();
     }
-    let per_tick = started.elapsed() / u32::try_from(rounds).unwrap_or(1);
+    let n = u32::try_from(rounds).unwrap_or(1);
+    let (read, record) = (reading / n, recording / n);
     let render = std::time::Instant::now();
     let doc = timeline.render(super::SLOTS, SystemTime::now());
     let body = serde_json::to_vec(&doc).unwrap_or_default();
     println!(
-        "tick (read + record), 16 upstreams x 8 endpoints, 64 routes x 12 series: {per_tick:?}; \
-         render of {rounds} slots: {:?}, {} bytes",
+        "tick, {upstreams} upstreams x {endpoints} endpoints, {routes} routes x 4 methods x 3 statuses: \
+         read {read:?}, record {record:?}; render of {rounds} slots: {:?}, {} bytes",
         render.elapsed(),
         body.len()
     );
