@@ -12,7 +12,11 @@
 //!   CIRCUIT_OPEN, OVERLOADED, UPSTREAM_*, DEADLINE_EXCEEDED), latency buckets;
 //! - per endpoint: its `gateway_upstream_request_duration_seconds` handle (attempts and
 //!   their latency) and the main breaker of each of its breaker sets (failures and
-//!   successes as the breakers judged them, and the state).
+//!   successes as the breakers judged them, and the state). With `partition_by`, a
+//!   key's failure statuses are successes of the endpoint's own breaker (it answered).
+//!
+//! gRPC errors answered with HTTP 200 carry no 5xx status, so the upstream's error %
+//! does not see them; the counters have no `grpc-status` label to read.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
