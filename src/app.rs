@@ -128,7 +128,14 @@ pub async fn start_with(
     let state = Arc::new(ArcSwap::from_pointee(snap));
     let ctrl = Control::new(state.clone(), shared.clone(), opts.config_path.clone());
     let (admin_tx, admin_rx) = watch::channel(false);
-    let admin = tokio::spawn(admin::serve(admin_listener, ctrl.clone(), admin_rx));
+    // The status page's per-second figures; the sampler stops with the admin listener.
+    let timeline = admin::timeline::start(&ctrl, admin_rx.clone());
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        ctrl.clone(),
+        timeline,
+        admin_rx,
+    ));
     let watcher = reload::spawn(ctrl.clone(), opts.config_path.clone())?;
     let logger = opts
         .access_log

@@ -7,6 +7,7 @@
 //! | `GET /circuit_breakers`, `POST /circuit_breakers/...` | `breakers.rs` |
 //! | `GET /health`, `/health/live`, `/health/ready` | here, with `breakers.rs` |
 //! | `GET /config` | `config_view.rs` |
+//! | `GET /stats/timeline` | `timeline/` (the status page's charts; its sampler) |
 //!
 //! `auth.rs` checks the bearer token, `respond.rs` writes the JSON answers.
 //!
@@ -22,11 +23,12 @@ mod auth;
 mod breakers;
 mod config_view;
 mod respond;
+pub mod timeline;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -43,14 +45,24 @@ use tokio::time::Instant;
 use crate::control::Control;
 use auth::authorized;
 use breakers::Action;
-use respond::{error, json_response, percent_decode};
+use respond::{
+    bad_encoding, error, json_compact_response, json_response, method_not_allowed, percent_decode,
+    unauthorized,
+};
+use timeline::Timeline;
 
 /// A slow admin client gets this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the admin API until `shutdown` turns true (or its sender is dropped); open
-/// admin connections then finish the request they carry and close.
-pub async fn serve(listener: TcpListener, ctrl: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
+/// admin connections then finish the request they carry and close. `timeline` is what
+/// [`timeline::start`] fills.
+pub async fn serve(
+    listener: TcpListener,
+    ctrl: Arc<Control>,
+    timeline: Arc<Timeline>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -73,7 +85,7 @@ pub async fn serve(listener: TcpListener, ctrl: Arc<Control>, mut shutdown: watc
         tokio::spawn(serve_conn(
             stream,
             peer,
-            ctrl.clone(),
+            (ctrl.clone(), timeline.clone()),
             builder.clone(),
             shutdown.clone(),
         ));
@@ -83,13 +95,13 @@ pub async fn serve(listener: TcpListener, ctrl: Arc<Control>, mut shutdown: watc
 async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
-    ctrl: Arc<Control>,
+    (ctrl, timeline): (Arc<Control>, Arc<Timeline>),
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let svc = service_fn(move |req: Request<Incoming>| {
-        let ctrl = ctrl.clone();
-        async move { Ok::<_, Infallible>(handle(&ctrl, &req, peer)) }
+        let (ctrl, timeline) = (ctrl.clone(), timeline.clone());
+        async move { Ok::<_, Infallible>(handle(&ctrl, &timeline, &req, peer)) }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
@@ -133,6 +145,8 @@ enum Read {
     Live,
     Ready,
     Config,
+    /// The charts' per-second figures (`GET /stats/timeline[?seconds=N]`).
+    Timeline,
 }
 
 fn parse_target(path: &str) -> Option<Target<'_>> {
@@ -149,6 +163,7 @@ fn parse_target(path: &str) -> Option<Target<'_>> {
         "/health/live" => Read::Live,
         "/health/ready" => Read::Ready,
         "/config" => Read::Config,
+        "/stats/timeline" => Read::Timeline,
         _ => {
             let rest = path.strip_prefix("/circuit_breakers/")?;
             let segs: Vec<&str> = rest.split('/').collect();
@@ -171,7 +186,12 @@ fn parse_target(path: &str) -> Option<Target<'_>> {
     Some(Target::Read(read))
 }
 
-fn handle(ctrl: &Control, req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+fn handle(
+    ctrl: &Control,
+    timeline: &Timeline,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     let method = req.method();
     match parse_target(req.uri().path()) {
         None => error(
@@ -183,7 +203,7 @@ fn handle(ctrl: &Control, req: &Request<Incoming>, peer: SocketAddr) -> Response
         Some(Target::Read(_)) if method != Method::GET && method != Method::HEAD => {
             method_not_allowed(method, "GET, HEAD")
         }
-        Some(Target::Read(read)) => answer_read(ctrl, read),
+        Some(Target::Read(read)) => answer_read(ctrl, timeline, read, req.uri().query()),
         Some(Target::Mutate { .. }) if method != Method::POST => method_not_allowed(method, "POST"),
         Some(Target::Mutate {
             upstream,
@@ -205,7 +225,12 @@ fn handle(ctrl: &Control, req: &Request<Incoming>, peer: SocketAddr) -> Response
 /// refreshes itself from the JSON endpoints.
 const STATUS_PAGE: &str = include_str!("../admin_status.html");
 
-fn answer_read(ctrl: &Control, read: Read) -> Response<Full<Bytes>> {
+fn answer_read(
+    ctrl: &Control,
+    timeline: &Timeline,
+    read: Read,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
     let now = Instant::now();
     match read {
         Read::StatusPage => {
@@ -255,28 +280,11 @@ fn answer_read(ctrl: &Control, read: Read) -> Response<Full<Bytes>> {
             &json!({"status": "not_ready"}),
         ),
         Read::Config => json_response(StatusCode::OK, &config_view::document(ctrl)),
+        Read::Timeline => match timeline::seconds_param(query) {
+            Ok(n) => json_compact_response(StatusCode::OK, &timeline.render(n, SystemTime::now())),
+            Err(msg) => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", msg, &[]),
+        },
     }
-}
-
-fn unauthorized(req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-    tracing::warn!(
-        event = "admin_denied",
-        caller = %peer,
-        method = %req.method(),
-        path = req.uri().path(),
-        "admin request refused: missing or wrong bearer token"
-    );
-    let mut resp = error(
-        StatusCode::UNAUTHORIZED,
-        "UNAUTHORIZED",
-        "this endpoint needs `Authorization: Bearer <token>` (admin.token_env)".into(),
-        &[],
-    );
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"fusebox-admin\""),
-    );
-    resp
 }
 
 /// Runs one breaker mutation (the caller checked method and token).
@@ -342,27 +350,6 @@ fn mutate(
     }
 }
 
-fn bad_encoding(seg: &str) -> Response<Full<Bytes>> {
-    error(
-        StatusCode::BAD_REQUEST,
-        "BAD_REQUEST",
-        format!("path segment {seg:?} is not valid URL-encoded UTF-8"),
-        &[],
-    )
-}
-
-fn method_not_allowed(method: &Method, allow: &'static str) -> Response<Full<Bytes>> {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-        format!("{method} is not allowed here; use {allow}"),
-        &[],
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +388,10 @@ mod tests {
         assert_eq!(parse_target("/circuit_breakers/a/b/c/reset"), None);
         assert_eq!(parse_target("/"), Some(Target::Read(Read::StatusPage)));
         assert_eq!(parse_target("/metricsx"), None);
+        assert_eq!(
+            parse_target("/stats/timeline"),
+            Some(Target::Read(Read::Timeline))
+        );
+        assert_eq!(parse_target("/stats"), None);
     }
 }

@@ -1,14 +1,31 @@
-//! Small helpers of the admin API: JSON answers, the error body, and decoding of
-//! URL-encoded path segments (`127.0.0.1%3A9001`).
+//! Small helpers of the admin API: JSON answers, the error bodies (401, 405, bad
+//! encoding), and decoding of URL-encoded path segments (`127.0.0.1%3A9001`).
+
+use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
 /// `value` as pretty JSON (operators read these with curl) with a trailing newline.
 pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"null".to_vec());
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `value` as compact JSON: for the large arrays of `/stats/timeline`, which the status
+/// page reads every few seconds.
+pub(super) fn json_compact_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -33,6 +50,51 @@ pub(super) fn error(
         e.insert((*k).into(), json!(v));
     }
     json_response(status, &json!({ "error": e }))
+}
+
+/// 401 for a mutation without the right bearer token; logged with the caller.
+pub(super) fn unauthorized(req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    tracing::warn!(
+        event = "admin_denied",
+        caller = %peer,
+        method = %req.method(),
+        path = req.uri().path(),
+        "admin request refused: missing or wrong bearer token"
+    );
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+        "this endpoint needs `Authorization: Bearer <token>` (admin.token_env)".into(),
+        &[],
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"fusebox-admin\""),
+    );
+    resp
+}
+
+/// 400 for a path segment that is not valid URL-encoded UTF-8.
+pub(super) fn bad_encoding(seg: &str) -> Response<Full<Bytes>> {
+    error(
+        StatusCode::BAD_REQUEST,
+        "BAD_REQUEST",
+        format!("path segment {seg:?} is not valid URL-encoded UTF-8"),
+        &[],
+    )
+}
+
+/// 405 with the methods that work in `Allow`.
+pub(super) fn method_not_allowed(method: &Method, allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not allowed here; use {allow}"),
+        &[],
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
 }
 
 /// Decodes `%XX` escapes of one path segment; `None` for a bad escape or non-UTF-8.

@@ -9,7 +9,8 @@
 //!
 //! `api.rs`: status codes, shapes, token and errors of every endpoint; `breakers.rs`:
 //! breaker state, gauges, force-open and reset; `metrics.rs`: counters and connection
-//! gauges; `config.rs`: `/config`; `shutdown.rs`: readiness while draining. The helpers
+//! gauges; `config.rs`: `/config`; `shutdown.rs`: readiness while draining;
+//! `timeline.rs`: `/stats/timeline`, the status page's per-second figures. The helpers
 //! they share are here.
 
 #[path = "../common/mod.rs"]
@@ -20,6 +21,7 @@ mod breakers;
 mod config;
 mod metrics;
 mod shutdown;
+mod timeline;
 
 pub use std::collections::BTreeMap;
 pub use std::net::SocketAddr;
@@ -146,6 +148,7 @@ pub async fn admin_call(
 
 /// The OpenAPI operationId of a request, when it names a documented operation.
 pub fn operation_id(method: &Method, path: &str) -> Option<&'static str> {
+    let path = path.split('?').next().unwrap_or(path);
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let get = method == Method::GET;
     let post = method == Method::POST;
@@ -159,6 +162,7 @@ pub fn operation_id(method: &Method, path: &str) -> Option<&'static str> {
         ["health", "live"] if get => "getLive",
         ["health", "ready"] if get => "getReady",
         ["config"] if get => "getConfig",
+        ["stats", "timeline"] if get => "getStatsTimeline",
         _ => return None,
     })
 }

@@ -15,9 +15,14 @@ Subcommands (run from the repository root):
                            a dumped status page DOM shows that endpoint in that state
   change FILE UPSTREAM ENDPOINT FROM TO
                            ...and lists its change FROM -> TO under recent state changes
+  timeline ADMIN_URL UPSTREAM ENDPOINT
+                           /stats/timeline shows ENDPOINT's breaker closed -> open -> closed
+  charts FILE UPSTREAM ENDPOINT ROUTE
+                           a dumped status page DOM has charts with drawn points, the breaker
+                           timeline bands, and ROUTE's own breakers in the table
 
-The checks live in files.py (the files themselves) and live.py (against running
-processes); report.py prints the verdicts. Needs Python 3.11+ (tomllib) and PyYAML. Each
+The checks live in files.py (the files themselves), live.py (against running
+processes) and charts.py (the status page's charts); report.py prints the verdicts. Needs Python 3.11+ (tomllib) and PyYAML. Each
 check prints what it verified and exits 1 with the reasons when something does not hold.
 """
 
@@ -27,6 +32,7 @@ import sys
 sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from charts import check_charts, check_timeline  # noqa: E402
 from files import check_compose, check_dashboard, check_docs, check_dockerfile, check_k8s  # noqa: E402
 from live import check_alerts, check_change, check_dom, check_queries, prom_config  # noqa: E402
 
@@ -55,6 +61,10 @@ def main(argv):
         check_dom(*args)
     elif cmd == "change":
         check_change(*args)
+    elif cmd == "timeline":
+        check_timeline(*args)
+    elif cmd == "charts":
+        check_charts(*args)
     else:
         sys.exit(__doc__)
 

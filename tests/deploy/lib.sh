@@ -63,7 +63,8 @@ wait_http() {
 }
 
 # Starts yolo-a (fail rate 0.0) and yolo-b (0.3) as the compose file does, and fusebox on
-# $DEPLOY_TMP/fusebox/fusebox.toml (docker/fusebox.toml on loopback ports). Sets
+# $DEPLOY_TMP/fusebox/fusebox.toml (docker/fusebox.toml on loopback ports, then
+# $STACK_EXTRA_TOML when set: more upstreams and routes a script needs). Sets
 # DATA_PORT ADMIN_PORT UP_A_PORT UP_B_PORT FUSEBOX_PID FUSEBOX_TOML.
 start_stack() {
     DATA_PORT="$(free_port)"
@@ -80,6 +81,9 @@ start_stack() {
     if grep -nE '0\.0\.0\.0|yolo-[ab]:' "$FUSEBOX_TOML"; then
         echo "docker/fusebox.toml has addresses tests/deploy/lib.sh does not rewrite" >&2
         return 1
+    fi
+    if [[ -n "${STACK_EXTRA_TOML:-}" ]]; then
+        printf '\n%s\n' "$STACK_EXTRA_TOML" >>"$FUSEBOX_TOML"
     fi
 
     "$FUSEBOX_BIN" demo-upstream --listen "127.0.0.1:$UP_A_PORT" --fail-rate 0.0 --name yolo-a \

@@ -194,7 +194,8 @@ def check_dom(path, upstream, endpoint, state):
     print(f"status page DOM ({path})")
     parser = Rows()
     parser.feed(open(path, encoding="utf-8", errors="replace").read())
-    eps = [r for r in parser.rows if "data-endpoint" in r["attrs"]]
+    # Endpoint rows of the upstreams' own breakers (route-level rows carry data-route).
+    eps = [r for r in parser.rows if "data-endpoint" in r["attrs"] and "data-route" not in r["attrs"]]
     for r in eps:
         a = r["attrs"]
         print(f"       row {a.get('data-upstream')} {a.get('data-endpoint')} state={a.get('data-state')}")
@@ -231,7 +232,8 @@ def check_change(path, upstream, endpoint, before, after):
             and r["text"].split()[-2:] == [before, after]]
     (ok if want else fail)(f"recent state changes list {upstream} {endpoint} {before} -> {after}")
     rows = [r for r in parser.rows if "endpoint" in r["attrs"].get("class", "").split()
-            and r["attrs"].get("data-upstream") == upstream and r["attrs"].get("data-endpoint") == endpoint]
+            and r["attrs"].get("data-upstream") == upstream and r["attrs"].get("data-endpoint") == endpoint
+            and "data-route" not in r["attrs"]]
     if rows and rows[0]["attrs"].get("data-state") == after:
         ok(f"{upstream} {endpoint} now shows data-state={after!r}")
     else:
