@@ -1,6 +1,5 @@
 //! The sampler on a real snapshot: what it reads from the route counters, the endpoint
 //! histograms and the breakers, and that resets and idle seconds give no false figures.
-//! `tick_cost` (ignored) prints what one tick costs on a larger config.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -131,68 +130,4 @@ fn idle_point_has_no_figures() {
     let p = Point::IDLE;
     assert_eq!(p.count, 0);
     assert!(p.error_pct.is_nan() && p.p50_ms.is_nan() && p.p99_ms.is_nan());
-}
-
-/// Prints the cost of one tick for a typical sidecar (3 upstreams x 2 endpoints, 4
-/// routes) and a large one (16 x 8, 64 routes), each route with traffic of 4 methods x 3
-/// statuses. Run with `cargo test --release --lib tick_cost -- --ignored --nocapture`
-/// (not asserted: timing).
-#[tokio::test]
-#[ignore = "timing, printed not asserted"]
-async fn tick_cost() {
-    measure(3, 2, 4);
-    measure(16, 8, 64);
-}
-
-fn measure(upstreams: usize, endpoints: usize, routes: usize) {
-    let mut toml = String::new();
-    for u in 0..upstreams {
-        let eps: Vec<String> = (0..endpoints)
-            .map(|e| format!("\"127.0.{u}.{e}:80\""))
-            .collect();
-        toml += &format!("[upstreams.u{u}]\nendpoints = [{}]\n\n", eps.join(", "));
-    }
-    for r in 0..routes {
-        toml += &format!(
-            "[[routes]]\nname = \"r{r}\"\npath_prefix = \"/r{r}\"\nupstream = \"u{}\"\n\n",
-            r % upstreams
-        );
-    }
-    let snap = snapshot(&toml);
-    let now = Instant::now();
-    for route in &snap.routes {
-        for m in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
-            for status in [200, 404, 503] {
-                route.metrics.observe(&m, status, 0.01);
-            }
-        }
-    }
-    for up in snap.upstreams.values() {
-        for ep in up.endpoints().iter() {
-            attempt(ep, 0, false, 0.01, now);
-        }
-    }
-    let mut s = Sampler::new(now);
-    let timeline = super::Timeline::default();
-    let rounds = 200;
-    let (mut reading, mut recording) = (Duration::ZERO, Duration::ZERO);
-    for i in 1..=rounds {
-        let started = std::time::Instant::now();
-        let t = tick(&mut s, &snap, now + Duration::from_secs(i));
-        let read = std::time::Instant::now();
-        timeline.record(t);
-        reading += read - started;
-        recording += read.elapsed();
-    }
-    let n = u32::try_from(rounds).unwrap_or(1);
-    let (read, record) = (reading / n, recording / n);
-    let render = std::time::Instant::now();
-    let doc = timeline.render(super::SLOTS, SystemTime::now());
-    let body = serde_json::to_vec(&doc).unwrap_or_default();
-    println!(
-        "tick, {upstreams} upstreams x {endpoints} endpoints, {routes} routes x 4 methods x 3 statuses: \
-         read {read:?}, record {record:?}; render of {rounds} slots: {:?}, {} bytes",
-        render.elapsed(),
-        body.len()
-    );
 }
