@@ -73,6 +73,9 @@ impl Running {
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin.await;
         self.logger.flush_and_wait(Duration::from_secs(2));
+        if let Some(t) = &self.ctrl.shared.tracing {
+            t.shutdown().await;
+        }
         drained
     }
 }
@@ -116,7 +119,7 @@ pub async fn start_with(
         Some(t) => Some(crate::tls::ServerTls::load(t)?),
         None => None,
     };
-    let shared = Shared::new();
+    let shared = Shared::with_tracing(config.tracing.as_ref())?;
     let snap = Snapshot::build(config, version, None, &shared)?;
     let listener = bind(addr)?;
     let data_addr = listener.local_addr()?;

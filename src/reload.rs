@@ -126,6 +126,22 @@ pub fn keep_restart_only(
         new.logging.format = running.logging.format;
         kept.push("logging.format".to_string());
     }
+    let tracing = |t: &Option<crate::config::TracingConfig>| {
+        t.as_ref().map(|t| {
+            (
+                t.otlp_endpoint.clone(),
+                t.sample_ratio,
+                t.headers.clone(),
+                t.service_name.clone(),
+                t.max_queue,
+                t.export_timeout,
+            )
+        })
+    };
+    if tracing(&new.tracing) != tracing(&running.tracing) {
+        new.tracing = running.tracing.clone();
+        kept.push("tracing".to_string());
+    }
     kept
 }
 

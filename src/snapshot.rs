@@ -36,16 +36,45 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Request-body bytes held for replay, process-wide (`[limits]`).
     pub replay: Arc<ReplayBudget>,
+    /// Span export, when `[tracing]` is set (read at start: a restart applies a change).
+    pub tracing: Option<crate::otel::Tracing>,
 }
 
 impl Shared {
+    /// Without tracing (tests, benches).
     pub fn new() -> Arc<Shared> {
-        let metrics = Metrics::new();
+        Shared::assemble(Metrics::new(), None)
+    }
+
+    fn assemble(metrics: Arc<Metrics>, tracing: Option<crate::otel::Tracing>) -> Arc<Shared> {
         Arc::new(Shared {
             registry: Registry::new(&metrics),
             replay: ReplayBudget::new(crate::config::DEFAULT_MAX_BUFFERED_BODY_BYTES),
+            tracing,
             metrics,
         })
+    }
+
+    /// With span export per `[tracing]` (`None`: off).
+    pub fn with_tracing(
+        tracing: Option<&crate::config::TracingConfig>,
+    ) -> Result<Arc<Shared>, crate::otel::OtelError> {
+        let metrics = Metrics::new();
+        let tracing = match tracing {
+            None => None,
+            Some(t) => Some(crate::otel::Tracing::new(
+                crate::otel::OtelSettings {
+                    endpoint: t.otlp_endpoint.to_string(),
+                    headers: t.headers.clone(),
+                    sample_ratio: t.sample_ratio,
+                    service_name: t.service_name.clone(),
+                    max_queue: t.max_queue,
+                    export_timeout: t.export_timeout,
+                },
+                metrics.tracing_spans_dropped.clone(),
+            )?),
+        };
+        Ok(Shared::assemble(metrics, tracing))
     }
 }
 

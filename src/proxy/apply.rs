@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::classify::{Record, RetryReason, Verdict};
+use crate::otel::RequestSpan;
+use crate::upstream::breaker::Transition;
 use crate::upstream::breaker::{Breaker, Outcome as BreakerOutcome, Permit};
 use crate::upstream::{Endpoint, Upstream};
 
@@ -19,6 +21,7 @@ pub(super) fn admit<'a>(
     main: &'a Breaker,
     key: Option<&'a (Arc<Breaker>, &[u8])>,
     now: Instant,
+    span: Option<&RequestSpan>,
 ) -> Option<(Permit<'a>, Option<Permit<'a>>)> {
     let main_permit = main.try_acquire(now).ok()?;
     let key_permit = match key {
@@ -26,14 +29,29 @@ pub(super) fn admit<'a>(
         None => None,
     };
     if let Some(t) = main_permit.transition() {
-        ep.on_transition(slot, t, None);
+        changed(ep, slot, t, None, span);
     }
     if let (Some(p), Some((_, k))) = (&key_permit, key) {
         if let Some(t) = p.transition() {
-            ep.on_transition(slot, t, Some(k));
+            changed(ep, slot, t, Some(k), span);
         }
     }
     Some((main_permit, key_permit))
+}
+
+/// A state change: logged and counted through the endpoint, and an event of the
+/// request's span.
+fn changed(
+    ep: &Endpoint,
+    slot: usize,
+    t: Transition,
+    key: Option<&[u8]>,
+    span: Option<&RequestSpan>,
+) {
+    ep.on_transition(slot, t, key);
+    if let Some(s) = span {
+        s.breaker_transition(&ep.key, t.from.as_str(), t.to.as_str());
+    }
 }
 
 /// Carries the verdict out on the breakers (an ignored permit is dropped: cancelled).
@@ -47,6 +65,7 @@ pub(super) fn record(
     v: &Verdict,
     elapsed: Duration,
     now: Instant,
+    span: Option<&RequestSpan>,
 ) {
     let outcome = |r: Record, slow: bool| BreakerOutcome {
         failure: r == Record::Failure,
@@ -56,13 +75,13 @@ pub(super) fn record(
     if v.endpoint != Record::Ignore {
         let o = outcome(v.endpoint, v.endpoint_counts_slow);
         if let Some(t) = ep.breakers(slot).main().record(main, o, now) {
-            ep.on_transition(slot, t, None);
+            changed(ep, slot, t, None, span);
         }
     }
     if let (Some(permit), Some((b, k))) = (keyed, key) {
         if v.key != Record::Ignore {
             if let Some(t) = b.record(permit, outcome(v.key, true), now) {
-                ep.on_transition(slot, t, Some(k));
+                changed(ep, slot, t, Some(k), span);
             }
         }
     }

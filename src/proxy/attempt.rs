@@ -121,8 +121,9 @@ pub async fn send_once(
     timeout: Duration,
     capped: bool,
     left: Duration,
+    traceparent: Option<HeaderValue>,
 ) -> Sent {
-    let req = match build(up, ep, out, left) {
+    let req = match build(up, ep, out, left, traceparent) {
         Ok(r) => r,
         Err(e) => return Sent::Failed(Outcome::Unsendable, e),
     };
@@ -168,6 +169,7 @@ fn build(
     ep: &Endpoint,
     out: &Outbound<'_>,
     left: Duration,
+    traceparent: Option<HeaderValue>,
 ) -> Result<http::Request<ReqBody>, ProxyError> {
     let http2 = matches!(up.cfg.protocol, Protocol::H2c | Protocol::H2);
     // HTTP/1.1 sends the origin form (`/path?q`); HTTP/2 needs scheme and authority for
@@ -205,6 +207,11 @@ fn build(
     if out.propagate_deadline {
         req.headers_mut()
             .insert(X_REQUEST_TIMEOUT_MS.clone(), millis_value(left, ""));
+    }
+    if let Some(tp) = traceparent {
+        // The attempt span's id: the model server's spans nest under this attempt.
+        req.headers_mut()
+            .insert(crate::proxy::correlate::TRACEPARENT.clone(), tp);
     }
     Ok(req)
 }

@@ -86,6 +86,19 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// `tp` with its sampled flag cleared (`...-00`): fusebox traces and did not sample.
+pub fn unsampled(tp: &HeaderValue) -> HeaderValue {
+    let b = tp.as_bytes();
+    if b.len() != 55 {
+        return tp.clone();
+    }
+    let mut out = [0u8; 55];
+    out.copy_from_slice(b);
+    out[53] = b'0';
+    out[54] = b'0';
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| tp.clone())
+}
+
 /// Removes hop-by-hop headers, including every name the `Connection` header lists.
 /// `TE: trailers` survives when `keep_te_trailers` (gRPC needs it end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {

@@ -59,6 +59,8 @@ pub struct RequestCtx {
     /// The response body failed mid-stream (upstream reset or idle timeout).
     pub body_error: bool,
     logger: Option<(Arc<AccessLogger>, LogFormat)>,
+    /// The server span, when tracing is on and the request is sampled.
+    pub span: Option<crate::otel::RequestSpan>,
     // Guards, released when the context drops (after the log line is written).
     conn: ConnGuard,
     /// The route's `gateway_proxy_in_flight_requests`, while the request lives.
@@ -107,6 +109,7 @@ impl RequestCtx {
             bytes_out: 0,
             body_error: false,
             logger,
+            span: None,
             conn: ConnGuard::new(conn),
             route_in_flight: None,
             admission: None,
@@ -136,6 +139,9 @@ fn propagated(headers: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, Hea
 
 impl Drop for RequestCtx {
     fn drop(&mut self) {
+        if let Some(span) = self.span.take() {
+            span.end(Some(self.status), self.error_code.map(ErrorCode::as_str));
+        }
         let Some((logger, format)) = &self.logger else {
             return;
         };

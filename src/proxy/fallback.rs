@@ -9,8 +9,9 @@ use http::{HeaderName, HeaderValue, Response};
 use super::attempt::Outbound;
 use super::classify::Facts;
 use super::ctx::RequestCtx;
+use super::ending::LoopEnd;
 use super::error::ProxyError;
-use super::forward::{attempts, LoopEnd};
+use super::forward::attempts;
 use super::resp_body::RespBody;
 use crate::config::FallbackConfig;
 use crate::snapshot::Route;
@@ -40,6 +41,9 @@ pub(super) async fn answer(
         }) => {
             up.metrics.fallback_static.inc();
             ctx.error_code = Some(err.code);
+            if let Some(s) = &ctx.span {
+                s.fallback("static", None);
+            }
             let mut r = Response::new(RespBody::full(body.clone()));
             *r.status_mut() = *status;
             r.headers_mut()
@@ -59,6 +63,9 @@ pub(super) async fn answer(
             }
             up.metrics.fallback_upstream.inc();
             ctx.error_code = Some(err.code);
+            if let Some(s) = &ctx.span {
+                s.fallback("upstream", Some(&fb.upstream.name));
+            }
             ctx.upstream = Some(fb.upstream.name.clone());
             match attempts(route, &fb.upstream, 0, &fb.retry, out, facts, ctx).await {
                 LoopEnd::Response(mut r) => {

@@ -16,24 +16,17 @@ use super::apply::{admit, count_retry, record};
 use super::attempt::{self, upstream_path, Outbound, Sent};
 use super::classify::{classify, Facts, Outcome};
 use super::ctx::RequestCtx;
-use super::error::{ErrorCode, ProxyError};
+use super::ending::{all_open, caller_fault, deadline_exceeded, finish, LoopEnd};
+use super::error::ProxyError;
 use super::inference;
 use super::resp_body::RespBody;
-use crate::body::{CallerFault, LimitedIncoming, ReplaySource};
+use crate::body::{LimitedIncoming, ReplaySource};
 use crate::snapshot::Route;
 use crate::upstream::balancer::Tried;
 use crate::upstream::retry::{is_idempotent, RetryPolicy};
 use crate::upstream::{Endpoint, Upstream};
 
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
-
-/// How an attempt loop ended.
-pub(super) enum LoopEnd {
-    /// An upstream response (success, or the last one when retries ran out).
-    Response(Response<RespBody>),
-    /// No response; `fallback` says whether a fallback may answer instead.
-    Error { err: ProxyError, fallback: bool },
-}
 
 /// Sends the request to the route's upstream and returns its response, a fallback
 /// answer, or the typed error fusebox answers with.
@@ -127,11 +120,16 @@ pub(super) async fn attempts(
     let mut tried = Tried::for_len(eps.len());
     let mut retries_done = 0u32;
     let mut refused = 0usize;
+    // Why the next attempt is made (for its span).
+    let mut reason: Option<super::classify::RetryReason> = None;
     if route.cfg.shed_on_deadline {
         let now = Instant::now();
         let left = ctx.deadline.saturating_duration_since(now);
         let p = inference::predicted(up, &eps, slot, out.headers, ctx.priority, now);
         if let Some(p) = p.filter(|p| left < *p) {
+            if let Some(s) = &ctx.span {
+                s.shed("deadline");
+            }
             return LoopEnd::Error {
                 err: inference::deadline_shed(route, left, p),
                 fallback: false,
@@ -150,7 +148,11 @@ pub(super) async fn attempts(
             if inference::only_limits_refuse(&eps, slot, out.headers, now) {
                 let recheck =
                     || pick(up, &eps, slot, &tried, out.headers, Instant::now()).is_some();
-                if let Err(err) = inference::wait_for_capacity(route, up, ctx, recheck).await {
+                if let Err((err, why)) = inference::wait_for_capacity(route, up, ctx, recheck).await
+                {
+                    if let Some(s) = &ctx.span {
+                        s.shed(why);
+                    }
                     return LoopEnd::Error {
                         err,
                         fallback: false,
@@ -164,7 +166,8 @@ pub(super) async fn attempts(
         tried.add(i);
         let set = ep.breakers(slot);
         let key = set.key_breaker(out.headers);
-        let Some((main, keyed)) = admit(ep, slot, set.main(), key.as_ref(), now) else {
+        let span = ctx.span.as_ref();
+        let Some((main, keyed)) = admit(ep, slot, set.main(), key.as_ref(), now, span) else {
             // Lost a race for the last half-open probe slot: pick again.
             refused += 1;
             if refused > eps.len() * 2 {
@@ -175,12 +178,22 @@ pub(super) async fn attempts(
         ctx.attempts += 1;
         ctx.endpoint = Some(ep.key.clone());
 
+        let attempt_span = ctx.span.as_ref().map(|s| {
+            let state = if main.is_probe() {
+                "half_open"
+            } else {
+                "closed"
+            };
+            let why = reason.map(|r| r.label());
+            s.attempt(ctx.attempts, &ep.key, why.as_deref(), state)
+        });
         let in_flight_at_send = ep.in_flight();
         let in_flight = ep.start_request();
         let left = ctx.deadline.saturating_duration_since(now);
         let per_attempt = up.cfg.timeouts.request.min(left);
         let capped = per_attempt < up.cfg.timeouts.request;
-        let mut sent = attempt::send_once(up, ep, out, per_attempt, capped, left).await;
+        let tp = attempt_span.as_ref().map(|a| a.traceparent());
+        let mut sent = attempt::send_once(up, ep, out, per_attempt, capped, left, tp).await;
         let done = Instant::now();
         let elapsed = done.saturating_duration_since(now);
         let outcome = match ctx.body.caller_fault() {
@@ -195,7 +208,23 @@ pub(super) async fn attempts(
             ..facts
         };
         let verdict = classify(outcome, facts, breaker_cfg, retry);
-        record(ep, slot, main, keyed, key.as_ref(), &verdict, elapsed, done);
+        record(
+            ep,
+            slot,
+            main,
+            keyed,
+            key.as_ref(),
+            &verdict,
+            elapsed,
+            done,
+            ctx.span.as_ref(),
+        );
+        if let Some(a) = attempt_span {
+            match &sent {
+                Sent::Response(r, _) => a.end(Some(r.status().as_u16()), None),
+                Sent::Failed(_, e) => a.end(None, Some(e.code.as_str())),
+            }
+        }
         let response = match &mut sent {
             Sent::Response(r, _) => Some(r),
             Sent::Failed(..) => None,
@@ -235,9 +264,10 @@ pub(super) async fn attempts(
         if !go {
             return finish(sent, in_flight, up, ctx);
         }
-        if let Some(reason) = verdict.retry {
-            count_retry(up, reason);
+        if let Some(r) = verdict.retry {
+            count_retry(up, r);
         }
+        reason = verdict.retry;
         if !verdict.prefer_other {
             tried = Tried::for_len(eps.len());
         }
@@ -288,89 +318,4 @@ fn next_delay(
 fn any_available(eps: &[Arc<Endpoint>], slot: usize, headers: &HeaderMap, now: Instant) -> bool {
     eps.iter()
         .any(|ep| ep.breakers(slot).available(headers, now))
-}
-
-/// CIRCUIT_OPEN: no endpoint's breaker admits. `Retry-After` is the time until the
-/// first one half-opens. An upstream without endpoints (DNS gave none yet) is a
-/// connect failure, not an open circuit.
-fn all_open(
-    route: &Route,
-    up: &Upstream,
-    slot: usize,
-    eps: &[Arc<Endpoint>],
-    headers: &HeaderMap,
-    now: Instant,
-) -> LoopEnd {
-    if eps.is_empty() {
-        return LoopEnd::Error {
-            err: ProxyError::new(
-                ErrorCode::UpstreamConnectFailed,
-                "the upstream has no endpoints (DNS gave no address)",
-            )
-            .upstream(&up.name),
-            fallback: true,
-        };
-    }
-    route.metrics.rejected_circuit_open.inc();
-    let wait = eps
-        .iter()
-        .map(|ep| {
-            ep.breakers(slot)
-                .rejection(headers, now)
-                .map_or(Duration::ZERO, |r| r.retry_after)
-        })
-        .min()
-        .unwrap_or(Duration::ZERO);
-    let msg = format!("all endpoints of upstream '{}' are open", up.name);
-    LoopEnd::Error {
-        err: ProxyError::new(ErrorCode::CircuitOpen, msg)
-            .upstream(&up.name)
-            .retry_after(wait.max(Duration::from_secs(1))),
-        fallback: true,
-    }
-}
-
-fn finish(
-    sent: Sent,
-    in_flight: crate::upstream::InFlight,
-    up: &Upstream,
-    ctx: &mut RequestCtx,
-) -> LoopEnd {
-    match sent {
-        Sent::Response(r, lease) => {
-            let (p, b) = r.into_parts();
-            ctx.in_flight = Some(in_flight);
-            LoopEnd::Response(Response::from_parts(
-                p,
-                RespBody::upstream(b, lease, up.cfg.timeouts.idle),
-            ))
-        }
-        Sent::Failed(_, err) => LoopEnd::Error {
-            err,
-            fallback: true,
-        },
-    }
-}
-
-fn caller_fault(fault: CallerFault) -> ProxyError {
-    match fault {
-        CallerFault::TooLarge => {
-            ProxyError::new(ErrorCode::RequestTooLarge, "request body is over the limit")
-        }
-        CallerFault::Stalled => ProxyError::new(
-            ErrorCode::RequestTimeout,
-            "the request body stopped arriving for the upstream's idle timeout",
-        ),
-    }
-}
-
-fn deadline_exceeded(route: &Route, up: &Upstream) -> ProxyError {
-    ProxyError::new(
-        ErrorCode::DeadlineExceeded,
-        format!(
-            "route '{}' deadline of {:?} passed",
-            route.name, route.cfg.timeout
-        ),
-    )
-    .upstream(&up.name)
 }

@@ -89,7 +89,7 @@ pub(super) async fn wait_for_capacity(
     up: &Upstream,
     ctx: &RequestCtx,
     recheck: impl Fn() -> bool,
-) -> Result<(), ProxyError> {
+) -> Result<(), (ProxyError, &'static str)> {
     let (max_queue, timeout) = route
         .cfg
         .concurrency
@@ -98,7 +98,10 @@ pub(super) async fn wait_for_capacity(
             (c.max_queue, c.queue_timeout)
         });
     let left = ctx.deadline.saturating_duration_since(Instant::now());
-    let shed = |s: Shed| super::shed_error(route, s, "every endpoint is at its concurrency limit");
+    let shed = |s: Shed| {
+        let err = super::shed_error(route, s, "every endpoint is at its concurrency limit");
+        (err, super::shed_reason(s))
+    };
     let ticket = up.waiting.join(ctx.priority, max_queue).map_err(shed)?;
     if recheck() {
         return Ok(()); // freed while joining: leaving passes any wake on

@@ -9,6 +9,7 @@ pub mod attempt;
 pub mod classify;
 pub mod correlate;
 pub mod ctx;
+pub mod ending;
 pub mod error;
 pub mod fallback;
 pub mod forward;
@@ -54,9 +55,29 @@ impl Proxy {
         let snap = self.state.load_full(); // pin this config for the whole request
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
-        // correlate
-        let ids =
+        // correlate (the caller's traceparent is read before it is rewritten)
+        let tracing = snap.shared.tracing.as_ref();
+        let incoming_tp = tracing.and_then(|_| parts.headers.get(&correlate::TRACEPARENT).cloned());
+        let mut ids =
             correlate::prepare_request(&mut parts.headers, &snap.headers, &conn.peer_ip, grpc);
+        let span = tracing.and_then(|t| {
+            let rid = ids.request_id.to_str().unwrap_or("");
+            let cid = ids.correlation_id.to_str().unwrap_or("");
+            t.start_request(incoming_tp.as_ref(), &parts.method, rid, cid)
+        });
+        if let Some(s) = &span {
+            // The trace the spans belong to, as sent upstream and logged.
+            ids.traceparent = s.traceparent();
+            parts
+                .headers
+                .insert(correlate::TRACEPARENT.clone(), ids.traceparent.clone());
+        } else if tracing.is_some() && incoming_tp.is_none() {
+            // Not sampled here: say so, so the model server does not sample it either.
+            ids.traceparent = correlate::unsampled(&ids.traceparent);
+            parts
+                .headers
+                .insert(correlate::TRACEPARENT.clone(), ids.traceparent.clone());
+        }
         let logging = &snap.config.logging;
         let logger = logging
             .access_log
@@ -71,6 +92,7 @@ impl Proxy {
             conn,
             logger,
         ));
+        ctx.span = span;
         if let Some(p) = parts.headers.get(&snap.config.limits.priority_header) {
             ctx.priority = Priority::parse(p.as_bytes());
         }
@@ -112,6 +134,9 @@ async fn serve(
     ctx.route_index = Some(idx);
     ctx.route = Some(route.name.clone());
     ctx.upstream = Some(route.upstream.name.clone());
+    if let Some(s) = &ctx.span {
+        s.routed(&route.name, &route.cfg.path_prefix, &route.upstream.name);
+    }
     set_deadline(route, &parts.headers, ctx);
     // admit: rate limit, concurrency, fault injection
     admit(route, &parts, ctx).await?;
@@ -119,6 +144,14 @@ async fn serve(
     let idle = route.upstream.cfg.timeouts.idle;
     let body = LimitedIncoming::new(body, max_body, idle, ctx.body.clone());
     forward::send(route, parts, body, ctx).await
+}
+
+/// The `reason` label of a shed request.
+pub(crate) fn shed_reason(shed: Shed) -> &'static str {
+    match shed {
+        Shed::Overloaded => "overloaded",
+        Shed::Priority => "priority",
+    }
 }
 
 /// OVERLOADED for a request shed from a queue, counted by why.
@@ -192,6 +225,9 @@ async fn admit(
     if let Some(rl) = &route.rate_limit {
         if let Err(wait) = rl.check(&parts.headers, conn_ip, ctx.started) {
             route.metrics.rejected_rate_limited.inc();
+            if let Some(s) = &ctx.span {
+                s.shed("rate_limited");
+            }
             return Err(
                 ProxyError::new(ErrorCode::RateLimited, "rate limit exceeded")
                     .upstream(&route.upstream.name)
@@ -202,7 +238,12 @@ async fn admit(
     if let Some(c) = &route.concurrency {
         match c.acquire(ctx.priority).await {
             Ok(permit) => ctx.admission = Some(permit),
-            Err(shed) => return Err(shed_error(route, shed, "too many requests in flight")),
+            Err(shed) => {
+                if let Some(s) = &ctx.span {
+                    s.shed(shed_reason(shed));
+                }
+                return Err(shed_error(route, shed, "too many requests in flight"));
+            }
         }
     }
     ctx.route_in_flight = Some(GaugeGuard::inc(&route.metrics.in_flight));

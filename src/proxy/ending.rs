@@ -1,0 +1,110 @@
+//! How an attempt loop ends: an upstream response (its body streamed with the
+//! upstream's idle timeout, the endpoint's in-flight count held until it is done), or
+//! the typed error fusebox answers with and whether a fallback may answer instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Response};
+use tokio::time::Instant;
+
+use super::attempt::Sent;
+use super::ctx::RequestCtx;
+use super::error::{ErrorCode, ProxyError};
+use super::resp_body::RespBody;
+use crate::body::CallerFault;
+use crate::snapshot::Route;
+use crate::upstream::{Endpoint, Upstream};
+
+/// How an attempt loop ended.
+pub(crate) enum LoopEnd {
+    /// An upstream response (success, or the last one when retries ran out).
+    Response(Response<RespBody>),
+    /// No response; `fallback` says whether a fallback may answer instead.
+    Error { err: ProxyError, fallback: bool },
+}
+
+/// CIRCUIT_OPEN: no endpoint's breaker admits. `Retry-After` is the time until the
+/// first one half-opens. An upstream without endpoints (DNS gave none yet) is a
+/// connect failure, not an open circuit.
+pub(super) fn all_open(
+    route: &Route,
+    up: &Upstream,
+    slot: usize,
+    eps: &[Arc<Endpoint>],
+    headers: &HeaderMap,
+    now: Instant,
+) -> LoopEnd {
+    if eps.is_empty() {
+        return LoopEnd::Error {
+            err: ProxyError::new(
+                ErrorCode::UpstreamConnectFailed,
+                "the upstream has no endpoints (DNS gave no address)",
+            )
+            .upstream(&up.name),
+            fallback: true,
+        };
+    }
+    route.metrics.rejected_circuit_open.inc();
+    let wait = eps
+        .iter()
+        .map(|ep| {
+            ep.breakers(slot)
+                .rejection(headers, now)
+                .map_or(Duration::ZERO, |r| r.retry_after)
+        })
+        .min()
+        .unwrap_or(Duration::ZERO);
+    let msg = format!("all endpoints of upstream '{}' are open", up.name);
+    LoopEnd::Error {
+        err: ProxyError::new(ErrorCode::CircuitOpen, msg)
+            .upstream(&up.name)
+            .retry_after(wait.max(Duration::from_secs(1))),
+        fallback: true,
+    }
+}
+
+pub(super) fn finish(
+    sent: Sent,
+    in_flight: crate::upstream::InFlight,
+    up: &Upstream,
+    ctx: &mut RequestCtx,
+) -> LoopEnd {
+    match sent {
+        Sent::Response(r, lease) => {
+            let (p, b) = r.into_parts();
+            ctx.in_flight = Some(in_flight);
+            LoopEnd::Response(Response::from_parts(
+                p,
+                RespBody::upstream(b, lease, up.cfg.timeouts.idle),
+            ))
+        }
+        Sent::Failed(_, err) => LoopEnd::Error {
+            err,
+            fallback: true,
+        },
+    }
+}
+
+pub(super) fn caller_fault(fault: CallerFault) -> ProxyError {
+    match fault {
+        CallerFault::TooLarge => {
+            ProxyError::new(ErrorCode::RequestTooLarge, "request body is over the limit")
+        }
+        CallerFault::Stalled => ProxyError::new(
+            ErrorCode::RequestTimeout,
+            "the request body stopped arriving for the upstream's idle timeout",
+        ),
+    }
+}
+
+pub(super) fn deadline_exceeded(route: &Route, up: &Upstream) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::DeadlineExceeded,
+        format!(
+            "route '{}' deadline of {:?} passed",
+            route.name, route.cfg.timeout
+        ),
+    )
+    .upstream(&up.name)
+}

@@ -1,0 +1,141 @@
+//! OpenTelemetry traces of proxied requests: a real fusebox with `[tracing]` pointed at
+//! an OTLP/HTTP receiver in the test (decoding with the official protobuf types), a
+//! real upstream, and a request retried once: one server span and two client spans in
+//! the caller's trace, parented as W3C says, the retry reason on the second, and the
+//! upstream told each attempt's own span id. With no collector, requests are not
+//! slowed and the spans lost are counted.
+
+mod common;
+#[path = "otel_export/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
+
+use common::scripted::*;
+use common::*;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use receiver::{attr, hex, s, Mode, Receiver};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn config(up: std::net::SocketAddr, collector: &str) -> String {
+    format!(
+        "[tracing]\notlp_endpoint = \"{collector}\"\nsample_ratio = 0.0\nexport_timeout = \"2s\"\n\n{}{}",
+        UpstreamToml::new("yolo", &[up])
+            .retry("max_retries = 1\nbase_delay = \"0s\"\nmax_delay = \"1ms\"")
+            .build(),
+        route_toml("detect", "/detect", "yolo", "")
+    )
+}
+
+/// Proves: a request (caller's traceparent sampled) answered 503 then retried to 200
+/// exports exactly one server span and two client spans in the caller's trace; the
+/// server span's parent is the caller's span, both client spans' parent is the server
+/// span; the second carries `fusebox.retry_reason = status_503`; and the upstream got,
+/// on each attempt, a traceparent naming that attempt's client span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_is_one_server_span_and_two_attempt_spans() {
+    let rx = Receiver::start(Mode::Answer).await;
+    let up = Scripted::ok("detections").await;
+    up.then([Behaviour::respond(503, "busy")]);
+    let p = spawn_proxy(&config(up.addr, &rx.endpoint())).await;
+    let c = http1_client();
+    let tp = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let r = call(
+        &c,
+        Method::GET,
+        &p.url("/detect/x"),
+        &[("traceparent", &tp)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(p.shutdown().await, "drained (and the spans flushed)");
+
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 3, "one server span and two client spans");
+    assert!(
+        spans.iter().all(|s| hex(&s.trace_id) == TRACE),
+        "the caller's trace"
+    );
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("a server span");
+    assert_eq!(hex(&server.parent_span_id), CALLER_SPAN);
+    let mut clients: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    clients.sort_by_key(|s| s.start_time_unix_nano);
+    assert_eq!(clients.len(), 2);
+    for c in &clients {
+        assert_eq!(
+            c.parent_span_id, server.span_id,
+            "attempts nest under the request"
+        );
+    }
+    assert_eq!(attr(clients[0], "fusebox.retry_reason"), None);
+    assert_eq!(
+        attr(clients[1], "fusebox.retry_reason"),
+        Some(&s("status_503"))
+    );
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    for (attempt, span) in seen.iter().zip(&clients) {
+        let sent = attempt
+            .header("traceparent")
+            .expect("traceparent sent upstream");
+        assert_eq!(sent, format!("00-{TRACE}-{}-01", hex(&span.span_id)));
+    }
+}
+
+/// Proves: with no collector listening, 1,000 traced requests are all answered (export
+/// never blocks the request path) and `gateway_tracing_spans_dropped_total` counts the
+/// spans of the failed exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_collector_requests_succeed_and_drops_are_counted() {
+    let dead = dead_port();
+    let up = Scripted::ok("ok").await;
+    let p = spawn_proxy(&config(up.addr, &format!("http://{}", dead.addr))).await;
+    let c = http1_client();
+    let tp = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    for _ in 0..1000 {
+        let r = call(
+            &c,
+            Method::GET,
+            &p.url("/detect"),
+            &[("traceparent", &tp)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let url = format!("http://{}/metrics", p.running.admin_addr);
+    let dropped = || async {
+        get(&http1_client(), &url)
+            .await
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_tracing_spans_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dropped().await == 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no drop was counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.hits(), 1000);
+    let metrics = p.running.ctrl.metrics.clone();
+    assert!(p.shutdown().await);
+    let total = metrics.tracing_spans_dropped.get();
+    assert!(
+        total > 0 && total <= 2000,
+        "{total} dropped: at most the 2,000 spans made"
+    );
+}
