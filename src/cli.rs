@@ -31,8 +31,8 @@ pub enum Command {
     Run(RunArgs),
     /// Check a config file; exits 1 with file:line:column of every problem.
     Validate(ValidateArgs),
-    /// Start two demo upstreams (one healthy, one flaky) behind a proxy and print curl
-    /// commands that show retries and a breaker opening.
+    /// Start three demo upstreams (healthy, flaky, slow) behind a proxy and print curl
+    /// commands that show retries, a breaker opening and closing, and peak_ewma.
     Demo(DemoArgs),
     /// Run one demo vision upstream (for compose files and experiments).
     DemoUpstream(DemoUpstreamArgs),
@@ -66,9 +66,15 @@ pub struct DemoArgs {
     /// Address of the demo proxy's admin listener.
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
-    /// Share of requests the flaky upstream fails with 503.
-    #[arg(long, default_value_t = 0.5)]
+    /// Share of requests the flaky upstream also fails at random (0: it fails only every
+    /// second /detect call and on command, so the printed commands show the same thing
+    /// every time).
+    #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
+    /// Export traces of the demo's requests to this OTLP/HTTP collector
+    /// (`http://127.0.0.1:4318`); without it the demo sets no `[tracing]`.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -82,4 +88,7 @@ pub struct DemoUpstreamArgs {
     /// Name reported in responses.
     #[arg(long, default_value = "yolo")]
     pub name: String,
+    /// Time each inference takes, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
 }

@@ -145,6 +145,31 @@ impl FuseboxProcess {
         }
     }
 
+    /// Waits up to `timeout` for a stdout line equal to `line` (trimmed); returns every
+    /// line read up to it. Panics with the output so far when none comes.
+    pub async fn wait_text(&mut self, timeout: Duration, line: &str) -> Vec<String> {
+        if let Some(i) = self.seen.iter().position(|l| l.trim() == line) {
+            return self.seen[..=i].to_vec();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    let found = l.trim() == line;
+                    self.seen.push(l);
+                    if found {
+                        return self.seen.clone();
+                    }
+                }
+                Ok(None) | Err(_) => panic!(
+                    "no line {line:?} within {timeout:?}; stdout so far:\n{}\nstderr:\n{}",
+                    self.seen.join("\n"),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
     /// Sends SIGTERM (through `kill`, no extra crate needed).
     pub fn sigterm(&self) {
         let status = Command::new("kill")
