@@ -198,7 +198,9 @@ async fn silent_partial_headers_are_cut_after_header_read_timeout() {
 }
 
 /// With `max_connections = 1`, a second connection is not served while the first is
-/// open, and is served once the first closes.
+/// open, and is served once the first closes. "Not served" is judged after three more
+/// requests on the first connection, sent after the second's and served: had fusebox
+/// taken the second connection, its request would have reached the upstream too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_connection_waits_while_max_connections_is_reached() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
@@ -216,20 +218,26 @@ async fn second_connection_waits_while_max_connections_is_reached() {
     // The kernel completes the handshake, but fusebox must not serve it yet.
     let mut second = RawConn::connect(fb.addr).await;
     second.write(req).await.unwrap();
-    let early = second.response_within(Duration::from_millis(500)).await;
+
+    // The first one still works (keep-alive), while the second waits.
+    for _ in 0..3 {
+        first.write(req).await.unwrap();
+        assert_eq!(first.read_response().await.status, 200);
+    }
+    assert_eq!(
+        up.hits(),
+        4,
+        "only the first connection's requests reached the upstream"
+    );
     assert!(
-        early.is_none(),
+        second.response_within(Duration::ZERO).await.is_none(),
         "a second connection was served past max_connections = 1"
     );
-    assert_eq!(up.hits(), 1);
 
-    // The first one still works (keep-alive), then closes.
-    first.write(req).await.unwrap();
-    assert_eq!(first.read_response().await.status, 200);
+    // Once the first closes, the second is served.
     drop(first);
-
     assert_eq!(second.read_response().await.status, 200);
-    assert_eq!(up.hits(), 3);
+    assert_eq!(up.hits(), 5);
 }
 
 /// A keep-alive connection serves several requests, then is closed once idle for
@@ -259,7 +267,10 @@ async fn idle_keep_alive_connection_is_closed() {
 
 /// `header_read_timeout` guards a request head that has started arriving; it must not
 /// cut a keep-alive connection that is merely idle between requests (that is
-/// `idle_timeout`'s job, 60 s here).
+/// `idle_timeout`'s job, 60 s here). While it idles, two slow heads on other
+/// connections, one after the other, are each cut with a 408: by the second cut the
+/// idle connection has waited more than twice `header_read_timeout`, and must still be
+/// open and serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connection_outlives_header_read_timeout() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
@@ -273,9 +284,19 @@ async fn idle_keep_alive_connection_outlives_header_read_timeout() {
         .await
         .unwrap();
     assert_eq!(conn.read_response().await.status, 200);
-    // Idle for five header_read_timeouts: the connection must still be open...
+    for _ in 0..2 {
+        let mut slow = RawConn::connect(fb.addr).await;
+        slow.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+            .await
+            .unwrap();
+        match slow.wait_closed(WAIT).await {
+            Ending::Closed(data) => assert_request_timeout(&data),
+            Ending::Open => panic!("a slow head stayed open for {WAIT:?}"),
+        }
+    }
+    // The idle connection must still be open...
     assert_eq!(
-        conn.wait_closed(Duration::from_secs(1)).await,
+        conn.wait_closed(Duration::ZERO).await,
         Ending::Open,
         "an idle keep-alive connection was closed by header_read_timeout, long before idle_timeout"
     );
