@@ -176,8 +176,7 @@ impl Watched {
         let path = self.path.display().to_string();
         logs::wait_line("the reloader reading the file again", from, |v| {
             v["path"] == path.as_str()
-                && (v["message"] == "config file event without change"
-                    || v["result"] == "failure")
+                && (v["message"] == "config file event without change" || v["result"] == "failure")
         })
         .await;
     }
