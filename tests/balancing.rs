@@ -130,6 +130,18 @@ async fn least_request_prefers_the_idle_endpoint() {
         held.iter().filter(|h| h.is_finished()).count() == 2
     })
     .await;
+    // B's in-flight count drops when fusebox is done with each response, which can be
+    // just after the caller read it: wait for the state the balancer reads.
+    let ep_b = fb.running().snapshot().upstreams["pool"]
+        .endpoints()
+        .iter()
+        .find(|e| e.addr == b.addr)
+        .cloned()
+        .expect("B's endpoint");
+    eventually("B's in-flight count to be 0", WAIT, || {
+        ep_b.in_flight() == 0
+    })
+    .await;
 
     for _ in 0..40 {
         let r = get(&c, &fb.url("/new")).await;

@@ -272,32 +272,51 @@ async fn upstream_connections_are_reused() {
     );
 }
 
-/// An endpoint given as a DNS name (`localhost:PORT`) is resolved and served.
+/// An endpoint given as a DNS name (`localhost:PORT`) is resolved into one endpoint per
+/// answer (127.0.0.1, and ::1 where `localhost` answers that too), and every answer is
+/// served: the test upstream listens on each answered address with the same port, and
+/// round robin sends each address its share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_name_endpoint_is_resolved() {
-    let up = TestUpstream::start(Behaviour::ok("by name")).await;
-    let port = up.addr.port();
-    // The upstream listens on 127.0.0.1 only; where `localhost` also answers another
-    // address (::1), requests sent there would be refused for reasons outside fusebox.
-    let answers: Vec<std::net::SocketAddr> = tokio::net::lookup_host(("localhost", port))
+    let mut ips: Vec<std::net::IpAddr> = tokio::net::lookup_host(("localhost", 0))
         .await
         .expect("resolve localhost")
+        .map(|a| a.ip())
         .collect();
-    if answers.iter().any(|a| a.ip() != up.addr.ip()) {
-        eprintln!("note: localhost resolves to {answers:?}; DNS endpoint check skipped");
-        return;
-    }
+    ips.sort();
+    ips.dedup();
+    assert!(
+        !ips.is_empty() && ips.iter().all(|ip| ip.is_loopback()),
+        "localhost must answer loopback addresses only: {ips:?}"
+    );
+    let up = TestUpstream::start_on(&ips, Behaviour::ok("by name")).await;
+    let port = up.addr.port();
     let config = format!(
         "{}[upstreams.named]\nendpoints = [\"localhost:{port}\"]\n\n{}",
         base_config(""),
         route_toml("all", "/", "named", "")
     );
     let fb = spawn_fusebox(&config).await;
+    let snap = fb.running().snapshot();
+    let mut resolved: Vec<std::net::SocketAddr> = snap.upstreams["named"]
+        .endpoints()
+        .iter()
+        .map(|e| e.addr)
+        .collect();
+    resolved.sort();
+    let mut want = up.addrs.clone();
+    want.sort();
+    assert_eq!(resolved, want, "one endpoint per answer for localhost");
+
     let c = http1_client();
-    for _ in 0..3 {
+    let rounds = 3;
+    for _ in 0..rounds * want.len() {
         let r = get(&c, &fb.url("/dns")).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text(), "by name");
     }
-    assert_eq!(up.hits(), 3);
+    for addr in &want {
+        let n = up.requests().iter().filter(|r| r.local == *addr).count();
+        assert_eq!(n, rounds, "requests answered on {addr}");
+    }
 }

@@ -101,7 +101,7 @@ async fn shutdown_gives_up_after_shutdown_timeout() {
 }
 
 /// The binary on SIGTERM: refuses new connections, finishes the request in flight,
-/// then exits 0.
+/// then exits 0, saying it drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_request_and_exits_zero() {
     let gate = Gate::new();
@@ -129,6 +129,7 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "finished after SIGTERM");
+    assert_stopped_drained(&mut p).await;
     let status = p.wait_exit(WAIT).await;
     assert_eq!(
         status.code(),
@@ -139,7 +140,8 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
 }
 
 /// The binary on SIGTERM with nothing in flight (one idle keep-alive connection open)
-/// exits 0 well before its 20 s shutdown_timeout.
+/// closes that connection and exits 0 having drained, rather than waiting out its 20 s
+/// shutdown_timeout (which it would report as not drained).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_when_idle_exits_zero() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
@@ -148,7 +150,20 @@ async fn sigterm_when_idle_exits_zero() {
     let c = http1_client();
     assert_eq!(get(&c, &p.url("/x")).await.status, 200);
     p.sigterm();
+    assert_stopped_drained(&mut p).await;
     let status = p.wait_exit(WAIT).await;
     assert_eq!(status.code(), Some(0), "stderr: {}", p.stderr());
     drop(c);
+}
+
+/// Waits for the binary's "fusebox stopped" line (bounded past the 20 s
+/// shutdown_timeout, so a shutdown that waited it out is reported by the line, not by
+/// this wait) and asserts it drained.
+async fn assert_stopped_drained(p: &mut FuseboxProcess) {
+    let stopped = p
+        .wait_json(Duration::from_secs(20) + WAIT, |v| {
+            v["message"] == "fusebox stopped"
+        })
+        .await;
+    assert_eq!(stopped["drained"], true, "{stopped}");
 }

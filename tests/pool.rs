@@ -19,6 +19,10 @@ fn config(up: std::net::SocketAddr, upstream_extra: &str) -> String {
     )
 }
 
+/// Four concurrent requests with `max_connections_per_host = 2`: two reach the upstream,
+/// two wait inside fusebox (all four counted in flight) without a connection being opened
+/// for them, and once the first two are answered all four are served over the same two
+/// connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_per_host_is_a_hard_cap() {
     let gate = Gate::new();
@@ -37,18 +41,26 @@ async fn max_connections_per_host_is_a_hard_cap() {
         tasks.push(tokio::spawn(async move { get(&c, &url).await }));
     }
     up.wait_hits(2).await;
-    // The other two wait for a connection; none opens meanwhile.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // All four are inside fusebox (counted in flight once admitted to the route); the
+    // two past the cap wait for a connection.
+    prom::wait_in_flight(fb.admin_addr, "all", 4.0).await;
     assert_eq!(up.hits(), 2, "requests past the cap reached the upstream");
     assert_eq!(up.connections(), 2, "connections past the cap were opened");
 
-    // Once connections free up, the waiting requests are served too.
+    // Once connections free up, the waiting requests are served too, on the same two
+    // connections (an uncapped pool would have opened two more for them by now).
     gate.open();
     for t in tasks {
         let r = within(WAIT, "capped requests", t).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(up.hits(), 4);
+    assert_eq!(
+        up.connections(),
+        2,
+        "the waiters reused the capped connections"
+    );
+    prom::wait_in_flight(fb.admin_addr, "all", 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,54 @@ async fn proxy_with_breaker(up: &Scripted, breaker: &str) -> Proxy {
     spawn_proxy(&tables).await
 }
 
+/// Like [`proxy_with_breaker`], plus a control: upstream `ctl` on a port that refuses
+/// connections, behind `/ctl`, whose breaker opens on one failure and half-opens after
+/// `control_recovery`. Opening it after an event and waiting until it half-opens shows
+/// that `control_recovery` has passed since that event, as a state rather than a sleep.
+async fn proxy_with_control(
+    up: &Scripted,
+    breaker: &str,
+    control_recovery: &str,
+) -> (Proxy, DeadPort) {
+    let ctl = dead_port();
+    let tables = format!(
+        "{}{}{}{}",
+        UpstreamToml::new("app", &[up.addr])
+            .breaker(breaker)
+            .build(),
+        UpstreamToml::new("ctl", &[ctl.addr])
+            .breaker(&format!(
+                "failure_threshold = 1\nrecovery_timeout = \"{control_recovery}\"\njitter = false"
+            ))
+            .build(),
+        route_toml("ctl", "/ctl", "ctl", ""),
+        route_toml("all", "/", "app", "")
+    );
+    (spawn_proxy(&tables).await, ctl)
+}
+
+/// Opens the control breaker and waits until it half-opens.
+async fn control_half_opens(fb: &Proxy, ctl: &DeadPort) {
+    let r = get(&http1_client(), &fb.url("/ctl")).await;
+    assert_fusebox_error(&r, 502, "UPSTREAM_CONNECT_FAILED", Some("ctl"));
+    fb.wait_breaker("ctl", ctl.addr, BreakerState::HalfOpen)
+        .await;
+}
+
+/// The instant the open time of `app`'s breaker at `addr` ends, computed by the breaker
+/// from `before` (any instant before that end, also one before it opened): exact
+/// however late this is called, as long as no request has moved the breaker since.
+fn open_until(fb: &Proxy, addr: std::net::SocketAddr, before: Instant) -> Instant {
+    let left = fb
+        .endpoint("app", addr)
+        .own_breakers()
+        .main()
+        .rejection(before)
+        .unwrap_or_else(|| panic!("the breaker of {addr} is not open"))
+        .retry_after;
+    before + left
+}
+
 fn fail() -> Behaviour {
     Behaviour::respond(503, "model overloaded")
 }
@@ -83,6 +131,7 @@ async fn opens_after_exactly_failure_threshold_consecutive_failures() {
         6,
         "CIRCUIT_OPEN answers never reach the upstream"
     );
+    assert_eq!(prom::rejected(fb.admin(), "all", "circuit_open").await, 3.0);
 }
 
 /// Proves: in error-rate mode a window holding fewer than `request_volume_threshold`
@@ -120,6 +169,7 @@ async fn error_rate_mode_does_not_trip_below_the_volume_threshold() {
     let r = get(&c, &fb.url("/x")).await;
     assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
     assert_eq!(up.hits(), 10);
+    assert_eq!(prom::rejected(fb.admin(), "all", "circuit_open").await, 1.0);
 }
 
 /// Proves: at the volume, a failure share below `error_threshold_percentage` (40 %,
@@ -159,6 +209,7 @@ async fn error_rate_mode_trips_at_the_percentage() {
     let r = get(&c, &fb.url("/x")).await;
     assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
     assert_eq!(up.hits(), 12);
+    assert_eq!(prom::rejected(fb.admin(), "all", "circuit_open").await, 1.0);
 }
 
 /// Proves: slow calls count as failures in error-rate mode: 200 answers slower than
@@ -182,6 +233,7 @@ async fn slow_calls_count_as_failures_in_error_rate_mode() {
     let r = get(&c, &fb.url("/x")).await;
     assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
     assert_eq!(up.hits(), 4);
+    assert_eq!(prom::rejected(fb.admin(), "all", "circuit_open").await, 1.0);
 }
 
 /// Proves: while half open, of 6 concurrent requests exactly `half_open_max_requests`
@@ -199,7 +251,12 @@ async fn half_open_admits_only_the_probes_and_closes_after_success_threshold() {
     .await;
     let c = http1_client();
     assert_eq!(get(&c, &fb.url("/x")).await.status, 503);
-    assert_eq!(fb.breaker_state("app", up.addr), BreakerState::Open);
+    // Opened (a count, not the state now: that turns half open after 200 ms).
+    let stats = fb
+        .endpoint("app", up.addr)
+        .own_breakers()
+        .stats(Instant::now());
+    assert_eq!(stats.times_opened, 1, "{stats:?}");
 
     let gate = Gate::new();
     up.set(Behaviour::gated(&gate, Behaviour::ok("probe ok")));
@@ -226,6 +283,7 @@ async fn half_open_admits_only_the_probes_and_closes_after_success_threshold() {
     }
     up.wait_hits(3).await;
     assert_eq!(up.hits(), 3, "1 opening failure + exactly 2 probes");
+    assert_eq!(prom::rejected(fb.admin(), "all", "circuit_open").await, 4.0);
 
     gate.open();
     for _ in 0..2 {
@@ -245,96 +303,117 @@ async fn half_open_admits_only_the_probes_and_closes_after_success_threshold() {
     assert_eq!(up.hits(), 9);
 }
 
-/// Proves: the open time doubles on each re-open (recovery 200 ms, no jitter): after a
-/// failed probe the breaker stays open 400 ms, so a request ~250 ms after the re-open
-/// is still refused without reaching the upstream; after the next failed probe it
-/// stays open 800 ms.
+/// Proves: the open time doubles on each re-open (recovery R = 500 ms, no jitter): the
+/// first open lasts R, the re-open after a failed probe 2R, the next 4R (each read from
+/// the breaker as the instant it ends, and bounded by the instants around the request
+/// that opened it); at the data port, a request sent once a control breaker with the
+/// plain R (opened after the re-open) has half-opened is still refused without reaching
+/// the upstream; and half open comes no earlier than 2R after the re-opening probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_time_backs_off_on_each_reopen() {
+    const R: std::time::Duration = ms(500);
     let up = Scripted::start(fail()).await;
-    let fb = proxy_with_breaker(
+    let (fb, ctl) = proxy_with_control(
         &up,
-        "failure_threshold = 1\nrecovery_timeout = \"200ms\"\nmax_recovery_timeout = \"2s\"\n\
+        "failure_threshold = 1\nrecovery_timeout = \"500ms\"\nmax_recovery_timeout = \"10s\"\n\
          jitter = false",
+        "500ms",
     )
     .await;
     let c = http1_client();
-    let ep = fb.endpoint("app", up.addr);
-    let time_left = || {
-        ep.own_breakers()
-            .main()
-            .rejection(Instant::now())
-            .map(|r| r.retry_after)
-            .unwrap_or_default()
-    };
 
+    let t0 = Instant::now();
     assert_eq!(get(&c, &fb.url("/x")).await.status, 503);
-    let first = time_left();
+    let t1 = Instant::now();
+    let end = open_until(&fb, up.addr, t0);
     assert!(
-        first > ms(0) && first <= ms(200),
-        "first open: {first:?} left"
+        end >= t0 + R && end <= t1 + R,
+        "first open lasts R: ends {:?} after the request was sent ({:?} in flight)",
+        end - t0,
+        t1 - t0
     );
 
     fb.wait_breaker("app", up.addr, BreakerState::HalfOpen)
         .await;
-    let probe_sent = Instant::now(); // the re-open comes after this
+    let t2 = Instant::now(); // the re-open comes after this
     let probe = get(&c, &fb.url("/x")).await;
-    let reopened_by = Instant::now(); // ... and before this
+    let t3 = Instant::now(); // ... and before this
     assert_eq!(
         (probe.status.as_u16(), up.hits()),
         (503, 2),
         "the probe went out"
     );
-    let second = time_left();
+    let end = open_until(&fb, up.addr, t2);
     assert!(
-        second > ms(250) && second <= ms(400),
-        "second open is 400 ms: {second:?} left"
+        end >= t2 + 2 * R && end <= t3 + 2 * R,
+        "second open lasts 2R: ends {:?} after the probe was sent ({:?} in flight)",
+        end - t2,
+        t3 - t2
     );
 
-    tokio::time::sleep_until(reopened_by + ms(250)).await;
+    // R has passed since the re-open (the control shows it), the doubled time has not.
+    control_half_opens(&fb, &ctl).await;
     let r = get(&c, &fb.url("/x")).await;
     assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
-    assert_eq!(up.hits(), 2, "still open 250 ms after the re-open");
+    assert_eq!(up.hits(), 2, "still open R after the re-open");
+    assert_eq!(prom::rejected(fb.admin(), "all", "circuit_open").await, 1.0);
 
     fb.wait_breaker("app", up.addr, BreakerState::HalfOpen)
         .await;
     assert!(
-        probe_sent.elapsed() >= ms(400),
+        t2.elapsed() >= 2 * R,
         "half open only after the doubled time"
     );
+    let t4 = Instant::now();
     assert_eq!(get(&c, &fb.url("/x")).await.status, 503);
+    let t5 = Instant::now();
     assert_eq!(up.hits(), 3);
-    let third = time_left();
+    let end = open_until(&fb, up.addr, t4);
     assert!(
-        third > ms(600) && third <= ms(800),
-        "third open is 800 ms: {third:?} left"
+        end >= t4 + 4 * R && end <= t5 + 4 * R,
+        "third open lasts 4R: ends {:?} after the probe was sent ({:?} in flight)",
+        end - t4,
+        t5 - t4
     );
 }
 
 /// Proves: a `Retry-After: 2` on the 503 that opens the breaker keeps it open for 2 s
-/// instead of the 200 ms `recovery_timeout`, and the CIRCUIT_OPEN answer says so.
+/// instead of the 200 ms `recovery_timeout` (the breaker's end instant says so, and a
+/// request sent once a control breaker with the plain 200 ms has half-opened is still
+/// refused), the CIRCUIT_OPEN answer's `Retry-After` says so, and it half-opens no
+/// earlier than 2 s after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_on_the_opening_503_sets_the_open_time() {
     let up = Scripted::start(fail().with_header("retry-after", "2")).await;
-    let fb = proxy_with_breaker(
+    let (fb, ctl) = proxy_with_control(
         &up,
         "failure_threshold = 1\nrecovery_timeout = \"200ms\"\nmax_recovery_timeout = \"10s\"\n\
          jitter = false",
+        "200ms",
     )
     .await;
     let c = http1_client();
     let sent = Instant::now(); // the breaker opens after this
     let r = get(&c, &fb.url("/x")).await;
+    let answered = Instant::now(); // ... and before this
     assert_eq!(
         (r.status.as_u16(), r.header("retry-after")),
         (503, Some("2"))
     );
-    tokio::time::sleep(ms(400)).await;
+    let end = open_until(&fb, up.addr, sent);
+    assert!(
+        end >= sent + ms(2000) && end <= answered + ms(2000),
+        "open for the upstream's 2 s: ends {:?} after the request was sent",
+        end - sent
+    );
+
+    control_half_opens(&fb, &ctl).await;
     let r = get(&c, &fb.url("/x")).await;
     assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
     let ra = retry_after_secs(&r);
     assert!((1..=2).contains(&ra), "Retry-After {ra}");
     assert_eq!(up.hits(), 1);
+    assert_eq!(prom::rejected(fb.admin(), "all", "circuit_open").await, 1.0);
     fb.wait_breaker("app", up.addr, BreakerState::HalfOpen)
         .await;
     assert!(sent.elapsed() >= ms(2000), "open for the upstream's 2 s");
@@ -375,4 +454,12 @@ async fn route_circuit_breaker_table_overrides_the_upstreams() {
         );
     }
     assert_eq!(up.hits(), 5);
+    assert_eq!(
+        prom::rejected(fb.admin(), "strict", "circuit_open").await,
+        1.0
+    );
+    assert_eq!(
+        prom::rejected(fb.admin(), "other", "circuit_open").await,
+        0.0
+    );
 }

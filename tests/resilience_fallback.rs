@@ -1,6 +1,7 @@
 //! Fallbacks: the static answer and the second upstream, marked `x-fusebox-fallback`,
 //! used when the last attempt failed without an HTTP response (connect failure,
-//! timeout) or every breaker is open, and not when the upstream did answer.
+//! timeout) or every breaker is open, and not when the upstream did answer; each one
+//! counted as `gateway_proxy_fallbacks_total{service,kind}`.
 
 mod common;
 
@@ -36,6 +37,8 @@ async fn static_fallback_answers_a_connect_failure() {
     let fb = spawn_proxy(&proxy_tables(&[yolo])).await;
     let r = get(&http1_client(), &fb.url("/detect")).await;
     assert_static_fallback(&r);
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "static").await, 1.0);
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "upstream").await, 0.0);
 }
 
 /// Proves: a last attempt that timed out (no response headers within
@@ -50,6 +53,7 @@ async fn static_fallback_answers_a_timeout() {
     let r = get(&http1_client(), &fb.url("/detect")).await;
     assert_static_fallback(&r);
     assert_eq!(up.hits(), 1);
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "static").await, 1.0);
 }
 
 /// Proves: with `fallback.upstream`, a request whose primary attempt failed to connect
@@ -85,6 +89,8 @@ async fn upstream_fallback_serves_from_the_second_upstream() {
         ("POST", "/detect/v1")
     );
     assert_eq!(&seen[0].body[..], b"jpeg bytes");
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "upstream").await, 1.0);
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "static").await, 0.0);
 }
 
 /// Proves: an upstream HTTP answer is never replaced by the fallback (the two 503s that
@@ -110,6 +116,11 @@ async fn fallback_answers_when_every_breaker_is_open() {
         assert_eq!(r.header("x-fusebox-fallback"), None);
     }
     assert_eq!((a.hits(), b.hits(), cpu.hits()), (1, 1, 0));
+    assert_eq!(
+        prom::fallbacks(fb.admin(), "yolo", "upstream").await,
+        0.0,
+        "the upstream's answers were not replaced"
+    );
     for _ in 0..3 {
         let r = get(&c, &fb.url("/detect")).await;
         assert_eq!(
@@ -119,6 +130,12 @@ async fn fallback_answers_when_every_breaker_is_open() {
         assert_eq!(r.header("x-fusebox-fallback"), Some("upstream"));
     }
     assert_eq!((a.hits(), b.hits(), cpu.hits()), (1, 1, 3));
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "upstream").await, 3.0);
+    // The breakers refused them first; the fallback answered instead of CIRCUIT_OPEN.
+    assert_eq!(
+        prom::rejected(fb.admin(), "detect", "circuit_open").await,
+        3.0
+    );
 }
 
 /// Proves: the static fallback also answers when every breaker is open (instead of
@@ -134,8 +151,14 @@ async fn static_fallback_replaces_circuit_open() {
     for _ in 0..2 {
         assert_eq!(get(&c, &fb.url("/detect")).await.status, 500);
     }
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "static").await, 0.0);
     for _ in 0..3 {
         assert_static_fallback(&get(&c, &fb.url("/detect")).await);
     }
     assert_eq!(up.hits(), 2);
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "static").await, 3.0);
+    assert_eq!(
+        prom::rejected(fb.admin(), "detect", "circuit_open").await,
+        3.0
+    );
 }

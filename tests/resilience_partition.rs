@@ -50,6 +50,10 @@ async fn one_cameras_failures_do_not_cut_off_the_others() {
         assert!(retry_after_secs(&r) >= 1);
     }
     assert_eq!(up.seen_with("x-camera-id", "A"), 3, "A is failed fast");
+    assert_eq!(
+        prom::rejected(fb.admin(), "frames", "circuit_open").await,
+        3.0
+    );
 
     for _ in 0..10 {
         let r = call(&c, Method::POST, &url, &cam("B"), "frame").await;

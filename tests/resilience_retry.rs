@@ -30,7 +30,9 @@ fn unavailable() -> Behaviour {
 
 /// Proves: with one of two endpoints a closed port, 4 concurrent tasks x 50 GETs all
 /// get the live endpoint's 200 (zero client-visible errors); the live endpoint answers
-/// each request exactly once, and the dead endpoint's breaker opened on the way.
+/// each request exactly once, the dead endpoint's breaker opened on the way, and every
+/// attempt on the dead endpoint was followed by exactly one retry, counted as
+/// `gateway_proxy_retries_total{reason="connect_failure"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gets_recover_on_the_live_endpoint_while_the_other_is_dead() {
     let held = dead_port(); // refuses connections while held
@@ -72,6 +74,20 @@ async fn gets_recover_on_the_live_endpoint_while_the_other_is_dead() {
         .stats(tokio::time::Instant::now());
     assert!(stats.failure_count >= 1, "the dead endpoint was tried");
     assert!(stats.times_opened >= 1, "and its breaker opened: {stats:?}");
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("connect_failure", stats.failure_count)]),
+        "one retry per attempt on the dead endpoint"
+    );
+}
+
+/// The non-zero retry counts a test expects, by reason.
+fn reasons(counts: &[(&str, u64)]) -> std::collections::BTreeMap<String, f64> {
+    counts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| ((*r).to_owned(), *n as f64))
+        .collect()
 }
 
 /// Proves: a POST answered 503 is not retried without `Idempotency-Key` (1 hit, the
@@ -101,6 +117,7 @@ async fn post_is_retried_on_503_only_with_an_idempotency_key() {
     );
     assert_eq!(r.header("x-fusebox-error"), None);
     assert_eq!(up.hits(), 1, "no retry without Idempotency-Key");
+    assert_eq!(prom::retries(fb.admin(), "app", "status_503").await, 0.0);
 
     let key = [("idempotency-key", "order-77")];
     let r = call(&c, Method::POST, &fb.url("/strict"), &key, "frame-2").await;
@@ -110,6 +127,7 @@ async fn post_is_retried_on_503_only_with_an_idempotency_key() {
         assert_eq!(s.header("idempotency-key"), Some("order-77"));
         assert_eq!(&s.body[..], b"frame-2");
     }
+    assert_eq!(prom::retries(fb.admin(), "app", "status_503").await, 2.0);
 
     let r = call(&c, Method::POST, &fb.url("/lenient"), &[], "frame-3").await;
     assert_eq!(r.status, 503);
@@ -117,6 +135,10 @@ async fn post_is_retried_on_503_only_with_an_idempotency_key() {
     let r = call(&c, Method::POST, &fb.url("/strict"), &[], "frame-4").await;
     assert_eq!(r.status, 503);
     assert_eq!(up.hits(), 8, "the override is the route's only");
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("status_503", 4)])
+    );
 }
 
 /// Proves: a connection reset after the request was sent is retried for a GET (which
@@ -135,6 +157,11 @@ async fn resets_are_retried_only_for_idempotent_requests() {
     let r = call(&c, Method::POST, &fb.url("/x"), &[], "once").await;
     assert_fusebox_error(&r, 502, "UPSTREAM_RESET", Some("app"));
     assert_eq!(up.hits(), 3, "the POST was not sent again");
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("reset", 1)]),
+        "the GET's retry only"
+    );
 }
 
 /// Proves: a per-attempt timeout (`timeouts.request`) is retried for a GET, which then
@@ -158,6 +185,11 @@ async fn timeouts_are_retried_only_for_idempotent_requests() {
     let r = call(&c, Method::POST, &fb.url("/x"), &[], "once").await;
     assert_fusebox_error(&r, 504, "UPSTREAM_TIMEOUT", Some("app"));
     assert_eq!(up.hits(), 3);
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("timeout", 1)]),
+        "the GET's retry only"
+    );
 }
 
 /// Proves: 200 KB POST bodies (no key: connect failures are retried for every method),
@@ -209,6 +241,11 @@ async fn a_200kb_post_body_is_replayed_byte_exact_after_a_connect_failure() {
         failures.failure_count >= 1,
         "some first attempts hit the closed port"
     );
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("connect_failure", failures.failure_count)]),
+        "one retry per attempt on the closed port"
+    );
 }
 
 /// Proves: a 200 KB PUT body that an endpoint read in full before resetting the
@@ -240,6 +277,11 @@ async fn a_body_read_by_a_failed_attempt_is_replayed_byte_exact() {
         "it read whole bodies before resetting"
     );
     assert_eq!(live.seen().len(), 2);
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("reset", read_then_reset.len() as u64)]),
+        "one retry per reset"
+    );
 }
 
 /// Proves: a body larger than `max_replay_body` streams through once and is not
@@ -255,10 +297,15 @@ async fn a_body_over_max_replay_body_is_not_retried() {
     assert_eq!((r.status.as_u16(), r.text().as_str()), (503, "busy"));
     assert_eq!(up.hits(), 1, "not retried");
     assert!(up.seen()[0].body == big[..], "streamed through whole");
+    assert_eq!(prom::retries(fb.admin(), "app", "status_503").await, 0.0);
 
     let r = call(&c, Method::PUT, &fb.url("/x"), &[], "small").await;
     assert_eq!(r.status, 503);
     assert_eq!(up.hits(), 4, "a small body is retried");
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("status_503", 2)])
+    );
 }
 
 /// Proves: with two endpoints both answering 503 and one retry, each request's two
@@ -285,6 +332,10 @@ async fn a_retry_prefers_an_untried_endpoint() {
             "request {i}: one attempt on each endpoint"
         );
     }
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("status_503", 10)])
+    );
 }
 
 /// Proves: every attempt of one request carries the same `X-Request-ID`: the one the
@@ -314,4 +365,8 @@ async fn every_attempt_carries_the_same_request_id() {
         .collect();
     assert_eq!(up.hits(), 6);
     assert_eq!(later, HashSet::from([Some("cam-7.req:42".to_owned())]));
+    assert_eq!(
+        prom::retries_by_reason(fb.admin(), "app").await,
+        reasons(&[("status_503", 4)])
+    );
 }

@@ -325,8 +325,11 @@ async fn a_weight_only_reload_keeps_an_open_breaker_open() {
 }
 
 /// Proves: a busy endpoint whose pool of two connections is held by six slow requests
-/// stays healthy through fifteen 200 ms probes: probes use a connection of their own,
-/// outside `max_connections_per_host`, never queued behind data.
+/// stays healthy through fifteen probes 100 ms apart: probes use a connection of their
+/// own, outside `max_connections_per_host`, never queued behind data. A probe queued
+/// behind the held data would time out after its 1 s (well within the fifteen) and,
+/// with `unhealthy_threshold = 1`, mark the endpoint unhealthy; 1 s also leaves a probe
+/// on a busy machine the time to answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_endpoint_stays_healthy() {
     let gate = Gate::new();
@@ -339,7 +342,7 @@ async fn a_busy_endpoint_stays_healthy() {
             .table("timeouts", "connect = \"30s\"\nrequest = \"30s\"")
             .table(
                 "health_check",
-                "path = \"/health\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\n\
+                "path = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n\
                  unhealthy_threshold = 1\nhealthy_threshold = 1"
             )
             .build(),

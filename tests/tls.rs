@@ -168,16 +168,26 @@ async fn listener_mtls_accepts_the_right_client_certificate_and_refuses_others()
 
     let stranger = Pki::generate();
     let foreign = stranger.client("intruder");
+    let alpn: &[&[u8]] = &[b"http/1.1"];
     for (what, client) in [("no", None), ("a foreign", Some(&foreign))] {
-        // TLS 1.3 lets the client finish its side first; the refusal then shows on
-        // the first request.
-        let refused = match tls_connect(fb.addr, pki.client_config(&[b"http/1.1"], client)).await {
-            Err(_) => true,
-            Ok(mut c) => c.get("/without-cert").await.is_err(),
-        };
+        // TLS 1.2: the listener judges the client certificate before it sends its own
+        // Finished, so the handshake itself fails.
+        let tls12 = pki.client_config_versions(alpn, client, &[&rustls::version::TLS12]);
+        let r = tls_connect(fb.addr, tls12).await;
         assert!(
-            refused,
-            "a caller with {what} client certificate was served"
+            r.is_err(),
+            "TLS 1.2 with {what} client certificate: the handshake completed"
+        );
+        // TLS 1.3: the caller's side of the handshake ends before the listener judges
+        // its certificate; the listener's alert then fails the first request.
+        let tls13 = pki.client_config_versions(alpn, client, &[&rustls::version::TLS13]);
+        let mut c = tls_connect(fb.addr, tls13)
+            .await
+            .unwrap_or_else(|e| panic!("TLS 1.3 with {what} client certificate: {e}"));
+        let r = c.get("/without-cert").await;
+        assert!(
+            r.is_err(),
+            "a caller with {what} client certificate was served: {r:?}"
         );
     }
     assert_eq!(

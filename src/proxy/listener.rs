@@ -191,6 +191,7 @@ async fn serve_conn<S>(
         first_read: true,
         exempt: false,
         timeout_reply: None,
+        linger: None,
     };
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -256,6 +257,16 @@ async fn serve_conn<S>(
 /// How long a caller that timed out gets to read its 408 before the socket is dropped.
 const TIMEOUT_REPLY_GRACE: Duration = Duration::from_secs(1);
 
+/// After fusebox closes a connection (its write side shut), the longest it keeps
+/// reading and discarding what the caller still sends before dropping the socket: long
+/// enough for a caller to read an answer given while its body was still arriving (a
+/// 413), short enough that a caller which never closes holds its slot only briefly.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads per poll while lingering, so a caller that keeps sending cannot hold the
+/// worker thread.
+const LINGER_READS_PER_POLL: usize = 64;
+
 /// The 408 of a request head that did not arrive within `header_read_timeout`, in the
 /// contract's error shape (the request had no ids yet: new ones are made).
 fn timeout_reply() -> Vec<u8> {
@@ -289,6 +300,8 @@ struct ConnIo<S> {
     exempt: bool,
     /// The 408 being written after a header read timeout, and how much of it went out.
     timeout_reply: Option<(Vec<u8>, usize)>,
+    /// Set once the write side is shut: the end of the lingering close.
+    linger: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
@@ -365,7 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -393,10 +406,45 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// A lingering close: shuts the write side (the caller sees the end of the answer),
+    /// then reads and discards what the caller still sends until it closes or
+    /// [`LINGER`] passes. Dropping a socket with unread input makes the kernel reset the
+    /// connection, and the reset can destroy an answer the caller has not read yet: a
+    /// 413 given while a large body was still arriving was lost that way.
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.linger.is_none() {
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 8 * 1024];
+        let mut waiting = false;
+        for _ in 0..LINGER_READS_PER_POLL {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // The caller closed (or the socket failed): nothing left to lose.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    waiting = true;
+                    break;
+                }
+            }
+        }
+        if let Some(linger) = this.linger.as_mut() {
+            if linger.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        if !waiting {
+            // Still more to read: come back after other tasks had their turn.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     }
 }

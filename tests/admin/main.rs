@@ -27,6 +27,7 @@ pub use std::collections::BTreeMap;
 pub use std::net::SocketAddr;
 pub use std::time::Duration;
 
+pub use common::prom::{metric, series};
 pub use common::*;
 pub use fusebox::app::Running;
 pub use serde_json::Value;
@@ -184,29 +185,6 @@ pub fn save_sample(method: &Method, path: &str, r: &Reply) {
         std::path::Path::new(&dir).join(format!("{op}.{}.admin-{n}.json", r.status.as_u16()));
     std::fs::create_dir_all(&dir).expect("samples dir");
     std::fs::write(&file, &r.body).expect("write sample");
-}
-
-/// Every sample of metric `name` in a text exposition: label set -> value.
-pub fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(r) => {
-                    let (labels, value) = r.split_once("} ")?;
-                    (labels.to_owned(), value)
-                }
-                None => (String::new(), rest.strip_prefix(' ')?),
-            };
-            Some((labels, value.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The value of `name{labels}` (labels in Prometheus' sorted order).
-pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
-    series(text, name).get(labels).copied()
 }
 
 pub fn breaker_gauge(text: &str, service: &str, endpoint: SocketAddr) -> Option<f64> {

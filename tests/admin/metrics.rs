@@ -105,3 +105,45 @@ async fn connection_gauges_count_active_and_idle() {
     }
     assert!(p.running.shutdown().await);
 }
+
+/// Proves: `gateway_proxy_in_flight_requests{route}` reads the number of requests held
+/// in flight (three, held at the upstream), and 0 once they are answered.
+#[tokio::test]
+async fn in_flight_gauge_counts_held_requests_then_zero() {
+    let gate = Gate::new();
+    let up = TestUpstream::start(Behaviour::gated(&gate, Behaviour::ok("done"))).await;
+    let toml = format!(
+        "{}{}[[routes]]\nname = \"detect\"\npath_prefix = \"/\"\nupstream = \"yolo\"\n",
+        base(""),
+        upstream("yolo", &[up.addr], ""),
+    );
+    let p = start(&toml).await;
+    let gauge = |text: &str| {
+        metric(
+            text,
+            "gateway_proxy_in_flight_requests",
+            r#"route="detect""#,
+        )
+    };
+    assert_eq!(gauge(&p.metrics().await), Some(0.0));
+
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (c, url) = (p.client.clone(), format!("http://{}/held/{i}", p.data));
+        held.push(tokio::spawn(async move { get(&c, &url).await }));
+    }
+    // Each request is counted in flight before it is forwarded: three at the upstream
+    // means three counted.
+    up.wait_hits(3).await;
+    let text = p.metrics().await;
+    assert_eq!(gauge(&text), Some(3.0), "{text}");
+
+    gate.open();
+    for h in held {
+        let r = within(WAIT, "a held request", h).await.expect("task");
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "done"));
+    }
+    // Released when each response has been sent: read as a state, bounded.
+    common::prom::wait_in_flight(p.admin, "detect", 0.0).await;
+    assert!(p.running.shutdown().await);
+}

@@ -9,6 +9,8 @@
 pub mod binary;
 pub mod body;
 pub mod client;
+pub mod logs;
+pub mod prom;
 pub mod scripted;
 pub mod tls;
 pub mod upstream;
@@ -54,6 +56,8 @@ pub async fn eventually(what: &str, d: Duration, mut cond: impl FnMut() -> bool)
 /// A proxy started in-process with `fusebox::app::start`.
 pub struct Fusebox {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/circuit_breakers` ...).
+    pub admin_addr: SocketAddr,
     running: Option<fusebox::app::Running>,
 }
 
@@ -67,6 +71,7 @@ pub async fn spawn_fusebox(toml: &str) -> Fusebox {
         .unwrap_or_else(|e| panic!("fusebox did not start: {e:#}"));
     Fusebox {
         addr: running.data_addr,
+        admin_addr: running.admin_addr,
         running: Some(running),
     }
 }
@@ -74,6 +79,17 @@ pub async fn spawn_fusebox(toml: &str) -> Fusebox {
 impl Fusebox {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The running proxy, for state the data port does not show (endpoint in-flight
+    /// counts, the snapshot's endpoint list).
+    pub fn running(&self) -> &fusebox::app::Running {
+        self.running.as_ref().expect("running")
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        prom::scrape(self.admin_addr).await
     }
 
     /// Graceful shutdown; whether every connection drained within shutdown_timeout.

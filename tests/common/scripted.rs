@@ -368,6 +368,11 @@ impl Proxy {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The admin listener (`/metrics`, `/circuit_breakers` ...).
+    pub fn admin(&self) -> SocketAddr {
+        self.running.admin_addr
+    }
+
     /// The endpoint of upstream `up` at `addr`, as the current snapshot holds it.
     pub fn endpoint(&self, up: &str, addr: SocketAddr) -> Arc<Endpoint> {
         let snap = self.running.snapshot();

@@ -119,8 +119,18 @@ impl Pki {
     /// A client config trusting this CA, offering `alpn`, with `client` as its
     /// certificate when given.
     pub fn client_config(&self, alpn: &[&[u8]], client: Option<&Leaf>) -> Arc<ClientConfig> {
+        self.client_config_versions(alpn, client, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// [`Pki::client_config`] speaking only the given TLS versions.
+    pub fn client_config_versions(
+        &self,
+        alpn: &[&[u8]],
+        client: Option<&Leaf>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
         let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("protocol versions")
             .with_root_certificates(self.roots());
         let mut config = match client {

@@ -140,6 +140,8 @@ pub struct Recorded {
     pub body: Bytes,
     /// False when the body stream ended with an error (cut by the sender).
     pub body_complete: bool,
+    /// The upstream address the request came in on (see [`TestUpstream::start_on`]).
+    pub local: SocketAddr,
 }
 
 impl Recorded {
@@ -182,14 +184,19 @@ struct State {
 
 /// A running test upstream. Dropping it stops accepting.
 pub struct TestUpstream {
+    /// The first (usually the only) address it listens on.
     pub addr: SocketAddr,
+    /// Every address it listens on, all with the same port.
+    pub addrs: Vec<SocketAddr>,
     state: Arc<State>,
-    accept: JoinHandle<()>,
+    accept: Vec<JoinHandle<()>>,
 }
 
 impl Drop for TestUpstream {
     fn drop(&mut self) {
-        self.accept.abort();
+        for a in &self.accept {
+            a.abort();
+        }
     }
 }
 
@@ -198,7 +205,41 @@ impl TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind test upstream");
-        let addr = listener.local_addr().expect("upstream address");
+        Self::serve(vec![listener], behaviour)
+    }
+
+    /// One upstream listening on every address in `ips` (loopback only) on one port,
+    /// as a DNS name that answers several addresses needs. Bounded retries when the
+    /// port the first address got is taken on another.
+    pub async fn start_on(ips: &[std::net::IpAddr], behaviour: Behaviour) -> TestUpstream {
+        assert!(
+            !ips.is_empty() && ips.iter().all(|ip| ip.is_loopback()),
+            "test upstreams listen on loopback only: {ips:?}"
+        );
+        for _ in 0..50 {
+            let first = TcpListener::bind(SocketAddr::new(ips[0], 0))
+                .await
+                .expect("bind test upstream");
+            let port = first.local_addr().expect("upstream address").port();
+            let mut listeners = vec![first];
+            for ip in &ips[1..] {
+                match TcpListener::bind(SocketAddr::new(*ip, port)).await {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => break,
+                }
+            }
+            if listeners.len() == ips.len() {
+                return Self::serve(listeners, behaviour);
+            }
+        }
+        panic!("no port free on all of {ips:?} in 50 tries");
+    }
+
+    fn serve(listeners: Vec<TcpListener>, behaviour: Behaviour) -> TestUpstream {
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("upstream address"))
+            .collect();
         let state = Arc::new(State {
             behaviour: Mutex::new(behaviour),
             requests: Mutex::new(Vec::new()),
@@ -207,18 +248,24 @@ impl TestUpstream {
             closed: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
         });
-        let st = state.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                st.connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_connection(stream, st.clone()));
-            }
-        });
+        let accept = listeners
+            .into_iter()
+            .map(|listener| {
+                let st = state.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        st.connections.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(serve_connection(stream, st.clone()));
+                    }
+                })
+            })
+            .collect();
         TestUpstream {
-            addr,
+            addr: addrs[0],
+            addrs,
             state,
             accept,
         }
@@ -283,7 +330,8 @@ async fn serve_connection(stream: tokio::net::TcpStream, st: Arc<State>) {
     let kill = Arc::new(Notify::new());
     let k = kill.clone();
     let counters = st.clone();
-    let svc = service_fn(move |req| handle(req, st.clone(), k.clone()));
+    let local = stream.local_addr().expect("local address");
+    let svc = service_fn(move |req| handle(req, st.clone(), k.clone(), local));
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::select! {
@@ -297,6 +345,7 @@ async fn handle(
     req: Request<Incoming>,
     st: Arc<State>,
     kill: Arc<Notify>,
+    local: SocketAddr,
 ) -> Result<Response<TestBody>, Infallible> {
     st.hits.fetch_add(1, Ordering::SeqCst);
     let behaviour = st.behaviour.lock().unwrap().clone();
@@ -324,6 +373,7 @@ async fn handle(
         headers: parts.headers,
         body: Bytes::from(buf),
         body_complete: complete,
+        local,
     };
     st.requests.lock().unwrap().push(rec.clone());
 
