@@ -88,7 +88,10 @@ async fn answer(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if path == "/health" {
-        return json(StatusCode::OK, serde_json::json!({"status": "ok", "upstream": name}));
+        return json(
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "upstream": name}),
+        );
     }
     if path == "/fail" && req.method() == http::Method::POST {
         let n = req
@@ -98,7 +101,10 @@ async fn answer(
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(1);
         c.forced.store(n, Ordering::Relaxed);
-        return json(StatusCode::OK, serde_json::json!({"upstream": name, "will_fail": n}));
+        return json(
+            StatusCode::OK,
+            serde_json::json!({"upstream": name, "will_fail": n}),
+        );
     }
     let n = c.served.fetch_add(1, Ordering::Relaxed) + 1;
     let rid = req

@@ -14,14 +14,21 @@ use common::*;
 
 /// The printed steps: (what it shows, the commands), as the demo printed them.
 fn steps(out: &[String]) -> Vec<(String, Vec<String>)> {
-    let start = out.iter().position(|l| l.trim() == "Try:").expect("a Try: block");
+    let start = out
+        .iter()
+        .position(|l| l.trim() == "Try:")
+        .expect("a Try: block");
     let mut steps: Vec<(String, Vec<String>)> = Vec::new();
     for l in &out[start + 1..] {
         let l = l.trim();
         if let Some(what) = l.strip_prefix("# ") {
             steps.push((what.to_owned(), Vec::new()));
         } else if !l.is_empty() && !l.starts_with("Ctrl-C") {
-            steps.last_mut().expect("a step title first").1.push(l.to_owned());
+            steps
+                .last_mut()
+                .expect("a step title first")
+                .1
+                .push(l.to_owned());
         }
     }
     steps
@@ -44,7 +51,9 @@ async fn the_printed_commands_show_retries_the_breaker_and_peak_ewma() {
         None,
     )
     .await;
-    let out = p.wait_text(Duration::from_secs(30), "Ctrl-C stops the demo.").await;
+    let out = p
+        .wait_text(Duration::from_secs(30), "Ctrl-C stops the demo.")
+        .await;
     let steps = steps(&out);
     assert_eq!(steps.len(), 7, "{steps:#?}");
     let mut outputs = Vec::new();
@@ -63,7 +72,11 @@ async fn the_printed_commands_show_retries_the_breaker_and_peak_ewma() {
         .unwrap_or_else(|| panic!("a retry counter: {:?}", step(0)));
     assert!(retries >= 1.0, "retries counted: {retries}");
     // 2: ids echoed.
-    assert!(step(1)[0].contains("x-correlation-id: demo-123"), "{:?}", step(1));
+    assert!(
+        step(1)[0].contains("x-correlation-id: demo-123"),
+        "{:?}",
+        step(1)
+    );
     // 3: three 503s, then the fallback; the breaker reads open (1).
     let flaky: Vec<&str> = step(2)[1].lines().collect();
     assert_eq!(flaky.len(), 4, "{flaky:?}");
@@ -74,9 +87,17 @@ async fn the_printed_commands_show_retries_the_breaker_and_peak_ewma() {
     );
     assert!(step(2)[2].trim_end().ends_with(" 1"), "open: {:?}", step(2));
     // 4: after recovery_timeout a probe succeeds and the breaker reads closed (0).
-    assert!(step(3)[1].contains("\"upstream\":\"yolo-gpu-flaky\""), "{:?}", step(3));
+    assert!(
+        step(3)[1].contains("\"upstream\":\"yolo-gpu-flaky\""),
+        "{:?}",
+        step(3)
+    );
     assert!(step(3)[1].trim_end().ends_with(" 200"));
-    assert!(step(3)[2].trim_end().ends_with(" 0"), "closed: {:?}", step(3));
+    assert!(
+        step(3)[2].trim_end().ends_with(" 0"),
+        "closed: {:?}",
+        step(3)
+    );
     // 5: most of 30 requests go to the healthy replica, not the slow one.
     let healthy: usize = step(4)[0]
         .lines()
