@@ -5,7 +5,6 @@
 //! cannot be known in advance, `status` on the request counter, is cached in a
 //! copy-on-write map read without a lock.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -282,8 +281,10 @@ pub struct RouteMetrics {
     /// Resolved on a method's first request: 8 histograms x 1,000 routes would make up
     /// half of a config build.
     duration: [std::sync::OnceLock<Histogram>; 8],
-    /// (method slot, status) -> counter; filled on first use, copied on write.
-    requests: ArcSwap<HashMap<(usize, u16), IntCounter>>,
+    /// (method slot, status) -> counter; filled on first use, copied on write. A list
+    /// searched in order: a route sees a handful of pairs, and comparing them costs
+    /// less than hashing the key.
+    requests: ArcSwap<Vec<(usize, u16, IntCounter)>>,
 }
 
 impl RouteMetrics {
@@ -301,7 +302,7 @@ impl RouteMetrics {
             fault_abort: m.faults.with_label_values(&[route, "abort"]),
             fault_delay: m.faults.with_label_values(&[route, "delay"]),
             duration: Default::default(),
-            requests: ArcSwap::from_pointee(HashMap::new()),
+            requests: ArcSwap::from_pointee(Vec::new()),
             family: m.clone(),
             service: service.into(),
             route: route.into(),
@@ -318,7 +319,12 @@ impl RouteMetrics {
                     .with_label_values(&[&self.service, &self.route, METHODS[slot]])
             })
             .observe(secs);
-        if let Some(c) = self.requests.load().get(&(slot, status)) {
+        if let Some((_, _, c)) = self
+            .requests
+            .load()
+            .iter()
+            .find(|(m, s, _)| *m == slot && *s == status)
+        {
             c.inc();
             return;
         }
@@ -331,8 +337,10 @@ impl RouteMetrics {
         ]);
         c.inc();
         self.requests.rcu(|old| {
-            let mut m = HashMap::clone(old);
-            m.insert((slot, status), c.clone());
+            let mut m = Vec::clone(old);
+            if !m.iter().any(|(ms, st, _)| *ms == slot && *st == status) {
+                m.push((slot, status, c.clone()));
+            }
             m
         });
     }
@@ -362,7 +370,7 @@ impl RouteMetrics {
                     .remove_label_values(&[&*self.service, &*self.route, *meth]);
             }
         }
-        for ((slot, status), _) in self.requests.load().iter() {
+        for (slot, status, _) in self.requests.load().iter() {
             let mut b = itoa_u16(*status);
             let _ = f.requests.remove_label_values(&[
                 &self.service,

@@ -47,8 +47,9 @@ pub enum Sent {
 }
 
 impl Sent {
-    /// The outcome for the classifier.
-    pub fn outcome(&self) -> Outcome {
+    /// The outcome for the classifier (`grpc`: read the `grpc-status` of a
+    /// trailers-only answer).
+    pub fn outcome(&self, grpc: bool) -> Outcome {
         match self {
             Sent::Response(r, _) => {
                 let status = r.status().as_u16();
@@ -58,7 +59,11 @@ impl Sent {
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
                 Outcome::Response {
                     status,
-                    grpc_status: grpc_status_of(r.headers()),
+                    grpc_status: if grpc {
+                        grpc_status_of(r.headers())
+                    } else {
+                        None
+                    },
                     retry_after,
                 }
             }

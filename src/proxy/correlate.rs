@@ -4,7 +4,7 @@
 //! headers; and on the way back, the ids echoed on the response.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 pub static X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -17,7 +17,6 @@ pub static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
 pub static X_CAMERA_ID: HeaderName = HeaderName::from_static("x-camera-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static TRAILER: HeaderName = HeaderName::from_static("trailer");
 
 /// The ids of one request, echoed on the response and written to the access log.
 #[derive(Debug, Clone)]
@@ -35,12 +34,50 @@ pub fn is_valid_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// Fast, thread-local random numbers for ids and trace ids (wyrand, seeded once per
+/// thread from the OS-seeded `rand` generator). Ids must be unique, not unguessable:
+/// a request or trace id is not a secret. Cheaper than a ChaCha draw per id.
+fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random::<u64>() | 1);
+    }
+    STATE.with(|c| {
+        let s = c.get().wrapping_add(0xa076_1d64_78bd_642f);
+        c.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        let r = random_u64().to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    out
+}
+
+/// A header value owning `bytes` in a shared buffer: clones are reference counts, not
+/// copies (a value built from a `Vec` allocates again on its first clone).
+fn shared_value<const N: usize>(bytes: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(bytes))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
 /// A new UUID v4 as a header value.
 pub fn new_uuid() -> HeaderValue {
-    let mut buf = [0u8; 36];
-    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    // A hyphenated UUID is visible ASCII: always a valid header value.
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    let mut b: [u8; 16] = random_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let mut out = [b'-'; 36];
+    let mut pos = 0;
+    for (i, group) in [4usize, 2, 2, 2, 6].iter().enumerate() {
+        let start: usize = [0usize, 4, 6, 8, 10][i];
+        hex_into(&mut out[pos..pos + group * 2], &b[start..start + group]);
+        pos += group * 2 + 1;
+    }
+    shared_value(out)
 }
 
 fn hex_into(out: &mut [u8], bytes: &[u8]) {
@@ -60,7 +97,7 @@ fn is_lower_hex(s: &[u8]) -> bool {
 /// 00) with a new parent id, else a new trace.
 pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    let parent: [u8; 8] = rand::random();
+    let parent: [u8; 8] = random_bytes();
     hex_into(&mut out[36..52], &parent);
     let kept = incoming.map(|v| v.as_bytes()).filter(|v| {
         v.len() == 55
@@ -79,11 +116,11 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
             out[53..55].copy_from_slice(&v[53..55]);
         }
         None => {
-            let trace: [u8; 16] = rand::random();
+            let trace: [u8; 16] = random_bytes();
             hex_into(&mut out[3..35], &trace);
         }
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    shared_value(out)
 }
 
 /// `tp` with its sampled flag cleared (`...-00`): fusebox traces and did not sample.
@@ -101,29 +138,89 @@ pub fn unsampled(tp: &HeaderValue) -> HeaderValue {
 
 /// Removes hop-by-hop headers, including every name the `Connection` header lists.
 /// `TE: trailers` survives when `keep_te_trailers` (gRPC needs it end to end).
+///
+/// One pass over the header names finds what is there (comparisons, no hashing), so
+/// the common message without any of them costs no lookup; `Connection` tokens are
+/// parsed without allocating (`keep-alive` and `close`, the usual ones, name no header
+/// that is not removed anyway).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    if headers.contains_key(CONNECTION) {
-        // Names listed in Connection are collected first: removing while iterating the
-        // map is not possible. Only on requests that send Connection with tokens.
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(&name);
+    const CONN: u8 = 1;
+    const KA: u8 = 2;
+    const PC: u8 = 4;
+    const TENC: u8 = 8;
+    const UPG: u8 = 16;
+    const TRL: u8 = 32;
+    const TEH: u8 = 64;
+    let mut found = 0u8;
+    for name in headers.keys() {
+        found |= if name == CONNECTION {
+            CONN
+        } else if name == TRANSFER_ENCODING {
+            TENC
+        } else if name == UPGRADE {
+            UPG
+        } else if name == TE {
+            TEH
+        } else if name == TRAILER {
+            TRL
+        } else if name == KEEP_ALIVE {
+            KA
+        } else if name == PROXY_CONNECTION {
+            PC
+        } else {
+            0
+        };
+    }
+    if found == 0 {
+        return;
+    }
+    if found & CONN != 0 {
+        let mut listed: [Option<HeaderName>; 8] = Default::default();
+        let mut more: Vec<HeaderName> = Vec::new();
+        let mut n = 0;
+        for v in headers.get_all(CONNECTION) {
+            let Ok(v) = v.to_str() else { continue };
+            for token in v.split(',').map(str::trim) {
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("close")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    if n < listed.len() {
+                        listed[n] = Some(name);
+                        n += 1;
+                    } else {
+                        more.push(name);
+                    }
+                }
+            }
+        }
+        for name in listed.iter().flatten().chain(more.iter()) {
+            headers.remove(name);
         }
         headers.remove(CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
-    headers.remove(&TRAILER);
-    if let Some(te) = headers.get(TE) {
-        let trailers_only = te.as_bytes().eq_ignore_ascii_case(b"trailers");
+    if found & KA != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if found & PC != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if found & TENC != 0 {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if found & UPG != 0 {
+        headers.remove(UPGRADE);
+    }
+    if found & TRL != 0 {
+        headers.remove(TRAILER);
+    }
+    if found & TEH != 0 {
+        let trailers_only = headers
+            .get(TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
         if !(keep_te_trailers && trailers_only) {
             headers.remove(TE);
         }
@@ -141,12 +238,23 @@ pub fn prepare_request(
     keep_te_trailers: bool,
 ) -> Ids {
     strip_hop_by_hop(headers, keep_te_trailers);
+    // One lookup per header through the entry API: read and set in the same place.
     let correlation_id = ensure_id(headers, &X_CORRELATION_ID);
     let request_id = ensure_id(headers, &X_REQUEST_ID);
-    let traceparent = next_traceparent(headers.get(&TRACEPARENT));
-    headers.insert(TRACEPARENT.clone(), traceparent.clone());
-    if !headers.contains_key(&X_SERVICE_NAME) {
-        headers.insert(X_SERVICE_NAME.clone(), policy.service_name.clone());
+    let traceparent = match headers.entry(&TRACEPARENT) {
+        Entry::Occupied(mut e) => {
+            let next = next_traceparent(Some(e.get()));
+            e.insert(next.clone());
+            next
+        }
+        Entry::Vacant(e) => {
+            let next = next_traceparent(None);
+            e.insert(next.clone());
+            next
+        }
+    };
+    if let Entry::Vacant(e) = headers.entry(&X_SERVICE_NAME) {
+        e.insert(policy.service_name.clone());
     }
     append_forwarded_for(headers, peer_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), policy.proto.clone());
@@ -159,43 +267,40 @@ pub fn prepare_request(
 
 fn ensure_id(headers: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
     // Exactly one valid value is kept; several values count as invalid.
-    let mut all = headers.get_all(name).iter();
-    let kept = match (all.next(), all.next()) {
-        (Some(v), None) if is_valid_id(v.as_bytes()) => Some(v.clone()),
-        _ => None,
-    };
-    match kept {
-        Some(v) => v,
-        None => {
+    match headers.entry(name) {
+        Entry::Occupied(mut e) => {
+            let mut all = e.iter();
+            if let (Some(v), None) = (all.next(), all.next()) {
+                if is_valid_id(v.as_bytes()) {
+                    return v.clone();
+                }
+            }
             let v = new_uuid();
-            headers.insert(name.clone(), v.clone());
+            e.insert(v.clone());
+            v
+        }
+        Entry::Vacant(e) => {
+            let v = new_uuid();
+            e.insert(v.clone());
             v
         }
     }
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
-    let existing: Vec<&[u8]> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    if existing.is_empty() {
-        headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
-        return;
-    }
-    let mut joined = Vec::with_capacity(64);
-    for v in existing {
-        joined.extend_from_slice(v);
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(peer_ip.as_bytes());
-    match HeaderValue::from_bytes(&joined) {
-        Ok(v) => {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(peer_ip.clone());
         }
-        Err(_) => {
-            headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+        Entry::Occupied(mut e) => {
+            let mut joined = Vec::with_capacity(64);
+            for v in e.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(peer_ip.as_bytes());
+            let v = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer_ip.clone());
+            e.insert(v);
         }
     }
 }

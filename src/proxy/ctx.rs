@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::time::Instant;
 
 use super::correlate::{Ids, X_CAMERA_ID, X_ORG_ID};
@@ -29,7 +29,10 @@ pub struct RequestCtx {
     /// A gRPC call: gRPC-shaped errors, `grpc-timeout`, `grpc-status` classification.
     pub grpc: bool,
     pub method: Method,
-    pub uri: Uri,
+    /// The path, for the access log (copied, and only when the log is on: a clone of
+    /// the URI would keep the connection's read buffer shared until the response is
+    /// done, and hyper would allocate a new one for the next request).
+    pub path: Option<Box<str>>,
     pub service: Arc<str>,
     /// The route's index in the snapshot, once routed.
     pub route_index: Option<usize>,
@@ -53,6 +56,12 @@ pub struct RequestCtx {
     pub propagated: Vec<(HeaderName, HeaderValue)>,
     /// From the `[limits] priority_header` (`X-Priority`), `normal` when absent.
     pub priority: Priority,
+    /// The caller sent `Idempotency-Key`: retried like an idempotent method.
+    pub idempotency_key: bool,
+    /// The declared `Content-Length` (within `max_request_body`).
+    pub declared_length: Option<u64>,
+    /// The caller sent `x-request-timeout-ms`: it is rewritten upstream to the time left.
+    pub caller_timeout_ms: bool,
     /// Shared with the request body wrappers (bytes in, too large, stalled).
     pub body: Arc<BodyShared>,
     pub bytes_out: u64,
@@ -90,7 +99,7 @@ impl RequestCtx {
             ids,
             grpc,
             method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            path: logger.as_ref().map(|_| parts.uri.path().into()),
             service,
             route_index: None,
             route: None,
@@ -101,10 +110,13 @@ impl RequestCtx {
             attempts: 0,
             status: 0,
             error_code: None,
-            org_id: headers.get(&X_ORG_ID).cloned(),
-            camera_id: headers.get(&X_CAMERA_ID).cloned(),
+            org_id: None,
+            camera_id: None,
             propagated: propagated(headers, propagate),
             priority: Priority::Normal,
+            idempotency_key: false,
+            declared_length: None,
+            caller_timeout_ms: false,
             body: Arc::new(BodyShared::default()),
             bytes_out: 0,
             body_error: false,
@@ -125,14 +137,18 @@ impl RequestCtx {
     }
 }
 
-/// The configured extra headers present on the request (none configured: no work).
+/// The configured extra headers present on the request (X-Org-ID and X-Camera-ID are
+/// logged as their own fields; nothing else configured: no work).
 fn propagated(headers: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, HeaderValue)> {
-    if names.is_empty() {
+    let extra = || {
+        names
+            .iter()
+            .filter(|n| **n != X_ORG_ID && **n != X_CAMERA_ID)
+    };
+    if extra().next().is_none() {
         return Vec::new();
     }
-    names
-        .iter()
-        .filter(|n| **n != X_ORG_ID && **n != X_CAMERA_ID)
+    extra()
         .filter_map(|n| headers.get(n).map(|v| (n.clone(), v.clone())))
         .collect()
 }
@@ -151,7 +167,7 @@ impl Drop for RequestCtx {
             upstream: self.upstream.as_deref(),
             endpoint: self.endpoint.as_deref(),
             method: self.method.as_str(),
-            path: self.uri.path(),
+            path: self.path.as_deref().unwrap_or(""),
             status: self.status,
             duration: self.started.elapsed(),
             attempts: self.attempts,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::HOST;
 use http::{request, HeaderMap, HeaderValue, Response};
 use tokio::time::Instant;
 
@@ -25,8 +25,6 @@ use crate::snapshot::Route;
 use crate::upstream::balancer::Tried;
 use crate::upstream::retry::{is_idempotent, RetryPolicy};
 use crate::upstream::{Endpoint, Upstream};
-
-static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 /// Sends the request to the route's upstream and returns its response, a fallback
 /// answer, or the typed error fusebox answers with.
@@ -48,7 +46,7 @@ pub async fn send(
     }
     let facts = Facts {
         retry_any_failure: is_idempotent(&parts.method)
-            || parts.headers.contains_key(&IDEMPOTENCY_KEY)
+            || ctx.idempotency_key
             || route.retry.cfg.retry_non_idempotent,
         grpc: ctx.grpc,
         keyed: false,
@@ -63,21 +61,15 @@ pub async fn send(
     } else {
         0
     };
-    let source = (!body.is_end_stream()).then(|| {
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        ReplaySource::new(body, keep, declared, route.replay_budget.clone())
-    });
+    let source = (!body.is_end_stream())
+        .then(|| ReplaySource::new(body, keep, ctx.declared_length, route.replay_budget.clone()));
     let out = Outbound {
         method: &parts.method,
         headers: &parts.headers,
         pq: &pq,
         body: source.as_ref(),
         grpc: ctx.grpc,
-        propagate_deadline: route.cfg.propagate_deadline
-            || parts.headers.contains_key(&attempt::X_REQUEST_TIMEOUT_MS),
+        propagate_deadline: route.cfg.propagate_deadline || ctx.caller_timeout_ms,
     };
     up.budget.record_request(ctx.started);
     let end = attempts(
@@ -122,8 +114,8 @@ pub(super) async fn attempts(
     let mut refused = 0usize;
     // Why the next attempt is made (for its span).
     let mut reason: Option<super::classify::RetryReason> = None;
+    let mut now = Instant::now();
     if route.cfg.shed_on_deadline {
-        let now = Instant::now();
         let left = ctx.deadline.saturating_duration_since(now);
         let p = inference::predicted(up, &eps, slot, out.headers, ctx.priority, now);
         if let Some(p) = p.filter(|p| left < *p) {
@@ -137,7 +129,6 @@ pub(super) async fn attempts(
         }
     }
     loop {
-        let now = Instant::now();
         if now >= ctx.deadline {
             return LoopEnd::Error {
                 err: deadline_exceeded(route, up),
@@ -158,6 +149,7 @@ pub(super) async fn attempts(
                         fallback: false,
                     };
                 }
+                now = Instant::now();
                 continue;
             }
             return all_open(route, up, slot, &eps, out.headers, now);
@@ -173,6 +165,7 @@ pub(super) async fn attempts(
             if refused > eps.len() * 2 {
                 return all_open(route, up, slot, &eps, out.headers, now);
             }
+            now = Instant::now();
             continue;
         };
         ctx.attempts += 1;
@@ -198,7 +191,7 @@ pub(super) async fn attempts(
         let elapsed = done.saturating_duration_since(now);
         let outcome = match ctx.body.caller_fault() {
             Some(fault) => Outcome::CallerBody(fault),
-            None => sent.outcome(),
+            None => sent.outcome(out.grpc),
         };
         if !matches!(outcome, Outcome::CallerBody(_) | Outcome::Unsendable) {
             ep.core.metrics.duration.observe(elapsed.as_secs_f64());
@@ -277,6 +270,7 @@ pub(super) async fn attempts(
             tokio::time::sleep(d).await;
         }
         retries_done += 1;
+        now = Instant::now();
     }
 }
 

@@ -129,7 +129,11 @@ pub(super) fn learn<B>(
     }
     let failure = verdict.endpoint == Record::Failure || verdict.key == Record::Failure;
     let load = &ep.core.load;
-    load.observe(elapsed, failure, now, up.cfg.peak_ewma.decay);
+    if up.cfg.load_balancing == crate::config::LoadBalancing::PeakEwma {
+        load.observe(elapsed, failure, now, up.cfg.peak_ewma.decay);
+    } else {
+        load.observe_mean(elapsed, failure);
+    }
     let completed = match outcome {
         Outcome::Response { .. } => !failure,
         Outcome::Timeout { .. } => true,
@@ -145,11 +149,20 @@ pub(super) fn learn<B>(
         }
     }
     if let Some(r) = response {
-        let (queue, util) = parse_report(r.headers(), up.cfg.load_report_header.as_ref());
+        // One pass over the names (comparisons): most responses carry no report.
+        let configured = up.cfg.load_report_header.as_ref();
+        let reported = r
+            .headers()
+            .keys()
+            .any(|k| k == ENDPOINT_LOAD_METRICS || Some(k) == configured);
+        if !reported {
+            return;
+        }
+        let (queue, util) = parse_report(r.headers(), configured);
         load.report(queue, util, now, up.cfg.load_report_expiry);
         if !up.cfg.forward_load_report {
             r.headers_mut().remove(&ENDPOINT_LOAD_METRICS);
-            if let Some(h) = &up.cfg.load_report_header {
+            if let Some(h) = configured {
                 r.headers_mut().remove(h);
             }
         }

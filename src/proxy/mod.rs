@@ -16,20 +16,19 @@ pub mod forward;
 pub mod inference;
 pub mod listener;
 pub mod resp_body;
+pub mod scan;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::AccessLogger;
-use crate::admission::{FaultAction, Priority, Shed, OVERLOADED_RETRY_AFTER};
+use crate::admission::{FaultAction, Shed, OVERLOADED_RETRY_AFTER};
 use crate::body::LimitedIncoming;
 use crate::snapshot::{Route, Snapshot, SnapshotCell};
-use attempt::{parse_grpc_timeout, parse_timeout_ms, GRPC_TIMEOUT, X_REQUEST_TIMEOUT_MS};
 use ctx::{GaugeGuard, RequestCtx};
 use error::{ErrorCode, ProxyError};
 use listener::ConnState;
@@ -82,6 +81,7 @@ impl Proxy {
         let logger = logging
             .access_log
             .then(|| (self.logger.clone(), logging.format));
+        let scan = scan::scan(&parts.headers, &snap.config.limits.priority_header);
         let mut ctx = Box::new(RequestCtx::new(
             started,
             ids,
@@ -93,11 +93,12 @@ impl Proxy {
             logger,
         ));
         ctx.span = span;
-        if let Some(p) = parts.headers.get(&snap.config.limits.priority_header) {
-            ctx.priority = Priority::parse(p.as_bytes());
-        }
+        ctx.org_id = scan.org_id.clone();
+        ctx.camera_id = scan.camera_id.clone();
+        ctx.priority = scan.priority.unwrap_or_default();
+        ctx.idempotency_key = scan.idempotency_key;
         // route, admit, forward
-        let result = serve(&snap, parts, body, &mut ctx).await;
+        let result = serve(&snap, parts, body, &scan, &mut ctx).await;
         // respond
         let mut resp = result.unwrap_or_else(|e| {
             ctx.error_code = Some(e.code);
@@ -120,11 +121,12 @@ async fn serve(
     snap: &Snapshot,
     parts: http::request::Parts,
     body: Incoming,
+    scan: &scan::Scan,
     ctx: &mut RequestCtx,
 ) -> Result<Response<RespBody>, ProxyError> {
     // admit: a declared body over the cap is refused before reading it
     let max_body = snap.config.listener.max_request_body;
-    check_declared_length(&parts.headers, max_body)?;
+    ctx.declared_length = check_declared_length(scan.content_length, max_body)?;
     // route
     let idx = snap
         .router
@@ -137,7 +139,7 @@ async fn serve(
     if let Some(s) = &ctx.span {
         s.routed(&route.name, &route.cfg.path_prefix, &route.upstream.name);
     }
-    set_deadline(route, &parts.headers, ctx);
+    set_deadline(route, scan, ctx);
     // admit: rate limit, concurrency, fault injection
     admit(route, &parts, ctx).await?;
     // forward: attempts, breakers, timeouts, retries, fallback
@@ -169,17 +171,18 @@ pub(crate) fn shed_error(route: &Route, shed: Shed, message: &'static str) -> Pr
         .retry_after(OVERLOADED_RETRY_AFTER)
 }
 
-fn check_declared_length(headers: &HeaderMap, max_body: u64) -> Result<(), ProxyError> {
-    let Some(len) = headers.get(CONTENT_LENGTH) else {
-        return Ok(());
-    };
-    match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
-        Some(n) if n > max_body => Err(ProxyError::new(
+fn check_declared_length(
+    declared: Option<Option<u64>>,
+    max_body: u64,
+) -> Result<Option<u64>, ProxyError> {
+    match declared {
+        None => Ok(None),
+        Some(Some(n)) if n > max_body => Err(ProxyError::new(
             ErrorCode::RequestTooLarge,
             format!("request body of {n} bytes is over the limit of {max_body}"),
         )),
-        Some(_) => Ok(()),
-        None => Err(ProxyError::new(
+        Some(Some(n)) => Ok(Some(n)),
+        Some(None) => Err(ProxyError::new(
             ErrorCode::BadRequest,
             "invalid content-length",
         )),
@@ -189,7 +192,7 @@ fn check_declared_length(headers: &HeaderMap, max_body: u64) -> Result<(), Proxy
 /// The deadline is the smallest of the route `timeout`, the caller's `grpc-timeout`
 /// and the caller's `x-request-timeout-ms`; a caller's that is shorter than the
 /// route's makes it the caller's own.
-fn set_deadline(route: &Route, headers: &HeaderMap, ctx: &mut RequestCtx) {
+fn set_deadline(route: &Route, scan: &scan::Scan, ctx: &mut RequestCtx) {
     let at = |d: Duration| {
         ctx.started
             .checked_add(d)
@@ -197,12 +200,7 @@ fn set_deadline(route: &Route, headers: &HeaderMap, ctx: &mut RequestCtx) {
     };
     let mut deadline = at(route.cfg.timeout);
     let mut caller = false;
-    let asked = [
-        headers.get(&GRPC_TIMEOUT).and_then(parse_grpc_timeout),
-        headers
-            .get(&X_REQUEST_TIMEOUT_MS)
-            .and_then(parse_timeout_ms),
-    ];
+    let asked = [scan.grpc_timeout, scan.request_timeout];
     for d in asked.into_iter().flatten() {
         let d = at(d);
         if d < deadline {
@@ -212,6 +210,7 @@ fn set_deadline(route: &Route, headers: &HeaderMap, ctx: &mut RequestCtx) {
     }
     ctx.deadline = deadline;
     ctx.caller_deadline = caller;
+    ctx.caller_timeout_ms = scan.request_timeout.is_some();
 }
 
 /// The route's own admission: rate limit (429), concurrency (503, waiting in the

@@ -94,6 +94,12 @@ impl LoadState {
         };
         self.est_ns.store(est.to_bits(), Ordering::Relaxed);
         self.stamp_us.store(us_since_epoch(now), Ordering::Relaxed);
+        self.observe_mean(rtt, failure);
+    }
+
+    /// Records a sample in the mean latency only (balancers other than `peak_ewma`
+    /// read just that, for deadline predictions; no clock, no `exp`).
+    pub fn observe_mean(&self, rtt: Duration, failure: bool) {
         self.samples.fetch_add(1, Ordering::Relaxed);
         if !failure {
             let m = f64::from_bits(self.mean_ns.load(Ordering::Relaxed));
