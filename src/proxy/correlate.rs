@@ -238,6 +238,15 @@ pub fn prepare_request(
     keep_te_trailers: bool,
 ) -> Ids {
     strip_hop_by_hop(headers, keep_te_trailers);
+    stamp_request(headers, policy, peer_ip)
+}
+
+/// The request-side rules after hop-by-hop removal (the request path strips first and
+/// reads the caller's headers in between): ids, `traceparent`, `X-Service-Name`, the
+/// forwarding headers.
+pub fn stamp_request(headers: &mut HeaderMap, policy: &HeaderPolicy, peer_ip: &HeaderValue) -> Ids {
+    // Room for what is added, so the map grows (and rehashes) at most once.
+    headers.reserve(6);
     // One lookup per header through the entry API: read and set in the same place.
     let correlation_id = ensure_id(headers, &X_CORRELATION_ID);
     let request_id = ensure_id(headers, &X_REQUEST_ID);
@@ -309,6 +318,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
 /// ids.
 pub fn stamp_response(headers: &mut HeaderMap, ids: &Ids) {
     strip_hop_by_hop(headers, false);
+    headers.reserve(2);
     headers.insert(X_CORRELATION_ID.clone(), ids.correlation_id.clone());
     headers.insert(X_REQUEST_ID.clone(), ids.request_id.clone());
 }

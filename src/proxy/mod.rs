@@ -57,8 +57,11 @@ impl Proxy {
         // correlate (the caller's traceparent is read before it is rewritten)
         let tracing = snap.shared.tracing.as_ref();
         let incoming_tp = tracing.and_then(|_| parts.headers.get(&correlate::TRACEPARENT).cloned());
-        let mut ids =
-            correlate::prepare_request(&mut parts.headers, &snap.headers, &conn.peer_ip, grpc);
+        // The caller's headers of interest, read once (hop-by-hop ones removed first,
+        // before fusebox adds its own).
+        correlate::strip_hop_by_hop(&mut parts.headers, grpc);
+        let scan = scan::scan(&parts.headers, &snap.config.limits.priority_header);
+        let mut ids = correlate::stamp_request(&mut parts.headers, &snap.headers, &conn.peer_ip);
         let span = tracing.and_then(|t| {
             let rid = ids.request_id.to_str().unwrap_or("");
             let cid = ids.correlation_id.to_str().unwrap_or("");
@@ -81,7 +84,6 @@ impl Proxy {
         let logger = logging
             .access_log
             .then(|| (self.logger.clone(), logging.format));
-        let scan = scan::scan(&parts.headers, &snap.config.limits.priority_header);
         let mut ctx = Box::new(RequestCtx::new(
             started,
             ids,
