@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access_log::AccessLogger;
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::control::Control;
-use crate::proxy::listener::{self, ConnLimits};
+use crate::proxy::listener::{self, ConnLimits, DataListener, UnixSocketFile};
 use crate::proxy::Proxy;
 use crate::snapshot::{Shared, Snapshot, SnapshotCell};
 use crate::{admin, reload};
@@ -33,8 +33,11 @@ pub struct StartOptions {
 
 /// A running proxy.
 pub struct Running {
-    /// Where the data listener is bound (port 0 in the config gives a free port).
+    /// Where the data listener is bound (port 0 in the config gives a free port); for
+    /// a Unix-socket listener the unspecified address, and `data_path` is set.
     pub data_addr: SocketAddr,
+    /// The socket path of a Unix-socket data listener.
+    pub data_path: Option<PathBuf>,
     /// Where the admin listener is bound.
     pub admin_addr: SocketAddr,
     pub ctrl: Arc<Control>,
@@ -97,6 +100,38 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from_std(std)?)
 }
 
+/// Binds the data listener: TCP, or a Unix socket (a stale socket file left by a
+/// process that is gone is replaced; a live one, or any other file, is refused).
+pub fn bind_data(config: &crate::config::ListenerConfig) -> anyhow::Result<DataListener> {
+    let path = match &config.address {
+        ListenAddr::Tcp(addr) => return Ok(DataListener::Tcp(bind(*addr)?)),
+        ListenAddr::Unix(path) => path,
+    };
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "cannot bind unix:{}: the path exists and is not a socket",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "cannot bind unix:{}: another process is listening on it",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind unix:{}", path.display()))?;
+    let file = UnixSocketFile(path.clone());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.unix_mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(DataListener::Unix(listener, file))
+}
+
 /// Builds and starts a proxy for `config` (whose text hashed to `version`), without
 /// watching a file.
 pub async fn start(config: Config, version: String) -> anyhow::Result<Running> {
@@ -111,7 +146,6 @@ pub async fn start_with(
     opts: StartOptions,
 ) -> anyhow::Result<Running> {
     let limits = ConnLimits::from(&config.listener);
-    let addr = config.listener.address;
     let admin_addr = config.admin.address;
     // Listener TLS is read once at start; the certificate and key files are then
     // polled and reloaded on change (a config reload does not rebind the listener).
@@ -120,9 +154,13 @@ pub async fn start_with(
         None => None,
     };
     let shared = Shared::with_tracing(config.tracing.as_ref())?;
+    let config_listener = config.listener.clone();
     let snap = Snapshot::build(config, version, None, &shared)?;
-    let listener = bind(addr)?;
-    let data_addr = listener.local_addr()?;
+    let listener = bind_data(&config_listener)?;
+    let (data_addr, data_path) = match &listener {
+        DataListener::Tcp(l) => (l.local_addr()?, None),
+        DataListener::Unix(_, file) => (SocketAddr::from(([0, 0, 0, 0], 0)), Some(file.0.clone())),
+    };
     let admin_listener = bind(admin_addr)?;
     let admin_addr = admin_listener.local_addr()?;
     // Bound first; then one bounded round of DNS before traffic is admitted.
@@ -155,9 +193,14 @@ pub async fn start_with(
     }
     let serve = tokio::spawn(listener::serve(listener, proxy, limits, tls, rx));
     ctrl.set_ready(true);
-    tracing::info!(address = %data_addr, admin = %admin_addr, "fusebox listening");
+    let shown = match &data_path {
+        Some(p) => format!("unix:{}", p.display()),
+        None => data_addr.to_string(),
+    };
+    tracing::info!(address = %shown, admin = %admin_addr, "fusebox listening");
     Ok(Running {
         data_addr,
+        data_path,
         admin_addr,
         ctrl,
         state,

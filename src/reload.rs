@@ -96,6 +96,7 @@ pub fn keep_restart_only(
         };
     }
     keep!(n.address, r.address, "listener.address");
+    keep!(n.unix_mode, r.unix_mode, "listener.unix_mode");
     keep!(
         n.max_connections,
         r.max_connections,

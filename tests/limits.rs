@@ -265,6 +265,58 @@ async fn idle_keep_alive_connection_is_closed() {
     );
 }
 
+/// A connection that connects and sends nothing is closed after `idle_timeout`, as an
+/// idle keep-alive is (fusebox waits for its first bytes before it sets anything up for
+/// it), and it holds no slot after that: with `max_connections = 1`, the next
+/// connection is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_is_closed_after_idle_timeout() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "max_connections = 1\nidle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
+    ))
+    .await;
+    let mut silent = RawConn::connect(fb.addr).await;
+    assert_eq!(
+        silent.wait_closed(WAIT).await,
+        Ending::Closed(Vec::new()),
+        "a connection that never sent a byte must be closed after idle_timeout"
+    );
+    let mut next = RawConn::connect(fb.addr).await;
+    next.write(b"GET /n HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(next.read_response().await.status, 200);
+    assert_eq!(up.hits(), 1);
+}
+
+/// A connection that stays silent while others are served is answered once it speaks:
+/// waiting for its first bytes loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_that_speaks_late_is_served() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(up.addr, "idle_timeout = \"60s\"")).await;
+    let mut late = RawConn::connect(fb.addr).await;
+    let mut other = RawConn::connect(fb.addr).await;
+    for _ in 0..3 {
+        other
+            .write(b"GET /o HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(other.read_response().await.status, 200);
+    }
+    // Split across writes: the head's first byte, then the rest.
+    late.write(b"G").await.unwrap();
+    late.write(b"ET /late HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let r = late.read_response().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.hits(), 4);
+    assert_eq!(up.last().path_and_query(), "/late");
+}
+
 /// `header_read_timeout` guards a request head that has started arriving; it must not
 /// cut a keep-alive connection that is merely idle between requests (that is
 /// `idle_timeout`'s job, 60 s here). While it idles, two slow heads on other

@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{
     AdaptiveConcurrencyConfig, AdminConfig, BreakerConfig, Config, EndpointConfig, FallbackConfig,
-    HealthCheckConfig, HostMatch, ListenerConfig, LoadBalancing, LogFormat, PartitionKey, Protocol,
-    RateLimitKey, RetryConfig, RouteConfig, TracingConfig, UpstreamConfig,
+    HealthCheckConfig, HostMatch, ListenAddr, ListenerConfig, LoadBalancing, LogFormat,
+    PartitionKey, Protocol, RateLimitKey, RetryConfig, RouteConfig, TracingConfig, UpstreamConfig,
 };
 use crate::control::Control;
 
@@ -145,6 +145,10 @@ fn config(c: &Config) -> Value {
 fn listener(l: &ListenerConfig) -> Value {
     json!({
         "address": l.address.to_string(),
+        "unix_mode": match l.address {
+            ListenAddr::Unix(_) => json!(format!("{:04o}", l.unix_mode)),
+            ListenAddr::Tcp(_) => Value::Null,
+        },
         "tls": l.tls.as_ref().map(|t| json!({
             "cert": path(&t.cert),
             "key": path(&t.key),

@@ -42,6 +42,12 @@ pub const DEFAULT_SERVICE_NAME: &str = "fusebox";
 /// Data-plane listener: every interface, port 8080, as a sidecar's usual app port.
 pub const DEFAULT_LISTENER_ADDRESS: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
+/// A Unix-socket listener's file mode: read and write for everyone who can reach the
+/// socket's directory. A socket in a pod-local volume is reachable only from the pod's
+/// containers, as a loopback port is; `unix_mode` narrows it (e.g. `"0660"`).
+pub const DEFAULT_UNIX_MODE: u32 = 0o666;
+/// The longest Unix socket path the kernel takes (`sun_path` is 108 bytes with its NUL).
+pub const MAX_UNIX_PATH_BYTES: usize = 107;
 /// Open downstream connections accepted at once (count); beyond it accept waits, so a
 /// connection flood cannot exhaust file descriptors.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;

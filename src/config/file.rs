@@ -37,6 +37,8 @@ pub struct ServiceFile {
 #[serde(default, deny_unknown_fields)]
 pub struct ListenerFile {
     pub address: Option<String>,
+    /// Octal file mode of a Unix-socket listener: `"0660"` or the TOML integer `0o660`.
+    pub unix_mode: Option<ModeValue>,
     pub tls: Option<ListenerTlsFile>,
     pub max_connections: Option<i64>,
     pub header_read_timeout: Option<DurationValue>,
@@ -44,6 +46,14 @@ pub struct ListenerFile {
     pub max_header_bytes: Option<SizeValue>,
     pub max_request_body: Option<SizeValue>,
     pub shutdown_timeout: Option<DurationValue>,
+}
+
+/// A file mode: an octal string (`"0660"`) or an integer (TOML `0o660`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ModeValue {
+    Int(i64),
+    Str(String),
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -46,7 +46,7 @@ fn the_embedded_example_parses_and_says_what_the_docs_say() {
     assert!(c.source.is_none());
     assert_eq!(
         c.listener.address,
-        "0.0.0.0:8080".parse::<SocketAddr>().unwrap()
+        ListenAddr::Tcp("0.0.0.0:8080".parse::<SocketAddr>().unwrap())
     );
     assert_eq!(
         c.admin.address,
@@ -115,7 +115,7 @@ fn defaults_apply_to_a_minimal_file() {
     let c = ok(MINIMAL);
     assert_eq!(c.service.name, DEFAULT_SERVICE_NAME);
     let l = &c.listener;
-    assert_eq!(l.address, DEFAULT_LISTENER_ADDRESS);
+    assert_eq!(l.address, ListenAddr::Tcp(DEFAULT_LISTENER_ADDRESS));
     assert_eq!(l.max_connections, 10_000);
     assert_eq!(l.header_read_timeout, secs(10));
     assert_eq!(l.idle_timeout, secs(60));
@@ -296,7 +296,7 @@ headers = { "X-Org-ID" = "${ORG}" }
     )
     .unwrap();
     assert_eq!(c.service.name, "fusion");
-    assert_eq!(c.listener.address.port(), 9100);
+    assert_eq!(c.listener.address.tcp().map(|a| a.port()), Some(9100));
     assert_eq!(c.listener.idle_timeout, secs(45));
     assert_eq!(
         c.upstreams["a"].endpoints[0].address.to_string(),

@@ -39,7 +39,9 @@ pub struct ServiceConfig {
 
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
-    pub address: SocketAddr,
+    pub address: ListenAddr,
+    /// File mode of a Unix-socket listener's socket (`unix_mode`); unused for TCP.
+    pub unix_mode: u32,
     pub tls: Option<ListenerTls>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
@@ -47,6 +49,51 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     pub max_request_body: u64,
     pub shutdown_timeout: Duration,
+}
+
+/// Where the data listener accepts: a TCP address or, for an application in the same
+/// pod, a Unix socket path (`address = "unix:/run/fusebox/fusebox.sock"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// The TCP address, when the listener is TCP.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = std::net::AddrParseError;
+
+    /// `IP:port` or `unix:PATH` (without the config file's checks on the path).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("unix:") {
+            Some(path) => Ok(ListenAddr::Unix(PathBuf::from(path))),
+            None => s.parse().map(ListenAddr::Tcp),
+        }
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(a: SocketAddr) -> Self {
+        ListenAddr::Tcp(a)
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -44,7 +44,7 @@ pub fn validate(
     };
     let listener = listener(&mut cx, &file.listener, &root.key("listener"));
     let admin = admin(&mut cx, &file.admin, &root.key("admin"));
-    if admin.address == listener.address && admin.address.port() != 0 {
+    if listener.address.tcp() == Some(admin.address) && admin.address.port() != 0 {
         let msg = format!("{} is also the listener's address", admin.address);
         cx.problem(&root.key("admin").key("address"), msg);
     }
@@ -122,6 +122,58 @@ pub fn validate(
     Ok((config, cx.missing))
 }
 
+/// `IP:port`, or `unix:` and a socket path.
+fn listen_addr(cx: &mut Ctx, p: &Path, v: Option<&String>) -> ListenAddr {
+    let default = ListenAddr::Tcp(DEFAULT_LISTENER_ADDRESS);
+    let Some(raw) = v else { return default };
+    let Some(rest) = raw.trim().strip_prefix("unix:") else {
+        return ListenAddr::Tcp(cx.socket_addr(p, v, DEFAULT_LISTENER_ADDRESS));
+    };
+    let Some(path) = cx.opt_string(p, Some(&rest.to_owned())) else {
+        return default;
+    };
+    if path.is_empty() || path.ends_with('/') {
+        cx.problem(p, format!("invalid Unix socket address {raw:?}; expected unix: and a file path such as \"unix:/run/fusebox/fusebox.sock\""));
+        return default;
+    }
+    if path.len() > MAX_UNIX_PATH_BYTES {
+        cx.problem(
+            p,
+            format!(
+                "Unix socket path is {} bytes; the kernel takes at most {MAX_UNIX_PATH_BYTES}",
+                path.len()
+            ),
+        );
+        return default;
+    }
+    ListenAddr::Unix(PathBuf::from(path))
+}
+
+/// An octal file mode between 0 and 0777.
+fn unix_mode(cx: &mut Ctx, p: &Path, v: Option<&ModeValue>) -> u32 {
+    let parsed = match v {
+        None => return DEFAULT_UNIX_MODE,
+        Some(ModeValue::Int(i)) => u32::try_from(*i).ok(),
+        Some(ModeValue::Str(s)) => {
+            let s = s.trim();
+            let digits = s.strip_prefix("0o").unwrap_or(s);
+            u32::from_str_radix(digits, 8)
+                .ok()
+                .filter(|_| !digits.is_empty())
+        }
+    };
+    match parsed.filter(|m| *m <= 0o777) {
+        Some(m) => m,
+        None => {
+            cx.problem(
+                p,
+                "invalid file mode; expected an octal mode such as \"0660\" (at most 0777)",
+            );
+            DEFAULT_UNIX_MODE
+        }
+    }
+}
+
 fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
     let tls = f.tls.as_ref().map(|t| {
         let tp = p.key("tls");
@@ -141,11 +193,8 @@ fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
         MAX_HEADER_BYTES_BOUNDS,
     );
     ListenerConfig {
-        address: cx.socket_addr(
-            &p.key("address"),
-            f.address.as_ref(),
-            DEFAULT_LISTENER_ADDRESS,
-        ),
+        address: listen_addr(cx, &p.key("address"), f.address.as_ref()),
+        unix_mode: unix_mode(cx, &p.key("unix_mode"), f.unix_mode.as_ref()),
         tls,
         max_connections: cx.int(
             &p.key("max_connections"),

@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
 use super::Proxy;
@@ -79,10 +79,64 @@ impl From<&ListenerConfig> for ConnLimits {
     }
 }
 
+/// The bound data listener: TCP, or a Unix socket whose file is removed when the
+/// listener closes.
+#[derive(Debug)]
+pub enum DataListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, UnixSocketFile),
+}
+
+/// Removes a Unix listener's socket file when dropped (after the listener stops
+/// accepting), so a caller sees "no such file" rather than a socket nobody serves.
+#[derive(Debug)]
+pub struct UnixSocketFile(pub std::path::PathBuf);
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The peer recorded for a Unix-socket caller (`X-Forwarded-For`, the access log's
+/// `client`): a Unix socket is only reachable from the same host (the same pod), as
+/// loopback is.
+const UNIX_PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    0,
+));
+
+/// An accepted caller socket.
+trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Resolves when bytes (or the end of the stream) can be read.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_;
+}
+
+impl Accepted for tokio::net::TcpStream {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        tokio::net::TcpStream::readable(self)
+    }
+}
+
+impl Accepted for tokio::net::UnixStream {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        tokio::net::UnixStream::readable(self)
+    }
+}
+
+/// What one connection's task needs, cloned per connection.
+#[derive(Clone)]
+struct ConnCtx {
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
+    shutdown: watch::Receiver<bool>,
+}
+
 /// Accepts until `shutdown` turns true, then waits for open connections to drain (the
 /// caller bounds that wait with `shutdown_timeout`).
 pub async fn serve(
-    listener: TcpListener,
+    listener: DataListener,
     proxy: Arc<Proxy>,
     limits: ConnLimits,
     tls: Option<Arc<ServerTls>>,
@@ -103,60 +157,95 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(None);
-    let builder = Arc::new(builder);
+    let cx = ConnCtx {
+        proxy,
+        builder: Arc::new(builder),
+        limits: limits.clone(),
+        shutdown: shutdown.clone(),
+    };
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.changed() => break,
         };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+        // One atomic load: a rotated certificate applies from the next handshake on.
+        let acceptor = || tls.as_ref().map(|t| t.acceptor());
+        let accepted = tokio::select! {
+            r = async {
+                match &listener {
+                    DataListener::Tcp(l) => l.accept().await.map(|(s, peer)| {
+                        let _ = s.set_nodelay(true);
+                        tokio::spawn(conn_task(s, peer, acceptor(), cx.clone(), permit));
+                    }),
+                    DataListener::Unix(l, _) => l.accept().await.map(|(s, _)| {
+                        tokio::spawn(conn_task(s, UNIX_PEER, acceptor(), cx.clone(), permit));
+                    }),
                 }
-            },
+            } => r,
             _ = shutdown.changed() => break,
         };
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
-        let limits = limits.clone();
-        // One atomic load: a rotated certificate applies from the next handshake on.
-        let acceptor = tls.as_ref().map(|t| t.acceptor());
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            match acceptor {
-                None => serve_conn(stream, peer, proxy, &builder, &limits, shutdown).await,
-                Some(acceptor) => {
-                    // The handshake is bounded like a request head: a client that
-                    // opens TCP and says nothing must not hold a slot.
-                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            serve_conn(tls, peer, proxy, &builder, &limits, shutdown).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => {
-                            tracing::debug!(peer = %peer, "TLS handshake not complete within header_read_timeout; closing")
-                        }
-                    }
-                }
-            }
-            drop(permit);
-        });
+        if let Err(e) = accepted {
+            // EMFILE and friends: back off briefly instead of spinning.
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     drop(listener);
     // Wait until every connection task returned its slot.
     let _ = slots
         .acquire_many(u32::try_from(limits.max_connections).unwrap_or(u32::MAX))
         .await;
+}
+
+/// One caller connection, from accept to close; holds its `max_connections` slot.
+async fn conn_task<S: Accepted>(
+    stream: S,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    cx: ConnCtx,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let ConnCtx {
+        proxy,
+        builder,
+        limits,
+        shutdown,
+    } = cx;
+    // Nothing is allocated for a connection until its first bytes arrive (the TLS
+    // state, hyper's 8 KiB read buffer and the connection's future are made after
+    // this): a caller holding connections open costs a socket and this small task. A
+    // connection that sends nothing closes after `idle_timeout`, as an idle keep-alive
+    // does.
+    let mut early_shutdown = shutdown.clone();
+    let readable = tokio::select! {
+        r = tokio::time::timeout(limits.idle_timeout, stream.readable()) => matches!(r, Ok(Ok(()))),
+        _ = early_shutdown.wait_for(|s| *s) => false,
+    };
+    if readable {
+        match acceptor {
+            None => Box::pin(serve_conn(stream, peer, proxy, &builder, &limits, shutdown)).await,
+            Some(acceptor) => {
+                // The handshake is bounded like a request head: a client that opens
+                // the connection and says nothing must not hold a slot.
+                let handshake = Box::pin(tokio::time::timeout(
+                    limits.header_read_timeout,
+                    acceptor.accept(stream),
+                ));
+                match handshake.await {
+                    Ok(Ok(tls)) => {
+                        Box::pin(serve_conn(tls, peer, proxy, &builder, &limits, shutdown)).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %peer, "TLS handshake not complete within header_read_timeout; closing")
+                    }
+                }
+            }
+        }
+    }
+    drop(permit);
 }
 
 async fn serve_conn<S>(
