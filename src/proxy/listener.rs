@@ -107,20 +107,53 @@ const UNIX_PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 ));
 
 /// An accepted caller socket.
-trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Resolves when bytes (or the end of the stream) can be read.
+trait Accepted:
+    AsyncRead + AsyncWrite + Unpin + Send + Sync + Sized + 'static + std::os::fd::AsFd
+{
+    /// Resolves when the socket is readable by tokio's account (which starts out
+    /// "ready" for a new socket, so this alone is not enough).
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_;
+
+    /// Runs `f` if the socket is readable; a `WouldBlock` from it clears the readiness.
+    fn try_read_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R>;
+
+    /// Resolves when the caller has sent its first bytes (or closed), without
+    /// consuming any: it peeks one byte.
+    fn first_bytes(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        async move {
+            loop {
+                self.readable().await?;
+                let peeked = self.try_read_io(|| {
+                    let mut one = [std::mem::MaybeUninit::<u8>::uninit()];
+                    socket2::SockRef::from(self).peek(&mut one)
+                });
+                match peeked {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
 }
 
 impl Accepted for tokio::net::TcpStream {
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
         tokio::net::TcpStream::readable(self)
     }
+
+    fn try_read_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
+        self.try_io(tokio::io::Interest::READABLE, f)
+    }
 }
 
 impl Accepted for tokio::net::UnixStream {
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
         tokio::net::UnixStream::readable(self)
+    }
+
+    fn try_read_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
+        self.try_io(tokio::io::Interest::READABLE, f)
     }
 }
 
@@ -218,42 +251,50 @@ async fn conn_task<S: Accepted>(
     // does.
     let mut early_shutdown = shutdown.clone();
     let readable = tokio::select! {
-        r = tokio::time::timeout(limits.idle_timeout, stream.readable()) => matches!(r, Ok(Ok(()))),
+        r = tokio::time::timeout(limits.idle_timeout, stream.first_bytes()) => matches!(r, Ok(Ok(()))),
         _ = early_shutdown.wait_for(|s| *s) => false,
     };
     if readable {
-        match acceptor {
-            None => Box::pin(serve_conn(stream, peer, proxy, &builder, &limits, shutdown)).await,
-            Some(acceptor) => {
-                // The handshake is bounded like a request head: a client that opens
-                // the connection and says nothing must not hold a slot.
-                let handshake = Box::pin(tokio::time::timeout(
-                    limits.header_read_timeout,
-                    acceptor.accept(stream),
-                ));
-                match handshake.await {
-                    Ok(Ok(tls)) => {
-                        Box::pin(serve_conn(tls, peer, proxy, &builder, &limits, shutdown)).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %peer, "TLS handshake not complete within header_read_timeout; closing")
-                    }
-                }
-            }
-        }
+        // Boxed, each in a statement of its own: the connection's state (hyper's, and
+        // rustls's during and after the handshake) is allocated only now, and none of
+        // it is laid out in this task's future.
+        let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match acceptor {
+            None => Box::pin(serve_conn(stream, peer, proxy, builder, limits, shutdown)),
+            Some(acceptor) => Box::pin(serve_tls(
+                stream, acceptor, peer, proxy, builder, limits, shutdown,
+            )),
+        };
+        conn.await;
     }
     drop(permit);
+}
+
+/// The TLS handshake, bounded like a request head (a client that opens the connection
+/// and says nothing must not hold a slot), then the connection.
+async fn serve_tls<S: Accepted>(
+    stream: S,
+    acceptor: tokio_rustls::TlsAcceptor,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_conn(tls, peer, proxy, builder, limits, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            tracing::debug!(peer = %peer, "TLS handshake not complete within header_read_timeout; closing")
+        }
+    }
 }
 
 async fn serve_conn<S>(
     stream: S,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    builder: &auto::Builder<TokioExecutor>,
-    limits: &ConnLimits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
