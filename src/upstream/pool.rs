@@ -36,6 +36,10 @@ use tokio_rustls::TlsConnector;
 use crate::body::ReqBody;
 use crate::config::{PoolConfig, Protocol, TimeoutsConfig};
 
+// Used by the HTTP/2 pool in the next change.
+#[allow(dead_code)]
+mod peer_limit;
+
 /// Settings of a pool, taken from the upstream's `pool`, `timeouts`, `protocol` and
 /// `tls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
