@@ -91,4 +91,8 @@ pub struct DemoUpstreamArgs {
     /// Time each inference takes, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Concurrent streams each HTTP/2 (h2c) connection may carry, as advertised in
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (default: 200).
+    #[arg(long)]
+    pub h2_max_streams: Option<u32>,
 }

@@ -37,6 +37,9 @@ pub struct Behaviour {
     pub fail_every_second_detect: bool,
     /// Time each inference takes.
     pub delay: Duration,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to HTTP/2 callers (a model server
+    /// that serves so many requests per connection); `None`: hyper's default (200).
+    pub h2_max_streams: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -63,9 +66,11 @@ pub async fn serve_upstream(listener: TcpListener, name: Arc<str>, behaviour: Be
                 let (name, counters) = (name.clone(), counters.clone());
                 async move { Ok::<_, Infallible>(answer(req, &name, behaviour, &counters).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            if let Some(n) = behaviour.h2_max_streams {
+                builder.http2().max_concurrent_streams(n);
+            }
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -160,6 +165,7 @@ pub async fn run_upstream(a: DemoUpstreamArgs) -> anyhow::Result<()> {
     let b = Behaviour {
         fail_rate: a.fail_rate,
         delay: Duration::from_millis(a.delay_ms),
+        h2_max_streams: a.h2_max_streams,
         ..Behaviour::default()
     };
     tokio::select! {

@@ -40,7 +40,8 @@
 //! upstream/endpoint  EndpointCore (state of an address) and Endpoint (its view)
 //! upstream/registry  cores and breaker sets by identity, shared by every snapshot
 //! upstream/breakers  the breakers of one (endpoint, policy), with partitions
-//! upstream/pool    per-endpoint connection pool (HTTP/1.1 stack, h2 shared)
+//! upstream/pool    per-endpoint connection pool (HTTP/1.1 stack; h2 connections added
+//!                  as peers' stream limits fill: pool/h2.rs, pool/peer_limit.rs)
 //! upstream/balancer, breaker/, partition, retry, health, dns
 //! admin/           the admin listener: metrics, breakers, health, config
 //! access_log.rs    one JSON line per request, formatted per thread, written by a

@@ -230,16 +230,18 @@ fn find_endpoint<'a>(eps: &'a [Arc<Endpoint>], name: &str) -> Option<&'a Arc<End
 
 /// Sets every endpoint's `gateway_circuit_breaker_state` from its breaker as observed
 /// now (an open breaker past its open time reads half open before any request has
-/// probed it) and `gateway_upstream_connections`: active = requests in flight (capped
-/// by the open connections), idle = the other open connections.
+/// probed it) and `gateway_upstream_connections`: active = connections carrying a
+/// request (HTTP/1: requests in flight, capped by the open connections; HTTP/2: open
+/// connections with a stream in flight), idle = the other open connections.
 pub(super) fn refresh_gauges(snap: &Snapshot, now: Instant) {
     for up in snap.upstreams.values() {
         for ep in up.endpoints().iter() {
             for set in ep.all_breakers() {
                 set.metrics.state.set(set.state(now).gauge());
             }
-            let open = ep.core.pool.load().open();
-            let active = ep.in_flight().min(open);
+            let pool = ep.core.pool.load();
+            let open = pool.open();
+            let active = pool.h2_busy().unwrap_or_else(|| ep.in_flight()).min(open);
             ep.core.metrics.conns_active.set(as_i64(active));
             ep.core.metrics.conns_idle.set(as_i64(open - active));
         }

@@ -3,16 +3,24 @@
 //! connections per endpoint (`max_connections_per_host`, waiters time out after the
 //! connect timeout), no speculative connect racing a returning idle connection (which
 //! under load opens and closes a connection every few requests), LIFO reuse so the
-//! warmest connection goes first, open/idle counts for the metrics, and no spawned task
-//! or hash lookup per request.
+//! warmest connection goes first, HTTP/2 connections added as their peers' stream limits
+//! fill up, open/idle counts for the metrics, and no spawned task or hash lookup per
+//! request.
 //!
 //! HTTP/1.1: idle connections are a stack; a request takes one (or opens one while under
 //! the cap, or waits for one to come back) and holds it in a [`Lease`] until its
 //! response body has been read to the end, when the connection goes back on the stack.
-//! A body dropped half-read discards the connection. h2c: one multiplexed connection
-//! shared by every request, replaced when it closes.
+//! A body dropped half-read discards the connection.
 //!
-//! Touched per request: `send` (one short lock on checkout and one on return).
+//! HTTP/2 (`h2c`, `h2`, in [`h2`]): a list of multiplexed connections. A request takes a
+//! stream on the least loaded one below its peer's `SETTINGS_MAX_CONCURRENT_STREAMS`
+//! (100 when the peer sets none), opens another connection when all are full and the
+//! cap allows, and at the cap shares the least loaded one (h2 queues the stream). Its
+//! [`Lease`] holds the stream until the response body ends or is dropped. A connection
+//! that carried nothing for `idle_timeout` is closed.
+//!
+//! Touched per request: `send` (one short lock on checkout, and for HTTP/1 one on
+//! return).
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,8 +30,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -35,6 +43,11 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::ReqBody;
 use crate::config::{PoolConfig, Protocol, TimeoutsConfig};
+
+mod h2;
+mod peer_limit;
+
+pub use peer_limit::DEFAULT_MAX_STREAMS;
 
 /// Settings of a pool, taken from the upstream's `pool`, `timeouts`, `protocol` and
 /// `tls`.
@@ -135,9 +148,10 @@ pub struct Pool {
     addr: SocketAddr,
     pub settings: PoolSettings,
     idle: Mutex<Vec<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+    /// The HTTP/2 connections (`h2c`, `h2`; unused for HTTP/1).
+    h2: h2::H2Conns,
     slots: Arc<Semaphore>,
-    /// Signalled when a connection returns to the stack or closes.
+    /// Signalled when an HTTP/1 connection returns to the stack or closes.
     returned: Notify,
     open: Arc<AtomicUsize>,
     /// `gateway_upstream_pool_wait_seconds` of the upstream (none for probe pools).
@@ -154,11 +168,18 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// Holds an HTTP/1 connection while its response body streams; returns it on
-/// [`Lease::release`], discards it on drop.
-pub struct Lease {
-    tx: Option<http1::SendRequest<ReqBody>>,
-    pool: Weak<Pool>,
+/// Holds what a request uses while its response body streams: an HTTP/1 connection
+/// (returned on [`Lease::release`], discarded on drop) or a stream of an HTTP/2
+/// connection (given back either way).
+pub struct Lease(Leased);
+
+enum Leased {
+    Http1 {
+        tx: Option<http1::SendRequest<ReqBody>>,
+        pool: Weak<Pool>,
+    },
+    /// Held for its drop, which gives the stream back.
+    Http2(#[allow(dead_code)] h2::Stream),
 }
 
 impl std::fmt::Debug for Lease {
@@ -168,10 +189,19 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    fn http1(tx: http1::SendRequest<ReqBody>, pool: &Arc<Pool>) -> Lease {
+        Lease(Leased::Http1 {
+            tx: Some(tx),
+            pool: Arc::downgrade(pool),
+        })
+    }
+
     /// The response was read to the end: the connection can serve the next request.
     pub fn release(mut self) {
-        if let (Some(tx), Some(pool)) = (self.tx.take(), self.pool.upgrade()) {
-            pool.put_back(tx);
+        if let Leased::Http1 { tx, pool } = &mut self.0 {
+            if let (Some(tx), Some(pool)) = (tx.take(), pool.upgrade()) {
+                pool.put_back(tx);
+            }
         }
     }
 }
@@ -179,10 +209,13 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         // Dropped unreleased: the response was not read to the end, so the connection
-        // is in an unknown state. Dropping the sender closes it.
-        if self.tx.take().is_some() {
-            if let Some(pool) = self.pool.upgrade() {
-                pool.returned.notify_one();
+        // is in an unknown state. Dropping the sender closes it. (An HTTP/2 stream is
+        // given back by its own drop.)
+        if let Leased::Http1 { tx, pool } = &mut self.0 {
+            if tx.take().is_some() {
+                if let Some(pool) = pool.upgrade() {
+                    pool.returned.notify_one();
+                }
             }
         }
     }
@@ -200,7 +233,7 @@ impl Pool {
             slots: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
             idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
+            h2: h2::H2Conns::default(),
             returned: Notify::new(),
             open: Arc::new(AtomicUsize::new(0)),
         })
@@ -215,27 +248,27 @@ impl Pool {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    /// Sends one request; for HTTP/1 the returned [`Lease`] must be released once the
-    /// response body is read to the end.
+    /// For HTTP/2, the open connections carrying at least one stream (the others are
+    /// idle); `None` for HTTP/1, whose busy connections are its requests in flight.
+    pub fn h2_busy(&self) -> Option<usize> {
+        self.settings.http2.then(|| self.h2.busy())
+    }
+
+    /// Sends one request; the returned [`Lease`] must be released once the response
+    /// body is read to the end (or dropped if it is not).
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         if self.settings.http2 {
-            return self.send_h2(req).await.map(|r| (r, None));
+            return self.send_h2(req).await;
         }
         // A pooled connection the upstream closed while idle hands the request back
         // unsent; try the next one (bounded: each round consumes a connection).
         for _ in 0..=self.settings.max_idle.min(16) {
             let mut tx = self.checkout().await?;
             match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    let lease = Lease {
-                        tx: Some(tx),
-                        pool: Arc::downgrade(self),
-                    };
-                    return Ok((resp, Some(lease)));
-                }
+                Ok(resp) => return Ok((resp, Some(Lease::http1(tx, self)))),
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
                     None => return Err(SendError::Sent(e.into_error())),
@@ -244,13 +277,7 @@ impl Pool {
         }
         let mut tx = self.connect_h1().await?;
         match tx.try_send_request(req).await {
-            Ok(resp) => Ok((
-                resp,
-                Some(Lease {
-                    tx: Some(tx),
-                    pool: Arc::downgrade(self),
-                }),
-            )),
+            Ok(resp) => Ok((resp, Some(Lease::http1(tx, self)))),
             Err(e) => Err(SendError::Sent(e.into_error())),
         }
     }
@@ -353,11 +380,15 @@ impl Pool {
         self.returned.notify_one();
     }
 
-    /// Closes connections idle longer than `idle_timeout`, and the oldest idle ones
-    /// past `max_idle` that stayed idle for [`SURPLUS_GRACE`] (called every
+    /// Closes connections idle longer than `idle_timeout`, and the oldest idle HTTP/1
+    /// ones past `max_idle` that stayed idle for [`SURPLUS_GRACE`] (called every
     /// [`SWEEP_EVERY`] at most).
     pub fn sweep(&self) {
         let now = Instant::now();
+        if self.settings.http2 {
+            self.h2.sweep(now, self.settings.idle_timeout);
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|c| {
             !c.tx.is_closed() && now.saturating_duration_since(c.since) < self.settings.idle_timeout
@@ -370,12 +401,6 @@ impl Pool {
             .take_while(|c| now.saturating_duration_since(c.since) >= SURPLUS_GRACE)
             .count();
         idle.drain(..stale);
-        if self.settings.http2 {
-            let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            if h2.as_ref().is_some_and(|t| t.is_closed()) {
-                *h2 = None;
-            }
-        }
     }
 
     async fn connect_h1(self: &Arc<Self>) -> Result<http1::SendRequest<ReqBody>, SendError> {
@@ -458,23 +483,6 @@ impl Pool {
         Ok(tx)
     }
 
-    async fn h2_over<I>(
-        self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
-        io: I,
-    ) -> Result<http2::SendRequest<ReqBody>, SendError>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| SendError::Handshake(self.addr, e))?;
-        self.spawn_conn(permit, conn);
-        Ok(tx)
-    }
-
     fn spawn_conn<F>(self: &Arc<Self>, permit: OwnedSemaphorePermit, conn: F)
     where
         F: std::future::Future + Send + 'static,
@@ -490,49 +498,5 @@ impl Pool {
                 p.returned.notify_one();
             }
         });
-    }
-
-    async fn send_h2(
-        self: &Arc<Self>,
-        req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let existing = {
-            let h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            h2.as_ref().filter(|t| !t.is_closed()).cloned()
-        };
-        let mut tx = match existing {
-            Some(tx) => tx,
-            None => {
-                let deadline = Instant::now() + self.settings.connect_timeout;
-                let permit = self.slot(deadline).await?;
-                let tcp = self.tcp(deadline).await?;
-                let tx = match &self.settings.tls {
-                    None => self.h2_over(permit, tcp).await?,
-                    Some(tls) => {
-                        let stream = self.tls(tls, tcp, deadline).await?;
-                        self.h2_over(permit, stream).await?
-                    }
-                };
-                *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
-                tx
-            }
-        };
-        if tx.ready().await.is_err() {
-            *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            return Err(SendError::Connect(
-                self.addr,
-                io::Error::new(io::ErrorKind::ConnectionReset, "h2 connection closed"),
-            ));
-        }
-        tx.try_send_request(req).await.map_err(|e| {
-            if e.message().is_some() {
-                SendError::Connect(
-                    self.addr,
-                    io::Error::new(io::ErrorKind::ConnectionReset, e.into_error().to_string()),
-                )
-            } else {
-                SendError::Sent(e.into_error())
-            }
-        })
     }
 }

@@ -9,6 +9,7 @@
 pub mod binary;
 pub mod body;
 pub mod client;
+pub mod h2_upstream;
 pub mod logs;
 pub mod prom;
 pub mod scripted;

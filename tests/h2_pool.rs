@@ -1,0 +1,192 @@
+//! HTTP/2 upstreams get more connections as their stream limits fill: fusebox learns
+//! each connection's `SETTINGS_MAX_CONCURRENT_STREAMS`, puts a request on the least
+//! loaded connection below its limit, opens another one when all are full (up to
+//! `max_connections_per_host`), and at the cap shares the connections it has. The
+//! upstreams here hold every request until the test releases them, so the counts are
+//! exact, not a matter of timing.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::h2_upstream::H2Upstream;
+use common::tls::Pki;
+use common::*;
+
+/// One h2c (or h2) upstream behind a catch-all route, with `pool` lines in its pool
+/// table; a generous connect timeout (the two cores are shared).
+fn config(up: SocketAddr, protocol_lines: &str, pool: &str) -> String {
+    format!(
+        "{}{}[upstreams.app.pool]\n{pool}\n\n[upstreams.app.timeouts]\nconnect = \"5s\"\n\n{}",
+        base_config(""),
+        upstream_toml("app", &[up], protocol_lines),
+        route_toml("all", "/", "app", "")
+    )
+}
+
+/// Sends `n` concurrent GETs over one h2c connection to fusebox.
+fn burst(fb: &Fusebox, n: usize) -> Vec<tokio::task::JoinHandle<Reply>> {
+    let c = h2c_client();
+    (0..n)
+        .map(|i| {
+            let (c, url) = (c.clone(), fb.url(&format!("/infer/{i}")));
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect()
+}
+
+async fn all_ok(tasks: Vec<tokio::task::JoinHandle<Reply>>) {
+    for t in tasks {
+        let r = within(WAIT, "a released request", t).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+fn conns_labels(up: SocketAddr, state: &str) -> String {
+    format!(r#"endpoint="{up}",service="app",state="{state}""#)
+}
+
+/// Proves: with a peer limit of 4 streams and `max_connections_per_host = 3`, 16
+/// concurrent requests open exactly 3 connections (not 1, not 16): 12 requests are
+/// served 4 per connection and the other 4 wait inside fusebox on those connections;
+/// once released, all 16 are answered without a fourth connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_grow_with_the_peer_stream_limit_up_to_the_cap() {
+    let up = H2Upstream::h2c(Some(4)).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "protocol = \"h2c\"",
+        "max_connections_per_host = 3",
+    ))
+    .await;
+    let tasks = burst(&fb, 16);
+    prom::wait_in_flight(fb.admin_addr, "all", 16.0).await;
+    eventually("12 requests held at the upstream", WAIT, || up.held() == 12).await;
+    assert_eq!(up.connections(), 3, "connections opened");
+    assert_eq!(
+        up.held_per_connection(),
+        [4, 4, 4],
+        "streams per connection"
+    );
+    let text = fb.metrics().await;
+    assert_eq!(
+        prom::metric(
+            &text,
+            "gateway_upstream_connections",
+            &conns_labels(up.addr, "active")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+
+    up.release();
+    all_ok(tasks).await;
+    assert_eq!(up.served(), 16);
+    assert_eq!(up.connections(), 3, "no connection past the cap");
+}
+
+/// Proves: under a higher cap the pool opens just enough connections for the load: 16
+/// concurrent requests at 4 streams per connection take exactly 4 connections of the 8
+/// allowed, all 16 reach the upstream at once, and the connections go idle (still
+/// open, counted idle) when the responses are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_as_many_connections_as_the_streams_need() {
+    let up = H2Upstream::h2c(Some(4)).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "protocol = \"h2c\"",
+        "max_connections_per_host = 8",
+    ))
+    .await;
+    let tasks = burst(&fb, 16);
+    eventually("16 requests held at the upstream", WAIT, || up.held() == 16).await;
+    assert_eq!(up.connections(), 4, "connections opened");
+    assert_eq!(up.held_per_connection(), [4, 4, 4, 4]);
+
+    up.release();
+    all_ok(tasks).await;
+    assert_eq!(up.connections(), 4);
+    prom::wait_metric(
+        fb.admin_addr,
+        "gateway_upstream_connections",
+        &conns_labels(up.addr, "idle"),
+        4.0,
+    )
+    .await;
+    prom::wait_metric(
+        fb.admin_addr,
+        "gateway_upstream_connections",
+        &conns_labels(up.addr, "active"),
+        0.0,
+    )
+    .await;
+}
+
+/// Proves: a peer that sets no limit, or a high one, keeps getting one connection for
+/// a handful of concurrent requests (no limit counts as 100 streams), however many
+/// connections the cap would allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_while_the_peer_limit_is_not_reached() {
+    for limit in [None, Some(1000)] {
+        let up = H2Upstream::h2c(limit).await;
+        let fb = spawn_fusebox(&config(up.addr, "protocol = \"h2c\"", "")).await;
+        let tasks = burst(&fb, 10);
+        eventually("10 requests held at the upstream", WAIT, || up.held() == 10).await;
+        assert_eq!(up.connections(), 1, "peer limit {limit:?}");
+        up.release();
+        all_ok(tasks).await;
+        assert_eq!(up.connections(), 1, "peer limit {limit:?}");
+    }
+}
+
+/// Proves: the same holds over TLS (`protocol = "h2"`): a limit of 4 and a cap of 3
+/// give 3 connections carrying 4 streams each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_scales_the_same_way() {
+    let pki = Pki::generate();
+    let up = H2Upstream::tls(Some(4), pki.server_config(&pki.server("upstream"), false)).await;
+    let tls = format!(
+        "protocol = \"h2\"\ntls = {{ ca = \"{}\", server_name = \"localhost\" }}",
+        pki.ca_path.display()
+    );
+    let fb = spawn_fusebox(&config(up.addr, &tls, "max_connections_per_host = 3")).await;
+    let tasks = burst(&fb, 16);
+    prom::wait_in_flight(fb.admin_addr, "all", 16.0).await;
+    eventually("12 requests held at the upstream", WAIT, || up.held() == 12).await;
+    assert_eq!(up.connections(), 3);
+    assert_eq!(up.held_per_connection(), [4, 4, 4]);
+    up.release();
+    all_ok(tasks).await;
+    assert_eq!(up.connections(), 3);
+}
+
+/// Proves: connections that carry nothing for `pool.idle_timeout` are closed and leave
+/// the pool (the gauges read zero), and the next request opens a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_replaced() {
+    let up = H2Upstream::h2c(Some(2)).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "protocol = \"h2c\"",
+        "max_connections_per_host = 4\nidle_timeout = \"200ms\"",
+    ))
+    .await;
+    let tasks = burst(&fb, 4);
+    eventually("4 requests held at the upstream", WAIT, || up.held() == 4).await;
+    assert_eq!(up.connections(), 2);
+    up.release();
+    all_ok(tasks).await;
+    eventually("both idle connections to close", WAIT, || up.closed() == 2).await;
+    for state in ["active", "idle"] {
+        prom::wait_metric(
+            fb.admin_addr,
+            "gateway_upstream_connections",
+            &conns_labels(up.addr, state),
+            0.0,
+        )
+        .await;
+    }
+    let r = get(&h2c_client(), &fb.url("/again")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.connections(), 3, "a fresh connection");
+}
