@@ -22,6 +22,9 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
+# make: the jemalloc allocator (the default feature) is built from C with it.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 # The repository less .dockerignore's entries (target/, .git, docker/ ...).
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

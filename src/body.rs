@@ -103,6 +103,56 @@ impl ReplayBudget {
     }
 }
 
+/// Watches a streaming body for a stall: ready once no frame arrived for `idle`.
+///
+/// Armed on the first `Pending` only (most small bodies arrive in one poll). A frame
+/// only notes the time; the sleep is moved on when it fires early, so a body of many
+/// frames re-registers its timer once per `idle` period rather than once per frame
+/// (each re-registration is a trip through tokio's timer wheel).
+#[derive(Debug)]
+pub struct StallTimer {
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// When the latest frame since the sleep was (re)armed arrived.
+    last: Option<Instant>,
+}
+
+impl StallTimer {
+    pub fn new(idle: Duration) -> Self {
+        StallTimer {
+            idle,
+            sleep: None,
+            last: None,
+        }
+    }
+
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// A frame arrived.
+    pub fn progress(&mut self) {
+        if self.sleep.is_some() {
+            self.last = Some(Instant::now());
+        }
+    }
+
+    /// The body is pending: ready when it has been silent for `idle`.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let idle = self.idle;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            match self.last.take() {
+                Some(t) if t + idle > Instant::now() => sleep.as_mut().reset(t + idle),
+                _ => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
 /// The caller's body, counted, capped and watched for stalls as it streams.
 #[derive(Debug)]
 pub struct LimitedIncoming {
@@ -111,9 +161,7 @@ pub struct LimitedIncoming {
     read: u64,
     shared: Arc<BodyShared>,
     /// The upstream's `timeouts.idle`: a caller silent this long mid-body is cut.
-    idle: Duration,
-    /// Armed on the first `Pending` only: most bodies arrive without a wait.
-    timer: Option<Pin<Box<Sleep>>>,
+    stall: StallTimer,
 }
 
 impl LimitedIncoming {
@@ -123,8 +171,7 @@ impl LimitedIncoming {
             limit,
             read: 0,
             shared,
-            idle,
-            timer: None,
+            stall: StallTimer::new(idle),
         }
     }
 
@@ -139,17 +186,11 @@ impl LimitedIncoming {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let Poll::Ready(next) = polled else {
-            let idle = self.idle;
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-            ready!(timer.as_mut().poll(cx));
+            ready!(self.stall.poll_stalled(cx));
             self.shared.stalled.store(true, Ordering::Relaxed);
-            return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))));
+            return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.stall.idle())))));
         };
-        if let Some(t) = self.timer.as_mut() {
-            t.as_mut().reset(Instant::now() + self.idle);
-        }
+        self.stall.progress();
         match next {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -435,5 +476,40 @@ mod tests {
         );
         b.release(50);
         assert!(b.reserve(40));
+    }
+
+    /// Polls `t` as a pending body would, without a task: Ready when stalled.
+    fn stalled(t: &mut StallTimer) -> bool {
+        let waker = futures_util::task::noop_waker();
+        t.poll_stalled(&mut Context::from_waker(&waker)).is_ready()
+    }
+
+    /// Proves: the stall timer fires `idle` after the last frame, however many frames
+    /// came before, and not while frames keep coming.
+    #[tokio::test(start_paused = true)]
+    async fn stall_timer_fires_idle_after_the_last_frame() {
+        let idle = Duration::from_millis(100);
+        let mut t = StallTimer::new(idle);
+        assert!(!stalled(&mut t), "armed, not yet fired");
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(60)).await;
+            t.progress();
+            assert!(!stalled(&mut t), "a frame every 60 ms is no stall");
+        }
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(!stalled(&mut t), "99 ms after the last frame");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(stalled(&mut t), "100 ms after the last frame");
+    }
+
+    /// Proves: a body that never sends a frame after its first wait stalls `idle` after it.
+    #[tokio::test(start_paused = true)]
+    async fn stall_timer_without_frames_fires_after_idle() {
+        let mut t = StallTimer::new(Duration::from_millis(50));
+        assert!(!stalled(&mut t));
+        tokio::time::advance(Duration::from_millis(49)).await;
+        assert!(!stalled(&mut t));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(stalled(&mut t));
     }
 }

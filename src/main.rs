@@ -6,6 +6,15 @@ use clap::Parser;
 use fusebox::cli::{Cli, Command, ValidateArgs};
 use fusebox::{app, config, demo, telemetry};
 
+// The allocator is chosen by measurement: BENCHMARKS.md, "Allocator".
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The config file used when none is named (relative to the working directory).
 const DEFAULT_CONFIG_PATH: &str = "config/fusebox.toml";
 

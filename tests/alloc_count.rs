@@ -46,10 +46,11 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Allocations per request (after warm-up) allowed on the proxy's thread for a small
-/// GET with keep-alive on both sides. Lower it when the hot path gets leaner.
-const BUDGET_NO_LOG: f64 = 17.0;
+/// GET with keep-alive on both sides. Lower it when the hot path gets leaner: it was
+/// 15.7 before the hot-path work of BENCHMARKS.md ("Hot path"), 12.9 after.
+const BUDGET_NO_LOG: f64 = 14.0;
 /// The same with the access log on: the line is formatted into a reused buffer.
-const BUDGET_WITH_LOG: f64 = 17.5;
+const BUDGET_WITH_LOG: f64 = 15.0;
 
 /// Starts fusebox on a current-thread runtime in a thread of its own (allocations
 /// counted there), returning its address; the thread runs until the process ends.

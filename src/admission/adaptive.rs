@@ -22,10 +22,14 @@
 //! over AIMD because AIMD only backs off on drops and timeouts, that is after the
 //! deadline is already lost; Gradient2 backs off when queueing begins.
 //!
-//! Samples: completed attempts only. Fail-fast errors (connect failures, resets,
-//! failure statuses), cancelled requests and health probes are not samples (the
-//! caller does not report them): a failing replica answering in 1 ms must not raise
-//! the limit, and a probe's latency says nothing about queueing. A sample taken while
+//! Samples: completed attempts and timeouts (the time waited is a lower bound of the
+//! latency). Fail-fast errors (connect failures, resets, failure statuses) and health
+//! probes are not samples (the caller does not report them): a failing replica
+//! answering in 1 ms must not raise the limit, and a probe's latency says nothing
+//! about queueing. A cancelled attempt (the caller went away) counts only as a lower
+//! bound above the recent average (`sample_censored`): under overload most late
+//! attempts end that way, and dropping them would hide the queueing that the limit
+//! exists to stop; a quick cancel says nothing and is ignored. A sample taken while
 //! fewer than half the limit were in flight cannot grow the limit (the endpoint was not
 //! pushed, so nothing says it could take more); rising latency shrinks it either way.
 //!
@@ -87,8 +91,22 @@ impl AdaptiveLimit {
     /// Feeds one completed attempt's latency, with the requests that were in flight at
     /// the endpoint when it was sent; returns the new limit.
     pub fn sample(&self, rtt: Duration, in_flight: usize) -> usize {
+        self.update(rtt, in_flight, false).unwrap_or(0)
+    }
+
+    /// An attempt cancelled after `waited` (its caller went away): a lower bound of its
+    /// latency, counted only when above the recent average. Returns the new limit, or
+    /// `None` when the bound said nothing.
+    pub fn sample_censored(&self, waited: Duration, in_flight: usize) -> Option<usize> {
+        self.update(waited, in_flight, true)
+    }
+
+    fn update(&self, rtt: Duration, in_flight: usize, censored: bool) -> Option<usize> {
         let rtt = rtt.as_secs_f64().max(1e-6);
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if censored && (s.long_rtt == 0.0 || rtt <= s.short_rtt) {
+            return None;
+        }
         if s.long_rtt == 0.0 {
             s.long_rtt = rtt;
             s.short_rtt = rtt;
@@ -112,7 +130,7 @@ impl AdaptiveLimit {
         }
         let limit = (s.limit.floor() as usize).clamp(self.cfg.min_limit, self.cfg.max_limit);
         self.limit.store(limit, Ordering::Relaxed);
-        limit
+        Some(limit)
     }
 }
 
@@ -160,6 +178,36 @@ mod tests {
             "recovered from {loaded} to {recovered}"
         );
         assert!((1..=64).contains(&recovered));
+    }
+
+    /// Proves a cancelled attempt counts only as a lower bound above the recent
+    /// average: a quick cancel changes nothing, a long wait shrinks the limit as a
+    /// slow completion would.
+    #[test]
+    fn cancelled_attempts_count_only_when_they_waited_long() {
+        let l = AdaptiveLimit::new(&cfg());
+        assert_eq!(
+            l.sample_censored(500 * MS, 8),
+            None,
+            "no samples yet: nothing known"
+        );
+        for _ in 0..50 {
+            l.sample(10 * MS, 1);
+        }
+        let before = l.limit();
+        for _ in 0..20 {
+            assert_eq!(l.sample_censored(2 * MS, before), None, "a quick cancel");
+        }
+        assert_eq!(l.limit(), before);
+        for _ in 0..20 {
+            let lim = l.limit();
+            assert!(l.sample_censored(200 * MS, lim).is_some());
+        }
+        assert!(
+            l.limit() < before,
+            "long waits shrank {before} to {}",
+            l.limit()
+        );
     }
 
     /// Proves a sample taken while the endpoint was not pushed (fewer than half the

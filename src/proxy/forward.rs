@@ -186,7 +186,9 @@ pub(super) async fn attempts(
         let per_attempt = up.cfg.timeouts.request.min(left);
         let capped = per_attempt < up.cfg.timeouts.request;
         let tp = attempt_span.as_ref().map(|a| a.traceparent());
+        let watch = inference::CancelWatch::new(up, ep, now, in_flight_at_send + 1);
         let mut sent = attempt::send_once(up, ep, out, per_attempt, capped, left, tp).await;
+        watch.done();
         let done = Instant::now();
         let elapsed = done.saturating_duration_since(now);
         let outcome = match ctx.body.caller_fault() {

@@ -109,10 +109,11 @@ pub(super) async fn wait_for_capacity(
     ticket.wait(timeout.min(left)).await.map_err(shed)
 }
 
-/// What the attempt teaches about the endpoint: latency samples (cancelled attempts,
-/// fusebox's own pool limit and the caller's faults are none), the adaptive limit
-/// (completed attempts only: fail-fast errors are not samples), and the load report of
-/// its response, which is stripped unless `forward_load_report`.
+/// What the attempt teaches about the endpoint: latency samples (fusebox's own pool
+/// limit and the caller's faults are none; cancelled attempts only through
+/// [`CancelWatch`]), the adaptive limit (completed attempts and timeouts: fail-fast
+/// errors are not samples), and the load report of its response, which is stripped
+/// unless `forward_load_report`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn learn<B>(
     up: &Upstream,
@@ -124,7 +125,10 @@ pub(super) fn learn<B>(
     now: Instant,
     response: Option<&mut Response<B>>,
 ) {
-    if verdict.endpoint == Record::Ignore && verdict.key == Record::Ignore {
+    // A timeout the breaker ignores (cut short by the caller's own deadline) still
+    // teaches latency: the endpoint took at least this long.
+    let timed_out = matches!(outcome, Outcome::Timeout { .. });
+    if !timed_out && verdict.endpoint == Record::Ignore && verdict.key == Record::Ignore {
         return;
     }
     let failure = verdict.endpoint == Record::Failure || verdict.key == Record::Failure;
@@ -164,6 +168,59 @@ pub(super) fn learn<B>(
             r.headers_mut().remove(&ENDPOINT_LOAD_METRICS);
             if let Some(h) = configured {
                 r.headers_mut().remove(h);
+            }
+        }
+    }
+}
+
+/// Armed while an attempt is in flight; when the request is dropped before the attempt
+/// ends (the caller went away, its timeout passed), the time it had waited is a lower
+/// bound of the endpoint's latency and is fed as such to the latency estimate and the
+/// adaptive limit (counted only when above their current values, so a quick cancel
+/// never makes an endpoint look fast). Holds references only: it lives in the attempt
+/// loop's frame, which outlives it.
+pub(super) struct CancelWatch<'a> {
+    up: &'a Upstream,
+    ep: &'a Endpoint,
+    sent: Instant,
+    in_flight: usize,
+    armed: bool,
+}
+
+impl<'a> CancelWatch<'a> {
+    pub(super) fn new(up: &'a Upstream, ep: &'a Endpoint, sent: Instant, in_flight: usize) -> Self {
+        CancelWatch {
+            up,
+            ep,
+            sent,
+            in_flight,
+            armed: true,
+        }
+    }
+
+    /// The attempt ended: [`learn`] takes it from here.
+    pub(super) fn done(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelWatch<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(self.sent);
+        let peak = self.up.cfg.load_balancing == crate::config::LoadBalancing::PeakEwma;
+        let load = &self.ep.core.load;
+        load.observe_censored(waited, peak, now, self.up.cfg.peak_ewma.decay);
+        if let Some(limit) = self.ep.core.adaptive.load().as_ref() {
+            if let Some(l) = limit.sample_censored(waited, self.in_flight) {
+                self.ep
+                    .core
+                    .metrics
+                    .concurrency_limit
+                    .set(i64::try_from(l).unwrap_or(i64::MAX));
             }
         }
     }

@@ -192,8 +192,10 @@ fn check_declared_length(
 }
 
 /// The deadline is the smallest of the route `timeout`, the caller's `grpc-timeout`
-/// and the caller's `x-request-timeout-ms`; a caller's that is shorter than the
-/// route's makes it the caller's own.
+/// and the caller's `x-request-timeout-ms`; a caller's that is no longer than the
+/// route's makes it the caller's own (equal ones too: the caller would have given up
+/// then anyway, so an attempt cut short by it says nothing about the endpoint, and
+/// counting it would open breakers on a fleet that is only busy).
 fn set_deadline(route: &Route, scan: &scan::Scan, ctx: &mut RequestCtx) {
     let at = |d: Duration| {
         ctx.started
@@ -205,7 +207,7 @@ fn set_deadline(route: &Route, scan: &scan::Scan, ctx: &mut RequestCtx) {
     let asked = [scan.grpc_timeout, scan.request_timeout];
     for d in asked.into_iter().flatten() {
         let d = at(d);
-        if d < deadline {
+        if d <= deadline {
             deadline = d;
             caller = true;
         }

@@ -4,7 +4,6 @@
 //! writes the access-log line once the last byte left (or the caller went away) and
 //! releases the request's guards.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,10 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
 use super::ctx::RequestCtx;
-use crate::body::{BoxError, IdleTimeout};
+use crate::body::{BoxError, IdleTimeout, StallTimer};
 
 enum RespKind {
     Empty,
@@ -24,9 +22,7 @@ enum RespKind {
         inner: Incoming,
         /// The HTTP/1 connection, returned to its pool when the body ends.
         lease: Option<crate::upstream::pool::Lease>,
-        idle: Duration,
-        /// Armed on the first `Pending` only: most small bodies arrive in one poll.
-        timer: Option<Pin<Box<Sleep>>>,
+        stall: StallTimer,
     },
 }
 
@@ -76,8 +72,7 @@ impl RespBody {
             kind: RespKind::Upstream {
                 inner,
                 lease,
-                idle,
-                timer: None,
+                stall: StallTimer::new(idle),
             },
             ctx: None,
         }
@@ -122,13 +117,10 @@ impl Body for RespBody {
             RespKind::Upstream {
                 inner,
                 lease,
-                idle,
-                timer,
+                stall,
             } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(t) = timer.as_mut() {
-                        t.as_mut().reset(Instant::now() + *idle);
-                    }
+                    stall.progress();
                     // hyper stops polling once a sized body is complete, so the
                     // connection goes back as soon as the last byte is in.
                     if inner.is_end_stream() {
@@ -145,13 +137,9 @@ impl Body for RespBody {
                     }
                     Poll::Ready(None)
                 }
-                Poll::Pending => match timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)))
-                    .as_mut()
-                    .poll(cx)
-                {
+                Poll::Pending => match stall.poll_stalled(cx) {
                     Poll::Ready(()) => {
-                        Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle)) as BoxError)))
+                        Poll::Ready(Some(Err(Box::new(IdleTimeout(stall.idle())) as BoxError)))
                     }
                     Poll::Pending => Poll::Pending,
                 },

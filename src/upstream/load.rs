@@ -97,6 +97,22 @@ impl LoadState {
         self.observe_mean(rtt, failure);
     }
 
+    /// An attempt cancelled (its caller went away) after `waited`: a lower bound of its
+    /// latency. It counts only when above the estimate (or, `peak` off, the mean): a
+    /// bound below says nothing, and a cancelled request must never look fast. Under
+    /// overload most late attempts end this way, so ignoring them would hide the
+    /// queueing from the balancer.
+    pub fn observe_censored(&self, waited: Duration, peak: bool, now: Instant, decay: Duration) {
+        if peak {
+            let old = self.latency_ns_at(now, decay, Duration::ZERO);
+            if self.has_samples() && waited.as_nanos() as f64 > old {
+                self.observe(waited, false, now, decay);
+            }
+        } else if self.mean_latency().is_some_and(|m| waited > m) {
+            self.observe_mean(waited, false);
+        }
+    }
+
     /// Records a sample in the mean latency only (balancers other than `peak_ewma`
     /// read just that, for deadline predictions; no clock, no `exp`).
     pub fn observe_mean(&self, rtt: Duration, failure: bool) {
@@ -291,6 +307,30 @@ mod tests {
         let healthy = LoadState::new(30 * MS);
         healthy.observe(3 * MS, false, now, DECAY);
         assert!(s.cost(0, now, DECAY, 30 * MS) > healthy.cost(0, now, DECAY, 30 * MS));
+    }
+
+    /// Proves a cancelled attempt never makes an endpoint look fast: a wait below the
+    /// estimate (or the mean) changes nothing, a longer one raises it like a sample.
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_attempts_only_raise_the_estimate() {
+        let s = LoadState::new(30 * MS);
+        let now = Instant::now();
+        s.observe_censored(500 * MS, true, now, DECAY);
+        assert!(
+            !s.has_samples(),
+            "nothing known yet: a cancel teaches nothing"
+        );
+        s.observe(20 * MS, false, now, DECAY);
+        s.observe_censored(2 * MS, true, now, DECAY);
+        assert_eq!(s.latency(now, DECAY, Duration::ZERO), 20 * MS);
+        s.observe_censored(80 * MS, true, now, DECAY);
+        assert_eq!(s.latency(now, DECAY, Duration::ZERO), 80 * MS);
+        let m = LoadState::new(30 * MS);
+        m.observe_mean(20 * MS, false);
+        m.observe_censored(5 * MS, false, now, DECAY);
+        assert_eq!(m.mean_latency(), Some(20 * MS));
+        m.observe_censored(120 * MS, false, now, DECAY);
+        assert!(m.mean_latency().unwrap() > 20 * MS);
     }
 
     /// Proves the cost formula: latency x (in flight + 1) x (1 + queue) / (1 - util),
