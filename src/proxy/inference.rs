@@ -21,10 +21,16 @@ use crate::snapshot::Route;
 use crate::upstream::load::{parse_report, ENDPOINT_LOAD_METRICS};
 use crate::upstream::{Endpoint, Upstream};
 
+/// A prediction from samples older than this is not shed on: the next request goes
+/// through and brings a fresh one. Without it, shedding every request would stop the
+/// samples that could show the endpoint recovered, and it would shed for ever.
+const STALE_PREDICTION: Duration = Duration::from_secs(2);
+
 /// The predicted wait plus service time of the best endpoint for a request of
 /// `priority`: over the endpoints whose breakers admit it, the smallest mean latency x
 /// (1 + requests queued ahead / the endpoint's limit). `None` when any such endpoint
-/// has no samples yet (it may be fast: never shed on what is not known).
+/// has no samples yet or none for [`STALE_PREDICTION`] (it may be fast: never shed on
+/// what is not known).
 pub(super) fn predicted(
     up: &Upstream,
     eps: &[Arc<Endpoint>],
@@ -44,6 +50,9 @@ pub(super) fn predicted(
         .filter(|ep| ep.breakers(slot).available(headers, now))
     {
         let mean = ep.core.load.mean_latency()?;
+        if !ep.core.load.fresh(now, STALE_PREDICTION) {
+            return None;
+        }
         let limit = ep.core.limit().unwrap_or(1).max(1) as f64;
         let p = mean.mul_f64(1.0 + ahead / limit);
         best = Some(best.map_or(p, |b| b.min(p)));
@@ -133,10 +142,13 @@ pub(super) fn learn<B>(
     }
     let failure = verdict.endpoint == Record::Failure || verdict.key == Record::Failure;
     let load = &ep.core.load;
+    // A timeout is no answer: it raises the estimate but stays out of the mean of
+    // answers that deadline predictions read.
+    let no_answer = failure || timed_out;
     if up.cfg.load_balancing == crate::config::LoadBalancing::PeakEwma {
-        load.observe(elapsed, failure, now, up.cfg.peak_ewma.decay);
+        load.observe(elapsed, no_answer, now, up.cfg.peak_ewma.decay);
     } else {
-        load.observe_mean(elapsed, failure);
+        load.observe_mean(elapsed, no_answer, now);
     }
     let completed = match outcome {
         Outcome::Response { .. } => !failure,
@@ -211,9 +223,10 @@ impl Drop for CancelWatch<'_> {
         }
         let now = Instant::now();
         let waited = now.saturating_duration_since(self.sent);
-        let peak = self.up.cfg.load_balancing == crate::config::LoadBalancing::PeakEwma;
-        let load = &self.ep.core.load;
-        load.observe_censored(waited, peak, now, self.up.cfg.peak_ewma.decay);
+        if self.up.cfg.load_balancing == crate::config::LoadBalancing::PeakEwma {
+            let decay = self.up.cfg.peak_ewma.decay;
+            self.ep.core.load.observe_censored(waited, now, decay);
+        }
         if let Some(limit) = self.ep.core.adaptive.load().as_ref() {
             if let Some(l) = limit.sample_censored(waited, self.in_flight) {
                 self.ep

@@ -51,6 +51,8 @@ pub struct LoadState {
     stamp_us: AtomicU64,
     /// Samples seen (0: the estimate is the default, nothing is known).
     samples: AtomicU64,
+    /// Microseconds since [`epoch`] of the last sample of any kind.
+    sample_us: AtomicU64,
     /// Plain moving average of successful attempts' latency (nanoseconds, `f64` bits;
     /// 0 = none yet): the service time deadline predictions use, which a single stall
     /// does not dominate the way it dominates the peak estimate.
@@ -72,6 +74,7 @@ impl LoadState {
             est_ns: AtomicU64::new((default_latency.as_nanos() as f64).to_bits()),
             stamp_us: AtomicU64::new(0),
             samples: AtomicU64::new(0),
+            sample_us: AtomicU64::new(0),
             mean_ns: AtomicU64::new(0f64.to_bits()),
             queue: AtomicU32::new(0f32.to_bits()),
             utilisation: AtomicU32::new(0f32.to_bits()),
@@ -94,29 +97,37 @@ impl LoadState {
         };
         self.est_ns.store(est.to_bits(), Ordering::Relaxed);
         self.stamp_us.store(us_since_epoch(now), Ordering::Relaxed);
-        self.observe_mean(rtt, failure);
+        self.observe_mean(rtt, failure, now);
     }
 
     /// An attempt cancelled (its caller went away) after `waited`: a lower bound of its
-    /// latency. It counts only when above the estimate (or, `peak` off, the mean): a
-    /// bound below says nothing, and a cancelled request must never look fast. Under
-    /// overload most late attempts end this way, so ignoring them would hide the
-    /// queueing from the balancer.
-    pub fn observe_censored(&self, waited: Duration, peak: bool, now: Instant, decay: Duration) {
-        if peak {
-            let old = self.latency_ns_at(now, decay, Duration::ZERO);
-            if self.has_samples() && waited.as_nanos() as f64 > old {
-                self.observe(waited, false, now, decay);
-            }
-        } else if self.mean_latency().is_some_and(|m| waited > m) {
-            self.observe_mean(waited, false);
+    /// latency, fed to the peak estimate only when above it (a bound below says
+    /// nothing, and a cancelled request must never look fast). Under overload most late
+    /// attempts end this way, so ignoring them would hide the queueing from the
+    /// balancer. The mean that deadline predictions use takes completed answers only.
+    pub fn observe_censored(&self, waited: Duration, now: Instant, decay: Duration) {
+        let old = self.latency_ns_at(now, decay, Duration::ZERO);
+        let waited_ns = waited.as_nanos() as f64;
+        if self.has_samples() && waited_ns > old {
+            // A peak replaces the estimate at once, as in `observe`.
+            self.est_ns.store(waited_ns.to_bits(), Ordering::Relaxed);
+            self.stamp_us.store(us_since_epoch(now), Ordering::Relaxed);
         }
     }
 
+    /// Whether the last sample is younger than `max_age`: a deadline prediction from
+    /// older knowledge is not acted on (the next request goes through and refreshes
+    /// it), so shedding can never lock itself in once nothing reaches the endpoint.
+    pub fn fresh(&self, now: Instant, max_age: Duration) -> bool {
+        let last = self.sample_us.load(Ordering::Relaxed);
+        Duration::from_micros(us_since_epoch(now).saturating_sub(last)) < max_age
+    }
+
     /// Records a sample in the mean latency only (balancers other than `peak_ewma`
-    /// read just that, for deadline predictions; no clock, no `exp`).
-    pub fn observe_mean(&self, rtt: Duration, failure: bool) {
+    /// read just that, for deadline predictions; no `exp`).
+    pub fn observe_mean(&self, rtt: Duration, failure: bool, now: Instant) {
         self.samples.fetch_add(1, Ordering::Relaxed);
+        self.sample_us.store(us_since_epoch(now), Ordering::Relaxed);
         if !failure {
             let m = f64::from_bits(self.mean_ns.load(Ordering::Relaxed));
             let rtt_ns = rtt.as_nanos() as f64;
@@ -310,27 +321,37 @@ mod tests {
     }
 
     /// Proves a cancelled attempt never makes an endpoint look fast: a wait below the
-    /// estimate (or the mean) changes nothing, a longer one raises it like a sample.
+    /// estimate changes nothing, a longer one raises it like a sample; the mean that
+    /// deadline predictions read is not touched.
     #[tokio::test(start_paused = true)]
     async fn cancelled_attempts_only_raise_the_estimate() {
         let s = LoadState::new(30 * MS);
         let now = Instant::now();
-        s.observe_censored(500 * MS, true, now, DECAY);
+        s.observe_censored(500 * MS, now, DECAY);
         assert!(
             !s.has_samples(),
             "nothing known yet: a cancel teaches nothing"
         );
         s.observe(20 * MS, false, now, DECAY);
-        s.observe_censored(2 * MS, true, now, DECAY);
+        s.observe_censored(2 * MS, now, DECAY);
         assert_eq!(s.latency(now, DECAY, Duration::ZERO), 20 * MS);
-        s.observe_censored(80 * MS, true, now, DECAY);
+        s.observe_censored(80 * MS, now, DECAY);
         assert_eq!(s.latency(now, DECAY, Duration::ZERO), 80 * MS);
-        let m = LoadState::new(30 * MS);
-        m.observe_mean(20 * MS, false);
-        m.observe_censored(5 * MS, false, now, DECAY);
-        assert_eq!(m.mean_latency(), Some(20 * MS));
-        m.observe_censored(120 * MS, false, now, DECAY);
-        assert!(m.mean_latency().unwrap() > 20 * MS);
+        assert_eq!(
+            s.mean_latency(),
+            Some(20 * MS),
+            "the mean keeps answers only"
+        );
+    }
+
+    /// Proves knowledge goes stale: fresh right after a sample, not after `max_age`.
+    #[tokio::test(start_paused = true)]
+    async fn samples_go_stale() {
+        let s = LoadState::new(30 * MS);
+        s.observe_mean(20 * MS, false, Instant::now());
+        assert!(s.fresh(Instant::now(), Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!s.fresh(Instant::now(), Duration::from_secs(2)));
     }
 
     /// Proves the cost formula: latency x (in flight + 1) x (1 + queue) / (1 - util),
