@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Latency distributions of two or more fusebox builds (the tail, not the median):
-# open-loop small GETs at 2,000 req/s and 256 KiB POSTs at 200 req/s, each build a
+# open-loop small GETs at 2,000 req/s and 256 KiB POSTs (4 KB answers) at 200 req/s, each build a
 # fresh process pinned to core 1, nginx as the upstream and oha on core 0, builds
 # interleaved per round. Prints percentiles up to p99.99 and a log-scale histogram per
 # build and workload (all rounds pooled).
@@ -36,7 +36,7 @@ http {
   server {
     listen 127.0.0.1:$up_port;
     location /small { default_type text/plain; return 200 '$(printf 'x%.0s' $(seq 100))'; }
-    location /vision { default_type application/json; return 200 '$(printf 'y%.0s' $(seq 4096))'; }
+    location /vision { default_type application/json; return 200 '$(printf 'y%.0s' $(seq 4000))'; }
   }
 }
 EOF
