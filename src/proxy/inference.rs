@@ -44,17 +44,30 @@ pub(super) fn predicted(
     } else {
         0.0
     };
-    let mut best: Option<Duration> = None;
-    for ep in eps
+    let known = eps
         .iter()
         .filter(|ep| ep.breakers(slot).available(headers, now))
-    {
-        let mean = ep.core.load.mean_latency()?;
-        if !ep.core.load.fresh(now, STALE_PREDICTION) {
-            return None;
-        }
-        let limit = ep.core.limit().unwrap_or(1).max(1) as f64;
-        let p = mean.mul_f64(1.0 + ahead / limit);
+        .map(|ep| {
+            let load = &ep.core.load;
+            let mean = load
+                .mean_latency()
+                .filter(|_| load.fresh(now, STALE_PREDICTION))?;
+            Some((mean, ep.core.limit().unwrap_or(1)))
+        });
+    best_prediction(known, ahead)
+}
+
+/// The smallest `mean x (1 + ahead / limit)` over the candidates, each its endpoint's
+/// mean latency and limit, or `None` for an endpoint not known well enough (then the
+/// answer is `None`: never shed on what is not known); `None` for no candidates too.
+fn best_prediction(
+    candidates: impl Iterator<Item = Option<(Duration, usize)>>,
+    ahead: f64,
+) -> Option<Duration> {
+    let mut best: Option<Duration> = None;
+    for c in candidates {
+        let (mean, limit) = c?;
+        let p = mean.mul_f64(1.0 + ahead / limit.max(1) as f64);
         best = Some(best.map_or(p, |b| b.min(p)));
     }
     best
@@ -236,5 +249,30 @@ impl Drop for CancelWatch<'_> {
                     .set(i64::try_from(l).unwrap_or(i64::MAX));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Proves the predictor: the best endpoint's mean x (1 + queued ahead / its limit);
+    /// an endpoint without (fresh) samples makes it `None`, as does an empty list.
+    #[test]
+    fn the_prediction_is_the_best_endpoints_wait_plus_service() {
+        let two = [Some((100 * MS, 4)), Some((60 * MS, 1))];
+        assert_eq!(best_prediction(two.into_iter(), 0.0), Some(60 * MS));
+        // 8 queued ahead: 100 x (1 + 8/4) = 300 beats 60 x (1 + 8/1) = 540.
+        assert_eq!(best_prediction(two.into_iter(), 8.0), Some(300 * MS));
+        let unknown = [Some((100 * MS, 4)), None];
+        assert_eq!(best_prediction(unknown.into_iter(), 0.0), None);
+        assert_eq!(best_prediction(std::iter::empty(), 0.0), None);
+        assert_eq!(
+            best_prediction([Some((10 * MS, 0))].into_iter(), 2.0),
+            Some(30 * MS),
+            "a limit of 0 counts as 1"
+        );
     }
 }
