@@ -456,7 +456,7 @@ shed_on_deadline = false
         assert_eq!(y["load_report_expiry"], "2s");
         assert_eq!(
             y["peak_ewma"],
-            json!({"default_latency": "30ms", "decay": "10s"})
+            json!({"default_latency": "30ms", "decay": "1s"})
         );
         assert_eq!(
             y["adaptive_concurrency"],

@@ -33,6 +33,34 @@
 //! fewer than half the limit were in flight cannot grow the limit (the endpoint was not
 //! pushed, so nothing says it could take more); rising latency shrinks it either way.
 //!
+//! **When the endpoint reports its queue** (ORCA `named_metrics.num_requests_waiting` or
+//! the configured `load_report_header`, as vLLM, Triton-style servers and the bench's
+//! simulator send it), the limit follows the queue instead of latency, because a
+//! batching server's latency rises with batch fill long before it queues and a
+//! latency gradient either stops short of full batches or, under sustained load, drifts
+//! up with the long average to `max_limit`. What the endpoint is running of ours is
+//! `limit - waiting`; the limit aims at running that much and having as much again
+//! waiting (the next batch is ready, and no more), plus one to probe for a larger batch:
+//!
+//! ```text
+//! running = max(0, limit - waiting)
+//! target  = 2 x running + 1
+//! limit  += smoothing x (target - limit)   (at most 1/sqrt(limit) per answer either
+//!                                            way, growth only while pushed; at full
+//!                                            speed when waiting >= limit)
+//! ```
+//!
+//! This is the congestion signal of ECN and L4S (a queue the bottleneck reports) with
+//! the backlog target of the Gateway API Inference Extension's endpoint picker, which
+//! also reads `num_requests_waiting`. Work the proxy no longer waits for (requests a
+//! model server still runs after their caller gave up) shows up as waiting beyond our
+//! in-flight count and shrinks the limit to `min_limit` until it drains, which is what
+//! breaks the spiral in which every late request leaves more work for nobody. A
+//! cancelled attempt or a timeout that waited more than 1.25 x the recent peak latency
+//! of answers halves the limit, once until the next answer (AIMD's response to a loss;
+//! TCP halves once per window). Several proxies sharing one replica
+//! each see the others' requests as waiting and hold back more than one alone would.
+//!
 //! Touched per attempt (`sample`): one short uncontended lock per endpoint.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +75,12 @@ const LONG_WINDOW: f64 = 100.0;
 const SHORT_WEIGHT: f64 = 0.25;
 /// Below this ratio of short to long latency the long average is pulled down fast.
 const RECOVERY_RATIO: f64 = 0.5;
+/// In queue mode, a cancel or timeout after this many times the recent peak latency of
+/// answers is a loss.
+const LOSS_RATIO: f64 = 1.25;
+/// Per answer, the peak latency of answers decays by this factor (it spans about the
+/// last hundred answers).
+const PEAK_DECAY: f64 = 0.99;
 
 /// One endpoint's limit.
 #[derive(Debug)]
@@ -63,6 +97,14 @@ struct State {
     /// Averages of latency in seconds; 0 until the first sample.
     long_rtt: f64,
     short_rtt: f64,
+    /// The last sample carried a queue report: the limit follows the queue.
+    queue_mode: bool,
+    /// Queue mode: a slowly decaying maximum of answered latencies (seconds), the
+    /// reference a cancel or timeout is a loss against.
+    peak_rtt: f64,
+    /// Queue mode: a loss halved the limit and no answer came since (one halving per
+    /// answer, as TCP halves once per window).
+    halved: bool,
 }
 
 impl AdaptiveLimit {
@@ -73,6 +115,9 @@ impl AdaptiveLimit {
                 limit: cfg.initial_limit as f64,
                 long_rtt: 0.0,
                 short_rtt: 0.0,
+                queue_mode: false,
+                peak_rtt: 0.0,
+                halved: false,
             }),
             cfg: cfg.clone(),
         }
@@ -89,21 +134,92 @@ impl AdaptiveLimit {
     }
 
     /// Feeds one completed attempt's latency, with the requests that were in flight at
-    /// the endpoint when it was sent; returns the new limit.
-    pub fn sample(&self, rtt: Duration, in_flight: usize) -> usize {
-        self.update(rtt, in_flight, false).unwrap_or(0)
+    /// the endpoint when it was sent and the queue its answer reported (if any);
+    /// returns the new limit.
+    pub fn sample(&self, rtt: Duration, in_flight: usize, waiting: Option<f32>) -> usize {
+        match waiting.filter(|w| w.is_finite() && *w >= 0.0) {
+            Some(w) => self.update_queue(rtt, in_flight, f64::from(w)),
+            None => self.update(rtt, in_flight, false).unwrap_or(0),
+        }
     }
 
-    /// An attempt cancelled after `waited` (its caller went away): a lower bound of its
-    /// latency, counted only when above the recent average. Returns the new limit, or
-    /// `None` when the bound said nothing.
+    /// An attempt cancelled or timed out after `waited` (its caller went away, or its
+    /// deadline passed): a lower bound of its latency, counted only when above the
+    /// recent average. Returns the new limit, or `None` when the bound said nothing.
     pub fn sample_censored(&self, waited: Duration, in_flight: usize) -> Option<usize> {
+        let queue_mode = self.lock().queue_mode;
+        if queue_mode {
+            return self.loss(waited);
+        }
         self.update(waited, in_flight, true)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // No critical section here panics; a poisoned limit is still a valid limit.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn store(&self, s: &mut State) -> usize {
+        s.limit = s
+            .limit
+            .clamp(self.cfg.min_limit as f64, self.cfg.max_limit as f64);
+        let limit = (s.limit.floor() as usize).clamp(self.cfg.min_limit, self.cfg.max_limit);
+        self.limit.store(limit, Ordering::Relaxed);
+        limit
+    }
+
+    /// Queue mode: the limit aims at `2 x (limit - waiting) + 1`.
+    fn update_queue(&self, rtt: Duration, in_flight: usize, waiting: f64) -> usize {
+        let rtt = rtt.as_secs_f64().max(1e-6);
+        let mut s = self.lock();
+        s.queue_mode = true;
+        s.short_rtt = if s.short_rtt == 0.0 {
+            rtt
+        } else {
+            s.short_rtt + (rtt - s.short_rtt) * SHORT_WEIGHT
+        };
+        if s.long_rtt == 0.0 {
+            s.long_rtt = rtt;
+        }
+        s.peak_rtt = rtt.max(s.peak_rtt * PEAK_DECAY);
+        s.halved = false;
+        let running = (s.limit - waiting).max(0.0);
+        let target = 2.0 * running + 1.0;
+        let step = self.cfg.smoothing * (target - s.limit);
+        let pushed = (in_flight as f64) >= s.limit / 2.0;
+        // One answer's batch says little (a batcher's batches alternate in size), so a
+        // step is at most 1/sqrt(limit) either way; but work waiting beyond all of ours
+        // (abandoned requests it still runs, other clients') shrinks at full speed.
+        let cap = 1.0 / s.limit.max(1.0).sqrt();
+        if waiting >= s.limit {
+            s.limit += step;
+        } else if step < 0.0 {
+            s.limit += step.max(-cap); // more waiting than running: shrink, whatever the load
+        } else if pushed {
+            s.limit += step.min(cap);
+        }
+        self.store(&mut s)
+    }
+
+    /// Queue mode: a cancel or timeout after more than [`LOSS_RATIO`] x the recent peak
+    /// latency of answers halves the limit, once until the next answer; a quicker one
+    /// (a caller with little time left) says nothing.
+    fn loss(&self, waited: Duration) -> Option<usize> {
+        let mut s = self.lock();
+        if s.halved || s.peak_rtt == 0.0 || waited.as_secs_f64() <= s.peak_rtt * LOSS_RATIO {
+            return None;
+        }
+        s.limit *= 0.5;
+        s.halved = true;
+        Some(self.store(&mut s))
     }
 
     fn update(&self, rtt: Duration, in_flight: usize, censored: bool) -> Option<usize> {
         let rtt = rtt.as_secs_f64().max(1e-6);
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.lock();
+        if !censored {
+            s.queue_mode = false;
+        }
         if censored && (s.long_rtt == 0.0 || rtt <= s.short_rtt) {
             return None;
         }
@@ -125,12 +241,9 @@ impl AdaptiveLimit {
         if gradient < 1.0 || pushed {
             let queue = if pushed { s.limit.sqrt() } else { 0.0 };
             let proposed = s.limit * gradient + queue;
-            let smoothed = s.limit * (1.0 - self.cfg.smoothing) + proposed * self.cfg.smoothing;
-            s.limit = smoothed.clamp(self.cfg.min_limit as f64, self.cfg.max_limit as f64);
+            s.limit = s.limit * (1.0 - self.cfg.smoothing) + proposed * self.cfg.smoothing;
         }
-        let limit = (s.limit.floor() as usize).clamp(self.cfg.min_limit, self.cfg.max_limit);
-        self.limit.store(limit, Ordering::Relaxed);
-        Some(limit)
+        Some(self.store(&mut s))
     }
 }
 
@@ -158,19 +271,19 @@ mod tests {
         let l = AdaptiveLimit::new(&cfg());
         for _ in 0..200 {
             let lim = l.limit();
-            l.sample(10 * MS, lim);
+            l.sample(10 * MS, lim, None);
         }
         let steady = l.limit();
         assert!(steady > 8, "grew from 8 to {steady}");
         for _ in 0..40 {
             let lim = l.limit();
-            l.sample(100 * MS, lim);
+            l.sample(100 * MS, lim, None);
         }
         let loaded = l.limit();
         assert!(loaded < steady / 2, "fell from {steady} to {loaded}");
         for _ in 0..400 {
             let lim = l.limit();
-            l.sample(10 * MS, lim);
+            l.sample(10 * MS, lim, None);
         }
         let recovered = l.limit();
         assert!(
@@ -192,7 +305,7 @@ mod tests {
             "no samples yet: nothing known"
         );
         for _ in 0..50 {
-            l.sample(10 * MS, 1);
+            l.sample(10 * MS, 1, None);
         }
         let before = l.limit();
         for _ in 0..20 {
@@ -216,12 +329,12 @@ mod tests {
     fn unpushed_samples_leave_the_limit_and_bounds_hold() {
         let l = AdaptiveLimit::new(&cfg());
         for _ in 0..100 {
-            l.sample(10 * MS, 1);
+            l.sample(10 * MS, 1, None);
         }
         assert_eq!(l.limit(), 8);
         for _ in 0..10_000 {
             let lim = l.limit();
-            l.sample(10 * MS, lim);
+            l.sample(10 * MS, lim, None);
         }
         assert_eq!(l.limit(), 64, "never above max_limit");
         let floor = AdaptiveLimit::new(&AdaptiveConcurrencyConfig {
@@ -230,12 +343,12 @@ mod tests {
             ..cfg()
         });
         for _ in 0..20 {
-            floor.sample(10 * MS, 6);
+            floor.sample(10 * MS, 6, None);
         }
         let mut lowest = usize::MAX;
         for _ in 0..50 {
             let lim = floor.limit();
-            lowest = lowest.min(floor.sample(Duration::from_secs(5), lim));
+            lowest = lowest.min(floor.sample(Duration::from_secs(5), lim, None));
         }
         assert_eq!(lowest, 4, "it fell, and never below min_limit");
     }

@@ -154,9 +154,11 @@ pub const LOAD_REPORT_EXPIRY_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 pub const DEFAULT_PEAK_EWMA_DEFAULT_LATENCY: Duration = Duration::from_millis(30);
 /// `default_latency`: `1ms..=1h`, as a request timeout (no latency is longer).
 pub const PEAK_EWMA_DEFAULT_LATENCY_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
-/// peak_ewma: the moving average's time constant (10 s, Linkerd's default): a
-/// sample's weight falls to 1/e after this long.
-pub const DEFAULT_PEAK_EWMA_DECAY: Duration = Duration::from_secs(10);
+/// peak_ewma: the moving average's time constant: a sample's weight falls to 1/e
+/// after this long. 1 s, not Linkerd's 10 s: a GPU replica's latency is 10-500 ms and
+/// its stalls last about a second, and with 10 s a replica back from a one-second
+/// stall stayed avoided for ten or more (BENCHMARKS.md, inference-compare).
+pub const DEFAULT_PEAK_EWMA_DECAY: Duration = Duration::from_secs(1);
 /// `decay`: a period, `1ms..=1h`.
 pub const PEAK_EWMA_DECAY_BOUNDS: Bounds<Duration> = TIMEOUT_BOUNDS;
 

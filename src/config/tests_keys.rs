@@ -40,7 +40,7 @@ fn new_keys_take_their_defaults() {
         u.peak_ewma,
         PeakEwmaConfig {
             default_latency: ms(30),
-            decay: Duration::from_secs(10)
+            decay: Duration::from_secs(1)
         }
     );
     assert!(u.adaptive_concurrency.is_none());

@@ -135,24 +135,53 @@ pub(super) async fn attempts(
                 fallback: true,
             };
         }
-        let Some(i) = pick(up, &eps, slot, &tried, out.headers, now) else {
-            if inference::only_limits_refuse(&eps, slot, out.headers, now) {
-                let recheck =
-                    || pick(up, &eps, slot, &tried, out.headers, Instant::now()).is_some();
-                if let Err((err, why)) = inference::wait_for_capacity(route, up, ctx, recheck).await
-                {
+        // With deadline shedding on, an endpoint whose mean latency is longer than the
+        // time left is not picked: its answer would come after the caller gave up.
+        let left = route
+            .cfg
+            .shed_on_deadline
+            .then(|| ctx.deadline.saturating_duration_since(now));
+        let Some(i) = pick(up, &eps, slot, &tried, out.headers, now, left) else {
+            match inference::why_no_pick(&eps, slot, out.headers, now, left) {
+                inference::NoPick::Wait(max_wait) => {
+                    let recheck = || {
+                        let now = Instant::now();
+                        let left = left.map(|_| ctx.deadline.saturating_duration_since(now));
+                        pick(up, &eps, slot, &tried, out.headers, now, left).is_some()
+                    };
+                    if let Err((err, why)) =
+                        inference::wait_for_capacity(route, up, ctx, max_wait, recheck).await
+                    {
+                        if let Some(s) = &ctx.span {
+                            s.shed(why);
+                        }
+                        return LoopEnd::Error {
+                            err,
+                            fallback: false,
+                        };
+                    }
+                    now = Instant::now();
+                    continue;
+                }
+                inference::NoPick::Deadline(p) if ctx.attempts == 0 => {
                     if let Some(s) = &ctx.span {
-                        s.shed(why);
+                        s.shed("deadline");
                     }
                     return LoopEnd::Error {
-                        err,
+                        err: inference::deadline_shed(route, left.unwrap_or_default(), p),
                         fallback: false,
                     };
                 }
-                now = Instant::now();
-                continue;
+                // A retry with less time left than any endpoint takes: the deadline
+                // is as good as passed.
+                inference::NoPick::Deadline(_) => {
+                    return LoopEnd::Error {
+                        err: deadline_exceeded(route, up),
+                        fallback: true,
+                    };
+                }
+                _ => return all_open(route, up, slot, &eps, out.headers, now),
             }
-            return all_open(route, up, slot, &eps, out.headers, now);
         };
         let ep = &eps[i];
         tried.add(i);
@@ -276,8 +305,10 @@ pub(super) async fn attempts(
     }
 }
 
-/// Healthy, admitted and past slow start first; failing that (every endpoint fails
-/// its health checks, or slow start said no) any whose breakers admit.
+/// Healthy, admitted, past slow start and not stalled first; failing that (every
+/// endpoint fails its health checks, or slow start said no) any whose breakers and
+/// limits admit and whose mean latency fits the time left (`left`, when the route
+/// sheds on deadlines).
 fn pick(
     up: &Upstream,
     eps: &[Arc<Endpoint>],
@@ -285,11 +316,19 @@ fn pick(
     tried: &Tried,
     headers: &HeaderMap,
     now: Instant,
+    left: Option<Duration>,
 ) -> Option<usize> {
-    let admits = |ep: &Endpoint| ep.core.under_limit() && ep.breakers(slot).available(headers, now);
+    let admits = |ep: &Endpoint| {
+        ep.core.under_limit()
+            && ep.breakers(slot).available(headers, now)
+            && left.is_none_or(|l| inference::fits(ep, l, now))
+    };
     let slow_start = up.cfg.slow_start;
     up.pick(eps, tried, now, |ep: &Endpoint| {
-        ep.is_healthy() && admits(ep) && ep.core.slow_start_admits(now, slow_start)
+        ep.is_healthy()
+            && admits(ep)
+            && ep.core.slow_start_admits(now, slow_start)
+            && !inference::stalled(ep, now)
     })
     .or_else(|| up.pick(eps, tried, now, admits))
 }

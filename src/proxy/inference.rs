@@ -26,11 +26,21 @@ use crate::upstream::{Endpoint, Upstream};
 /// samples that could show the endpoint recovered, and it would shed for ever.
 const STALE_PREDICTION: Duration = Duration::from_secs(2);
 
-/// The predicted wait plus service time of the best endpoint for a request of
-/// `priority`: over the endpoints whose breakers admit it, the smallest mean latency x
-/// (1 + requests queued ahead / the endpoint's limit). `None` when any such endpoint
-/// has no samples yet or none for [`STALE_PREDICTION`] (it may be fast: never shed on
-/// what is not known).
+/// An endpoint with requests in flight and no attempt ended for this many times its
+/// mean latency is taken as stalled: picks prefer the others.
+const STALLED: u32 = 3;
+
+/// The predicted wait plus service time for a request of `priority`: the requests
+/// queued ahead of it drain at the rate the admitting endpoints finish work (each its
+/// limit / its mean latency, by Little's law), then the best endpoint serves it:
+///
+/// ```text
+/// predicted = ahead / sum(limit / mean) + min(mean)
+/// ```
+///
+/// over the endpoints whose breakers admit it. `None` when any such endpoint has no
+/// samples yet or none for [`STALE_PREDICTION`] (it may be fast: never shed on what is
+/// not known).
 pub(super) fn predicted(
     up: &Upstream,
     eps: &[Arc<Endpoint>],
@@ -47,17 +57,18 @@ pub(super) fn predicted(
     let known = eps
         .iter()
         .filter(|ep| ep.breakers(slot).available(headers, now))
-        .map(|ep| {
-            let load = &ep.core.load;
-            let mean = load
-                .mean_latency()
-                .filter(|_| load.fresh(now, STALE_PREDICTION))?;
-            Some((mean, ep.core.limit().unwrap_or(1)))
-        });
+        .map(|ep| Some((fresh_mean(ep, now)?, ep.core.limit().unwrap_or(1))));
     best_prediction(known, ahead)
 }
 
-/// The smallest `mean x (1 + ahead / limit)` over the candidates, each its endpoint's
+/// The endpoint's mean latency of answers, when its last sample is fresh.
+fn fresh_mean(ep: &Endpoint, now: Instant) -> Option<Duration> {
+    let load = &ep.core.load;
+    load.mean_latency()
+        .filter(|_| load.fresh(now, STALE_PREDICTION))
+}
+
+/// `ahead / sum(limit / mean) + min(mean)` over the candidates, each its endpoint's
 /// mean latency and limit, or `None` for an endpoint not known well enough (then the
 /// answer is `None`: never shed on what is not known); `None` for no candidates too.
 fn best_prediction(
@@ -65,12 +76,89 @@ fn best_prediction(
     ahead: f64,
 ) -> Option<Duration> {
     let mut best: Option<Duration> = None;
+    let mut rate = 0.0; // answers per second at the limits
     for c in candidates {
         let (mean, limit) = c?;
-        let p = mean.mul_f64(1.0 + ahead / limit.max(1) as f64);
-        best = Some(best.map_or(p, |b| b.min(p)));
+        rate += limit.max(1) as f64 / mean.as_secs_f64().max(1e-6);
+        best = Some(best.map_or(mean, |b| b.min(mean)));
     }
-    best
+    let wait = if ahead > 0.0 { ahead / rate } else { 0.0 };
+    best.map(|b| b + Duration::from_secs_f64(wait.min(86_400.0)))
+}
+
+/// Whether an attempt at `ep` can end within `left`: its fresh mean latency is not
+/// longer. An endpoint not known well enough fits: never shed on what is not known.
+pub(super) fn fits(ep: &Endpoint, left: Duration, now: Instant) -> bool {
+    fresh_mean(ep, now).is_none_or(|m| m <= left)
+}
+
+/// Whether `ep` looks stalled: it has an adaptive limit, requests in flight, and no
+/// attempt ended for [`STALLED`] x its mean latency (a GPU that stopped serving, or a
+/// queue of work nobody waits for). Picks prefer other endpoints; it is never a reason
+/// to refuse a request.
+pub(super) fn stalled(ep: &Endpoint, now: Instant) -> bool {
+    ep.core.limit().is_some()
+        && ep.in_flight() > 0
+        && fresh_mean(ep, now).is_some_and(|m| ep.core.load.since_sample(now) > m * STALLED)
+}
+
+/// Why no endpoint was picked, when it is about limits or the deadline.
+pub(super) enum NoPick {
+    /// Every admitting endpoint is at its limit or too slow for the time left, and one
+    /// at its limit would fit: wait at most this long for it.
+    Wait(Duration),
+    /// Every admitting endpoint is too slow for the time left (the fastest's mean).
+    Deadline(Duration),
+    /// Something else (breakers, endpoints already tried).
+    Other,
+}
+
+/// Classifies a failed pick among the endpoints whose breakers admit the request,
+/// with `left` the time left when deadline shedding is on.
+pub(super) fn why_no_pick(
+    eps: &[Arc<Endpoint>],
+    slot: usize,
+    headers: &HeaderMap,
+    now: Instant,
+    left: Option<Duration>,
+) -> NoPick {
+    let mut any = false;
+    let mut fastest: Option<Duration> = None;
+    let mut slack: Option<Duration> = None;
+    let mut free_fitting = false;
+    for ep in eps
+        .iter()
+        .filter(|ep| ep.breakers(slot).available(headers, now))
+    {
+        any = true;
+        let mean = left.and(fresh_mean(ep, now));
+        let fit = match (left, mean) {
+            (Some(l), Some(m)) => {
+                fastest = Some(fastest.map_or(m, |f| f.min(m)));
+                m <= l
+            }
+            _ => true,
+        };
+        if !fit {
+            continue;
+        }
+        if ep.core.under_limit() {
+            free_fitting = true;
+        } else {
+            let s = match (left, mean) {
+                (Some(l), Some(m)) => l - m,
+                (Some(l), None) => l,
+                (None, _) => Duration::MAX,
+            };
+            slack = Some(slack.map_or(s, |x| x.max(s)));
+        }
+    }
+    match (any, free_fitting, slack, fastest) {
+        (false, ..) => NoPick::Other,
+        (true, false, Some(s), _) => NoPick::Wait(s),
+        (true, false, None, Some(f)) => NoPick::Deadline(f),
+        _ => NoPick::Other,
+    }
 }
 
 /// OVERLOADED for a deadline shorter than the prediction (counted `reason="deadline"`).
@@ -88,28 +176,14 @@ pub(super) fn deadline_shed(route: &Route, left: Duration, predicted: Duration) 
     .retry_after(OVERLOADED_RETRY_AFTER)
 }
 
-/// Whether some endpoint's breakers admit the request but every such endpoint is at
-/// its adaptive limit (so waiting can help).
-pub(super) fn only_limits_refuse(
-    eps: &[Arc<Endpoint>],
-    slot: usize,
-    headers: &HeaderMap,
-    now: Instant,
-) -> bool {
-    let mut admitted = eps
-        .iter()
-        .filter(|ep| ep.breakers(slot).available(headers, now))
-        .peekable();
-    admitted.peek().is_some() && admitted.all(|ep| !ep.core.under_limit())
-}
-
 /// Waits in the upstream's priority queue until an endpoint frees capacity, bounded by
-/// the route's queue (`max_queue`, `queue_timeout`, or their defaults) and the time
-/// left; `recheck` says whether capacity freed while joining.
+/// the route's queue (`max_queue`, `queue_timeout`, or their defaults), the time left
+/// and `max_wait`; `recheck` says whether capacity freed while joining.
 pub(super) async fn wait_for_capacity(
     route: &Route,
     up: &Upstream,
     ctx: &RequestCtx,
+    max_wait: Duration,
     recheck: impl Fn() -> bool,
 ) -> Result<(), (ProxyError, &'static str)> {
     let (max_queue, timeout) = route
@@ -128,7 +202,10 @@ pub(super) async fn wait_for_capacity(
     if recheck() {
         return Ok(()); // freed while joining: leaving passes any wake on
     }
-    ticket.wait(timeout.min(left)).await.map_err(shed)
+    ticket
+        .wait(timeout.min(left).min(max_wait))
+        .await
+        .map_err(shed)
 }
 
 /// What the attempt teaches about the endpoint: latency samples (fusebox's own pool
@@ -163,20 +240,8 @@ pub(super) fn learn<B>(
     } else {
         load.observe_mean(elapsed, no_answer, now);
     }
-    let completed = match outcome {
-        Outcome::Response { .. } => !failure,
-        Outcome::Timeout { .. } => true,
-        _ => false,
-    };
-    if completed {
-        if let Some(limit) = ep.core.adaptive.load().as_ref() {
-            let l = limit.sample(elapsed, in_flight_at_send);
-            ep.core
-                .metrics
-                .concurrency_limit
-                .set(i64::try_from(l).unwrap_or(i64::MAX));
-        }
-    }
+    // The report first: the adaptive limit follows the queue it carries.
+    let mut waiting = None;
     if let Some(r) = response {
         // One pass over the names (comparisons): most responses carry no report.
         let configured = up.cfg.load_report_header.as_ref();
@@ -184,17 +249,34 @@ pub(super) fn learn<B>(
             .headers()
             .keys()
             .any(|k| k == ENDPOINT_LOAD_METRICS || Some(k) == configured);
-        if !reported {
-            return;
-        }
-        let (queue, util) = parse_report(r.headers(), configured);
-        load.report(queue, util, now, up.cfg.load_report_expiry);
-        if !up.cfg.forward_load_report {
-            r.headers_mut().remove(&ENDPOINT_LOAD_METRICS);
-            if let Some(h) = configured {
-                r.headers_mut().remove(h);
+        if reported {
+            let (queue, util) = parse_report(r.headers(), configured);
+            load.report(queue, util, now, up.cfg.load_report_expiry);
+            waiting = queue;
+            if !up.cfg.forward_load_report {
+                r.headers_mut().remove(&ENDPOINT_LOAD_METRICS);
+                if let Some(h) = configured {
+                    r.headers_mut().remove(h);
+                }
             }
         }
+    }
+    let Some(limit) = ep.core.adaptive.load_full() else {
+        return;
+    };
+    let l = match outcome {
+        Outcome::Response { .. } if !failure => {
+            Some(limit.sample(elapsed, in_flight_at_send, waiting))
+        }
+        // A timeout is a lower bound of the latency, as a cancel is.
+        Outcome::Timeout { .. } => limit.sample_censored(elapsed, in_flight_at_send),
+        _ => None,
+    };
+    if let Some(l) = l {
+        ep.core
+            .metrics
+            .concurrency_limit
+            .set(i64::try_from(l).unwrap_or(i64::MAX));
     }
 }
 
@@ -258,21 +340,29 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// Proves the predictor: the best endpoint's mean x (1 + queued ahead / its limit);
-    /// an endpoint without (fresh) samples makes it `None`, as does an empty list.
+    /// Proves the predictor: the queue ahead drains at the sum of limit / mean over the
+    /// endpoints (Little's law), then the best endpoint serves; an endpoint without
+    /// (fresh) samples makes it `None`, as does an empty list.
     #[test]
-    fn the_prediction_is_the_best_endpoints_wait_plus_service() {
-        let two = [Some((100 * MS, 4)), Some((60 * MS, 1))];
-        assert_eq!(best_prediction(two.into_iter(), 0.0), Some(60 * MS));
-        // 8 queued ahead: 100 x (1 + 8/4) = 300 beats 60 x (1 + 8/1) = 540.
-        assert_eq!(best_prediction(two.into_iter(), 8.0), Some(300 * MS));
+    fn the_prediction_is_the_queue_drain_plus_the_best_service() {
+        let close = |got: Option<Duration>, want: Duration| {
+            let got = got.expect("a prediction");
+            assert!(
+                got.abs_diff(want) < Duration::from_micros(10),
+                "{got:?} vs {want:?}"
+            );
+        };
+        // 100 ms at a limit of 10 and 50 ms at 5: 100 + 100 answers per second.
+        let two = [Some((100 * MS, 10)), Some((50 * MS, 5))];
+        close(best_prediction(two.into_iter(), 0.0), 50 * MS);
+        // 20 queued ahead drain in 100 ms, then the 50 ms endpoint.
+        close(best_prediction(two.into_iter(), 20.0), 150 * MS);
         let unknown = [Some((100 * MS, 4)), None];
         assert_eq!(best_prediction(unknown.into_iter(), 0.0), None);
         assert_eq!(best_prediction(std::iter::empty(), 0.0), None);
-        assert_eq!(
+        close(
             best_prediction([Some((10 * MS, 0))].into_iter(), 2.0),
-            Some(30 * MS),
-            "a limit of 0 counts as 1"
+            30 * MS,
         );
     }
 }

@@ -103,9 +103,15 @@ impl Balancer {
                 }
                 LoadBalancing::PeakEwma => {
                     let cost = |e: &Endpoint| {
-                        e.core
-                            .load
-                            .cost(e.in_flight(), now, self.decay, self.default_latency)
+                        // With an adaptive limit, load counts in units of it.
+                        let scale = e.core.limit().map_or(1.0, |l| l.max(1) as f64);
+                        e.core.load.cost(
+                            e.in_flight(),
+                            scale,
+                            now,
+                            self.decay,
+                            self.default_latency,
+                        )
                     };
                     two_choices(eps, &usable, cost)
                 }

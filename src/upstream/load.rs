@@ -5,11 +5,14 @@
 //! header), and the cost the `peak_ewma` balancer compares:
 //!
 //! ```text
-//! cost = latency x (in flight + 1) x (1 + queue) / (1 - utilisation)
+//! cost = latency x (1 + in flight / scale) x (1 + queue / scale) / (1 - utilisation)
 //! ```
 //!
 //! with `queue` and `utilisation` from a load report younger than
-//! `load_report_expiry` (0 otherwise; utilisation capped at 0.9).
+//! `load_report_expiry` (0 otherwise; utilisation capped at 0.9), and `scale` 1, or
+//! the endpoint's adaptive concurrency limit when the upstream has one (load in units
+//! of what the endpoint takes at once: with 1 it is linkerd's `latency x (in flight +
+//! 1)`).
 //!
 //! The pitfalls the anchors report are handled here: an endpoint with no samples
 //! starts at `default_latency`, not zero; a failed attempt (a replica that fails fast)
@@ -123,6 +126,12 @@ impl LoadState {
         Duration::from_micros(us_since_epoch(now).saturating_sub(last)) < max_age
     }
 
+    /// Time since the last sample of any kind (an attempt that ended).
+    pub fn since_sample(&self, now: Instant) -> Duration {
+        let last = self.sample_us.load(Ordering::Relaxed);
+        Duration::from_micros(us_since_epoch(now).saturating_sub(last))
+    }
+
     /// Records a sample in the mean latency only (balancers other than `peak_ewma`
     /// read just that, for deadline predictions; no `exp`).
     pub fn observe_mean(&self, rtt: Duration, failure: bool, now: Instant) {
@@ -191,8 +200,9 @@ impl LoadState {
         self.report_until_ms.store(ms.max(1), Ordering::Relaxed);
     }
 
-    /// `(1 + queue) / (1 - utilisation)` of a report still valid at `now`, else 1.
-    pub fn report_factor(&self, now: Instant) -> f64 {
+    /// `(1 + queue / scale) / (1 - utilisation)` of a report still valid at `now`,
+    /// else 1.
+    pub fn report_factor(&self, now: Instant, scale: f64) -> f64 {
         let until = self.report_until_ms.load(Ordering::Relaxed);
         let now_ms = u64::try_from(now.saturating_duration_since(epoch()).as_millis()).unwrap_or(0);
         if until == 0 || now_ms >= until {
@@ -200,12 +210,24 @@ impl LoadState {
         }
         let q = f64::from(f32::from_bits(self.queue.load(Ordering::Relaxed)));
         let u = f64::from(f32::from_bits(self.utilisation.load(Ordering::Relaxed)));
-        (1.0 + q) / (1.0 - u)
+        (1.0 + q / scale) / (1.0 - u)
     }
 
-    /// The peak-EWMA balancer's cost of sending one more request here.
-    pub fn cost(&self, in_flight: usize, now: Instant, decay: Duration, default: Duration) -> f64 {
-        self.latency_ns_at(now, decay, default) * (in_flight as f64 + 1.0) * self.report_factor(now)
+    /// The peak-EWMA balancer's cost of sending one more request here; `scale` is what
+    /// one unit of load is (1, or the endpoint's adaptive limit: a replica that runs
+    /// batches of 8 is not 8x as loaded with 8 in flight).
+    pub fn cost(
+        &self,
+        in_flight: usize,
+        scale: f64,
+        now: Instant,
+        decay: Duration,
+        default: Duration,
+    ) -> f64 {
+        let scale = scale.max(1.0);
+        self.latency_ns_at(now, decay, default)
+            * (1.0 + in_flight as f64 / scale)
+            * self.report_factor(now, scale)
     }
 }
 
@@ -317,7 +339,7 @@ mod tests {
         assert_eq!(s.latency(now, DECAY, Duration::ZERO), 24 * MS);
         let healthy = LoadState::new(30 * MS);
         healthy.observe(3 * MS, false, now, DECAY);
-        assert!(s.cost(0, now, DECAY, 30 * MS) > healthy.cost(0, now, DECAY, 30 * MS));
+        assert!(s.cost(0, 1.0, now, DECAY, 30 * MS) > healthy.cost(0, 1.0, now, DECAY, 30 * MS));
     }
 
     /// Proves a cancelled attempt never makes an endpoint look fast: a wait below the
@@ -362,19 +384,26 @@ mod tests {
         let now = Instant::now();
         s.observe(10 * MS, false, now, DECAY);
         let base = 10e6;
-        assert_eq!(s.cost(0, now, DECAY, 10 * MS), base);
-        assert_eq!(s.cost(3, now, DECAY, 10 * MS), 4.0 * base);
+        assert_eq!(s.cost(0, 1.0, now, DECAY, 10 * MS), base);
+        assert_eq!(s.cost(3, 1.0, now, DECAY, 10 * MS), 4.0 * base);
+        assert_eq!(
+            s.cost(8, 16.0, now, DECAY, 10 * MS),
+            1.5 * base,
+            "in units of a limit of 16"
+        );
         s.report(Some(4.0), Some(0.5), now, Duration::from_secs(2));
-        let c = s.cost(0, now, DECAY, 10 * MS);
+        let c = s.cost(0, 1.0, now, DECAY, 10 * MS);
         assert!((c - base * 5.0 / 0.5).abs() < 1.0, "{c}");
+        let c = s.cost(0, 8.0, now, DECAY, 10 * MS);
+        assert!((c - base * 1.5 / 0.5).abs() < 1.0, "queue in units: {c}");
         s.report(None, Some(1.0), now, Duration::from_secs(2));
         assert!(
-            s.cost(0, now, DECAY, 10 * MS).is_finite(),
+            s.cost(0, 1.0, now, DECAY, 10 * MS).is_finite(),
             "utilisation is capped"
         );
         let after = now + Duration::from_secs(3);
         assert_eq!(
-            s.report_factor(after),
+            s.report_factor(after, 1.0),
             1.0,
             "an expired report counts for nothing"
         );

@@ -172,7 +172,7 @@ shed_on_deadline = false
     assert_eq!(yolo["forward_load_report"], false);
     assert_eq!(yolo["load_report_expiry"], "500ms");
     assert_eq!(yolo["peak_ewma"]["default_latency"], "5ms");
-    assert_eq!(yolo["peak_ewma"]["decay"], "10s");
+    assert_eq!(yolo["peak_ewma"]["decay"], "1s");
     let ac = &yolo["adaptive_concurrency"];
     assert_eq!(
         (ac["min_limit"].clone(), ac["max_limit"].clone()),
