@@ -354,3 +354,101 @@ async fn under_overload_low_goes_before_normal_before_critical() {
     assert_eq!(rejected("overloaded"), Some(1.0));
     assert_eq!(up.hits(), 6);
 }
+
+/// Proves: when the upstream reports more requests waiting than fusebox has in flight
+/// there (work it still runs for callers that gave up, or other clients'), the
+/// adaptive limit falls to `min_limit`; once the reported queue is empty again it
+/// grows back under load. Every request is answered meanwhile (a long queue timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_queue_beyond_ours_cuts_the_limit_and_it_recovers() {
+    let answer = |depth: &str| {
+        Behaviour::delayed(
+            ms(5),
+            Behaviour::ok("ok").with_header("x-queue-depth", depth),
+        )
+    };
+    let up = Scripted::start(answer("200")).await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("gpu", &[up.addr])
+            .extra("load_report_header = \"x-queue-depth\"")
+            .table(
+                "adaptive_concurrency",
+                "min_limit = 1\nmax_limit = 64\ninitial_limit = 16"
+            )
+            .build(),
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
+        )
+    );
+    let p = spawn_proxy(&tables).await;
+    let url = p.url("/infer");
+    let all_ok = |s: Vec<u16>| assert!(s.iter().all(|x| *x == 200), "{s:?}");
+    all_ok(drive(&url, 8, 64, &[]).await);
+    assert_eq!(
+        limit(&p, up.addr).await,
+        1.0,
+        "200 waiting beyond our 16: the limit fell to min_limit"
+    );
+    up.set(answer("0"));
+    all_ok(drive(&url, 16, 480, &[]).await);
+    let recovered = limit(&p, up.addr).await;
+    assert!(
+        recovered >= 8.0,
+        "an empty queue under load grew the limit back: {recovered}"
+    );
+    assert!(p.shutdown().await);
+}
+
+/// Proves: with deadline shedding on, an endpoint whose mean latency (150 ms) is
+/// longer than a request's time left (100 ms) is not sent that request while another
+/// endpoint fits: round robin would send it half of them; all go to the fast one and
+/// are answered. With `shed_on_deadline = false` the slow one gets its turn again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_slower_than_the_time_left_is_not_picked() {
+    let fast = Scripted::start(Behaviour::delayed(ms(5), Behaviour::ok("fast"))).await;
+    let slow = Scripted::start(Behaviour::delayed(ms(150), Behaviour::ok("slow"))).await;
+    let tables = format!(
+        "{}{}{}",
+        UpstreamToml::new("gpu", &[fast.addr, slow.addr])
+            .extra("load_balancing = \"round_robin\"")
+            .build(),
+        route_toml("infer", "/infer", "gpu", "timeout = \"20s\""),
+        route_toml(
+            "patient",
+            "/patient",
+            "gpu",
+            "timeout = \"20s\"\nshed_on_deadline = false"
+        ),
+    );
+    let p = spawn_proxy(&tables).await;
+    let c = http1_client();
+    for _ in 0..4 {
+        assert_eq!(get(&c, &p.url("/infer")).await.status, 200);
+    }
+    assert!(slow.hits() >= 1 && fast.hits() >= 1, "both are known");
+    let (fast0, slow0) = (fast.hits(), slow.hits());
+    let hurried = [("x-request-timeout-ms", "100")];
+    for _ in 0..20 {
+        let r = call(&c, Method::GET, &p.url("/infer"), &hurried, "").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "fast");
+    }
+    assert_eq!(slow.hits(), slow0, "the slow endpoint got none");
+    assert_eq!(fast.hits(), fast0 + 20);
+    let mut slow_turns = 0;
+    for _ in 0..4 {
+        let r = call(&c, Method::GET, &p.url("/patient"), &hurried, "").await;
+        if r.status == 504 {
+            slow_turns += 1;
+        }
+    }
+    assert_eq!(
+        slow_turns, 2,
+        "without deadline shedding, round robin as usual"
+    );
+    assert!(p.shutdown().await);
+}

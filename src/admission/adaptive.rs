@@ -352,4 +352,72 @@ mod tests {
         }
         assert_eq!(lowest, 4, "it fell, and never below min_limit");
     }
+
+    /// Proves the queue mode: against a batcher of 8 (what is not waiting is running,
+    /// at most 8) the limit settles where 8 run and as many again wait (2 x 8 + 1),
+    /// from below and from above, within min..=max.
+    #[test]
+    fn with_a_queue_report_the_limit_settles_at_two_batches() {
+        for start in [4, 40] {
+            let l = AdaptiveLimit::new(&AdaptiveConcurrencyConfig {
+                initial_limit: start,
+                ..cfg()
+            });
+            for _ in 0..2_000 {
+                let lim = l.limit();
+                let waiting = lim.saturating_sub(8) as f32;
+                l.sample(50 * MS, lim, Some(waiting));
+            }
+            let settled = l.limit();
+            assert!(
+                (16..=18).contains(&settled),
+                "from {start}: settled at {settled}"
+            );
+        }
+    }
+
+    /// Proves work waiting beyond all of ours (abandoned requests a model server still
+    /// runs) cuts the limit to min_limit quickly, and an empty queue under load grows
+    /// it back; a sample while not pushed does not grow it.
+    #[test]
+    fn a_queue_beyond_ours_cuts_the_limit_and_an_empty_one_grows_it() {
+        let l = AdaptiveLimit::new(&cfg());
+        for _ in 0..30 {
+            let lim = l.limit();
+            l.sample(50 * MS, lim, Some(200.0));
+        }
+        assert_eq!(l.limit(), 1, "cut to min_limit");
+        for _ in 0..100 {
+            l.sample(20 * MS, 0, Some(0.0));
+        }
+        assert_eq!(l.limit(), 1, "not pushed: no growth");
+        for _ in 0..300 {
+            let lim = l.limit();
+            l.sample(20 * MS, lim, Some(0.0));
+        }
+        assert!(l.limit() >= 16, "grew back to {}", l.limit());
+    }
+
+    /// Proves a loss in queue mode: a cancel or timeout after more than 1.25 x the peak
+    /// latency of recent answers halves the limit, once until the next answer; a quick
+    /// one (a caller with little time left) changes nothing.
+    #[test]
+    fn in_queue_mode_a_long_cancel_halves_the_limit_once_per_answer() {
+        let l = AdaptiveLimit::new(&AdaptiveConcurrencyConfig {
+            initial_limit: 32,
+            ..cfg()
+        });
+        l.sample(100 * MS, 32, Some(0.0));
+        let before = l.limit();
+        assert_eq!(l.sample_censored(110 * MS, before), None, "within the peak");
+        assert_eq!(l.sample_censored(200 * MS, before), Some(before / 2));
+        assert_eq!(
+            l.sample_censored(200 * MS, before),
+            None,
+            "once until the next answer"
+        );
+        l.sample(100 * MS, 16, Some(0.0));
+        let now = l.limit();
+        assert_eq!(l.sample_censored(300 * MS, now), Some(now / 2));
+    }
 }
