@@ -105,7 +105,8 @@ pub struct Route {
     /// The route's retry table merged over the upstream's.
     pub retry: RetryPolicy,
     pub fallback: Option<FallbackRoute>,
-    pub metrics: RouteMetrics,
+    /// Shared with the previous snapshot's route of the same name and upstream.
+    pub metrics: Arc<RouteMetrics>,
     /// Carried over on reload while its settings stay (buckets keep their tokens).
     pub rate_limit: Option<Arc<RateLimiter>>,
     /// Carried over on reload while its settings stay, so requests admitted under the
@@ -128,7 +129,7 @@ pub struct Snapshot {
     pub headers: HeaderPolicy,
     pub metrics: Arc<Metrics>,
     /// Counts requests answered before a route was known (`route=""`, `service=""`).
-    pub unrouted: RouteMetrics,
+    pub unrouted: Arc<RouteMetrics>,
     pub shared: Arc<Shared>,
 }
 
@@ -199,9 +200,13 @@ impl Snapshot {
             let up = Upstream::build(ucfg, policies, prev, &shared.registry, tls);
             upstreams.insert(name.clone(), Arc::new(up));
         }
+        // By name, once: a search per route made a 1,000-route build quadratic.
+        let prev_routes: HashMap<&str, &Route> = previous
+            .map(|p| p.routes.iter().map(|x| (x.name.as_ref(), x)).collect())
+            .unwrap_or_default();
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let prev = previous.and_then(|p| p.routes.iter().find(|x| x.name.as_ref() == r.name));
+            let prev = prev_routes.get(r.name.as_str()).copied();
             routes.push(build_route(r, &upstreams, prev, shared)?);
         }
         let router = Router::build(&config.routes);
@@ -225,7 +230,10 @@ impl Snapshot {
             upstreams,
             version,
             metrics: shared.metrics.clone(),
-            unrouted: RouteMetrics::new(&shared.metrics, "", ""),
+            unrouted: previous.map_or_else(
+                || Arc::new(RouteMetrics::new(&shared.metrics, "", "")),
+                |p| p.unrouted.clone(),
+            ),
             shared: shared.clone(),
             config: Arc::new(config),
         })
@@ -291,7 +299,12 @@ fn build_route(
         concurrency,
         fault: r.fault.as_ref().map(Fault::new),
         name: r.name.as_str().into(),
-        metrics: RouteMetrics::new(&shared.metrics, &r.name, &r.upstream),
+        // The handles of an unchanged name and upstream carry over: resolving a
+        // route's label values is the costliest part of its build.
+        metrics: match prev {
+            Some(p) if p.cfg.upstream == r.upstream => p.metrics.clone(),
+            _ => Arc::new(RouteMetrics::new(&shared.metrics, &r.name, &r.upstream)),
+        },
         cfg: r.clone(),
         upstream: up.clone(),
         retry,

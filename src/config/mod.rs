@@ -137,9 +137,13 @@ pub fn parse_with_options(
     let (config, missing) =
         validate::validate(&file, options.env, options.allow_missing_env, source)
             .map_err(|problems| ConfigError::Invalid(error::locate_all(text, origin, problems)))?;
-    let locator = error::Locator::new(text);
+    // Locating parses the text once more: only when there is something to locate.
+    let locator = (!missing.is_empty()).then(|| error::Locator::new(text));
     let mut missing_env: Vec<MissingEnv> = Vec::with_capacity(missing.len());
     for (name, path) in missing {
+        let Some(locator) = locator.as_ref() else {
+            break;
+        };
         let key = path.to_string();
         if missing_env.iter().any(|m| m.name == name && m.key == key) {
             continue;
