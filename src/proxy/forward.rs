@@ -328,7 +328,7 @@ fn pick(
         ep.is_healthy()
             && admits(ep)
             && ep.core.slow_start_admits(now, slow_start)
-            && !inference::stalled(ep, now)
+            && !inference::stalled(up, ep, now)
     })
     .or_else(|| up.pick(eps, tried, now, admits))
 }

@@ -96,8 +96,8 @@ pub(super) fn fits(ep: &Endpoint, left: Duration, now: Instant) -> bool {
 /// attempt ended for [`STALLED`] x its mean latency (a GPU that stopped serving, or a
 /// queue of work nobody waits for). Picks prefer other endpoints; it is never a reason
 /// to refuse a request.
-pub(super) fn stalled(ep: &Endpoint, now: Instant) -> bool {
-    ep.core.limit().is_some()
+pub(super) fn stalled(up: &Upstream, ep: &Endpoint, now: Instant) -> bool {
+    up.cfg.adaptive_concurrency.is_some()
         && ep.in_flight() > 0
         && fresh_mean(ep, now).is_some_and(|m| ep.core.load.since_sample(now) > m * STALLED)
 }
@@ -260,6 +260,9 @@ pub(super) fn learn<B>(
                 }
             }
         }
+    }
+    if up.cfg.adaptive_concurrency.is_none() {
+        return;
     }
     let Some(limit) = ep.core.adaptive.load_full() else {
         return;
