@@ -180,6 +180,14 @@ pub(super) async fn attempts(
                         fallback: true,
                     };
                 }
+                // Capacity freed between the pick and the look (or the free one was
+                // tried already): a bounded number of fresh picks, as for a lost
+                // half-open race below.
+                inference::NoPick::Again if refused <= eps.len() * 2 => {
+                    refused += 1;
+                    now = Instant::now();
+                    continue;
+                }
                 _ => return all_open(route, up, slot, &eps, out.headers, now),
             }
         };

@@ -109,6 +109,8 @@ pub(super) enum NoPick {
     Wait(Duration),
     /// Every admitting endpoint is too slow for the time left (the fastest's mean).
     Deadline(Duration),
+    /// One that fits is free now (capacity freed since the pick): pick again.
+    Again,
     /// Something else (breakers, endpoints already tried).
     Other,
 }
@@ -155,6 +157,7 @@ pub(super) fn why_no_pick(
     }
     match (any, free_fitting, slack, fastest) {
         (false, ..) => NoPick::Other,
+        (true, true, ..) => NoPick::Again,
         (true, false, Some(s), _) => NoPick::Wait(s),
         (true, false, None, Some(f)) => NoPick::Deadline(f),
         _ => NoPick::Other,
