@@ -2,8 +2,10 @@
 //! slow replica, and one that fails fast, out of the way; load reports move traffic;
 //! the adaptive concurrency limit falls when latency rises under load and recovers;
 //! a request whose deadline is shorter than the predicted wait is shed at once; under
-//! overload, `low` is shed before `normal` before `critical`. Every check is a count
-//! (requests per endpoint, upstream hits, error codes, counters), never elapsed time.
+//! overload, `low` is shed before `normal` before `critical`; a reported queue drives
+//! the limit, also across a reload; an endpoint slower than the time left is not
+//! picked. Every check is a count (requests per endpoint, upstream hits, error codes,
+//! counters), never elapsed time.
 
 mod common;
 
@@ -450,5 +452,71 @@ async fn an_endpoint_slower_than_the_time_left_is_not_picked() {
         slow_turns, 2,
         "without deadline shedding, round robin as usual"
     );
+    assert!(p.shutdown().await);
+}
+
+/// Proves a reload keeps what an endpoint's adaptive limit learned when its settings
+/// stay (a route added: the limit cut to 1 by a reported queue is still 1), and starts
+/// it again at `initial_limit` when they change (`max_limit` 64 -> 32).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
+    let up = Scripted::start(Behaviour::delayed(
+        ms(5),
+        Behaviour::ok("ok").with_header("x-queue-depth", "200"),
+    ))
+    .await;
+    let tables = |max_limit: u32, extra_route: bool| {
+        let mut t = format!(
+            "{}{}",
+            UpstreamToml::new("gpu", &[up.addr])
+                .extra("load_report_header = \"x-queue-depth\"")
+                .table(
+                    "adaptive_concurrency",
+                    &format!("min_limit = 1\nmax_limit = {max_limit}\ninitial_limit = 16")
+                )
+                .build(),
+            route_toml(
+                "infer",
+                "/",
+                "gpu",
+                "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
+            )
+        );
+        if extra_route {
+            t.push_str(&route_toml("other", "/other", "gpu", ""));
+        }
+        t
+    };
+    let p = spawn_proxy(&tables(64, false)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let reload = |text: String| {
+        let path = dir.path().join("fusebox.toml");
+        let ctrl = p.running.ctrl.clone();
+        async move {
+            std::fs::write(&path, format!("{}{text}", base_config(""))).expect("write config");
+            let out = fusebox::reload::reload_from(&ctrl, &path).await;
+            assert!(
+                matches!(out, Ok(fusebox::reload::ReloadOutcome::Applied(_))),
+                "reload: {out:?}"
+            );
+        }
+    };
+    let statuses = drive(&p.url("/infer"), 8, 64, &[]).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(p.endpoint("gpu", up.addr).core.limit(), Some(1), "learned");
+    reload(tables(64, true)).await;
+    assert_eq!(
+        p.endpoint("gpu", up.addr).core.limit(),
+        Some(1),
+        "same settings: the learned limit stays"
+    );
+    assert_eq!(limit(&p, up.addr).await, 1.0);
+    reload(tables(32, true)).await;
+    assert_eq!(
+        p.endpoint("gpu", up.addr).core.limit(),
+        Some(16),
+        "new settings: initial_limit again"
+    );
+    assert_eq!(limit(&p, up.addr).await, 16.0, "and its gauge");
     assert!(p.shutdown().await);
 }
