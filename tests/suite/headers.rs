@@ -3,9 +3,7 @@
 //! traceparent, propagated context headers, hop-by-hop removal before injection (the
 //! `Connection: X-Correlation-ID` attack), X-Forwarded-For / X-Forwarded-Proto.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";

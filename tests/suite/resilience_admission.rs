@@ -4,12 +4,10 @@
 //! configured share of requests. Every refusal carries `Retry-After` and never reaches
 //! the upstream.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 use fusebox::admission::Concurrency;
 use tokio::time::Instant;
 

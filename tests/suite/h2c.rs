@@ -1,9 +1,7 @@
 //! HTTP/2 prior knowledge (h2c) from the caller to fusebox, on the same port as
 //! HTTP/1.1; the upstream (protocol http1) still gets HTTP/1.1 with a Host header.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_get_and_post_are_forwarded() {

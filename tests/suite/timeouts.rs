@@ -3,11 +3,9 @@
 //! DEADLINE_EXCEEDED; an answer inside both passes; a body that stalls past
 //! `timeouts.idle` is cut rather than left hanging or silently truncated.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
 
 fn config(up: std::net::SocketAddr, timeouts: &str, route_extra: &str) -> String {
@@ -153,7 +151,7 @@ async fn propagate_deadline_sends_the_time_left() {
 /// endpoint's breaker records nothing and the request is not retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_body_gets_408_and_the_breaker_learns_nothing() {
-    use common::scripted::*;
+    use crate::common::scripted::*;
     let up = Scripted::start(Behaviour::Echo).await;
     let tables = format!(
         "{}{}",

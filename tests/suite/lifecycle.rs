@@ -2,11 +2,9 @@
 //! `shutdown_timeout`), idle keep-alive connections are closed; the binary does this on
 //! SIGTERM and exits 0.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn config(up: std::net::SocketAddr, shutdown_timeout: &str) -> String {
     format!(

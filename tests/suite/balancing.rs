@@ -2,11 +2,9 @@
 //! weighted follows the weights, random reaches every endpoint, least_request prefers
 //! the endpoint with fewer requests in flight.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::common::*;
 
 fn config(endpoints: &str, policy: &str) -> String {
     format!(

@@ -4,13 +4,11 @@
 //! endpoint list in the middle of a request; route state carried over a reload.
 //! Each test drives a real in-process fusebox against real upstreams on 127.0.0.1.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 use fusebox::upstream::breaker::BreakerState;
 use serde_json::Value;
 

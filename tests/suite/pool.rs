@@ -3,11 +3,9 @@
 //! `max_idle_per_host = 0` disables reuse, and `pool.idle_timeout` closes idle pooled
 //! connections.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn config(up: std::net::SocketAddr, upstream_extra: &str) -> String {
     format!(

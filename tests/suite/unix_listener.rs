@@ -4,13 +4,11 @@
 //! file is refused, and the file is removed when fusebox stops. A config change of the
 //! address is kept for the restart (`not_applied`).
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 

@@ -5,11 +5,9 @@
 //! `max_connections` (a second connection waits while the first is open) and
 //! `idle_timeout` (idle keep-alive connections are closed).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn config(up: std::net::SocketAddr, listener: &str) -> String {
     format!(

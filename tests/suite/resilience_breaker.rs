@@ -4,10 +4,8 @@
 //! and a route's own `circuit_breaker` table. Upstream hit counts prove what reached
 //! the upstream; breaker state is read in-process where timing matters.
 
-mod common;
-
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 use fusebox::upstream::breaker::BreakerState;
 use tokio::time::Instant;
 

@@ -6,10 +6,8 @@
 //! the answer, the upstream's hits and `gateway_proxy_retries_total`. How fast answers
 //! come is for the benches.
 
-mod common;
-
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 use tokio::time::Instant;
 
 /// Upstream `app` on `up` with these retry lines behind a catch-all route; `route`

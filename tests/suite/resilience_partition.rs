@@ -3,10 +3,8 @@
 //! same endpoint, and key spraying never grows the partition table past
 //! `max_partitions`.
 
-mod common;
-
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 use fusebox::upstream::breaker::BreakerState;
 use tokio::time::Instant;
 

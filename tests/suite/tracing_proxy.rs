@@ -5,16 +5,11 @@
 //! upstream told each attempt's own span id. With no collector, requests are not
 //! slowed and the spans lost are counted.
 
-mod common;
-#[path = "otel_export/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
+use crate::receiver::{attr, hex, s, Mode, Receiver};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use receiver::{attr, hex, s, Mode, Receiver};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";

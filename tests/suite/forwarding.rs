@@ -2,9 +2,7 @@
 //! body bytes unchanged, the upstream's answer comes back unchanged, connections to the
 //! upstream are pooled, and bodies stream both ways instead of being buffered whole.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
 
 /// A GET keeps method, path and query; the upstream's status, headers and body return.

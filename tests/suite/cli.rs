@@ -3,11 +3,9 @@
 //! (unset variables listed, not refused), `--version`, `--help`, `run` with a bad file,
 //! `${VAR}` interpolation, and the embedded default config.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

@@ -5,12 +5,10 @@
 //! at all past `max_replay_body`); a retry goes to an untried endpoint; every attempt
 //! carries the same `X-Request-ID`.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 
 /// A catch-all route to upstream `app` built from `up`.
 async fn proxy(up: UpstreamToml) -> Proxy {

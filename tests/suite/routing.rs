@@ -3,9 +3,7 @@
 //! earlier route; `strip_prefix` rewrites the path sent upstream. Each route here has
 //! its own upstream answering with the route's name, so the body says which matched.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Starts one upstream per route name and a proxy with `routes` (each a name and the
 /// extra lines of its `[[routes]]` entry, whose upstream is named after it).

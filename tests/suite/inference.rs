@@ -7,14 +7,12 @@
 //! picked. Every check is a count (requests per endpoint, upstream hits, error codes,
 //! counters), never elapsed time.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -1,9 +1,7 @@
 //! The access log of the binary: one JSON line per request on stdout with the fields of
 //! DESIGN.md "Access log", matching what the caller and the upstream saw.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 

@@ -9,14 +9,12 @@
 //! With `FUSEBOX_OPENAPI_SAMPLES=DIR`, the `/config` answers (with a successful and a
 //! failed `last_reload`) are written there for `tests/openapi_check.py`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fusebox::app::{Running, StartOptions};
 use serde_json::Value;
 

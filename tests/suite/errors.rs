@@ -3,9 +3,7 @@
 //! Timeouts (UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED) are in `timeouts.rs`, size limits
 //! (REQUEST_TOO_LARGE) in `limits.rs`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_is_404_with_contract_body() {

@@ -5,12 +5,10 @@
 //! answering, the breaker closing again after `recovery_timeout`, and `peak_ewma`
 //! keeping most requests off the slow replica.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The printed steps: (what it shows, the commands), as the demo printed them.
 fn steps(out: &[String]) -> Vec<(String, Vec<String>)> {

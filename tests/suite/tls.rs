@@ -4,12 +4,10 @@
 //! private CA and presenting its own certificate when configured; and a rotated
 //! listener certificate is served to new connections while open ones carry on.
 
-mod common;
-
 use std::time::Duration;
 
-use common::tls::*;
-use common::*;
+use crate::common::tls::*;
+use crate::common::*;
 
 fn route_all(upstream: &str) -> String {
     route_toml("all", "/", upstream, "")

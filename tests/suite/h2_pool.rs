@@ -5,13 +5,11 @@
 //! upstreams here hold every request until the test releases them, so the counts are
 //! exact, not a matter of timing.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::h2_upstream::H2Upstream;
-use common::tls::Pki;
-use common::*;
+use crate::common::h2_upstream::H2Upstream;
+use crate::common::tls::Pki;
+use crate::common::*;
 
 /// One h2c (or h2) upstream behind a catch-all route, with `pool` lines in its pool
 /// table; a generous connect timeout (the two cores are shared).

@@ -3,10 +3,8 @@
 //! timeout) or every breaker is open, and not when the upstream did answer; each one
 //! counted as `gateway_proxy_fallbacks_total{service,kind}`.
 
-mod common;
-
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 
 const STATIC: &str = "status = 200\ncontent_type = \"application/json\"\n\
                       body = '{\"detections\": [], \"degraded\": true}'";

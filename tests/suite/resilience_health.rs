@@ -3,10 +3,8 @@
 //! checks, traffic still goes to all of them (panic mode). The endpoints answer real
 //! traffic on `/work` normally throughout; only their `/health` answers change.
 
-mod common;
-
-use common::scripted::*;
-use common::*;
+use crate::common::scripted::*;
+use crate::common::*;
 
 const CHECKS: &str = "path = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n\
                       unhealthy_threshold = 2\nhealthy_threshold = 2";
