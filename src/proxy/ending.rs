@@ -11,12 +11,15 @@ use tokio::time::Instant;
 use super::attempt::Sent;
 use super::ctx::RequestCtx;
 use super::error::{ErrorCode, ProxyError};
-use super::resp_body::RespBody;
+use super::resp_body::{RespBody, TrailerReports};
 use crate::body::CallerFault;
 use crate::snapshot::Route;
 use crate::upstream::{Endpoint, Upstream};
 
-/// How an attempt loop ended.
+/// How an attempt loop ended. The response is the common ending: boxing it to even out
+/// the variants would cost an allocation per request to save a move of a few hundred
+/// bytes once.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum LoopEnd {
     /// An upstream response (success, or the last one when retries ran out).
     Response(Response<RespBody>),
@@ -76,7 +79,16 @@ pub(super) fn finish(
             ctx.in_flight = Some(in_flight);
             LoopEnd::Response(Response::from_parts(
                 p,
-                RespBody::upstream(b, lease, up.cfg.timeouts.idle),
+                RespBody::upstream(
+                    b,
+                    lease,
+                    up.cfg.timeouts.idle,
+                    TrailerReports {
+                        header: up.cfg.load_report_header.clone(),
+                        forward: up.cfg.forward_load_report,
+                        expiry: up.cfg.load_report_expiry,
+                    },
+                ),
             ))
         }
         Sent::Failed(_, err) => LoopEnd::Error {

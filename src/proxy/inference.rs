@@ -18,7 +18,7 @@ use super::error::{ErrorCode, ProxyError};
 use crate::admission::{Priority, Shed, OVERLOADED_RETRY_AFTER};
 use crate::config::{DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT};
 use crate::snapshot::Route;
-use crate::upstream::load::{parse_report, ENDPOINT_LOAD_METRICS};
+use crate::upstream::load::{has_report, parse_report, strip_report};
 use crate::upstream::{Endpoint, Upstream};
 
 /// A prediction from samples older than this is not shed on: the next request goes
@@ -246,23 +246,20 @@ pub(super) fn learn<B>(
     // The report first: the adaptive limit follows the queue it carries.
     let mut waiting = None;
     if let Some(r) = response {
-        // One pass over the names (comparisons): most responses carry no report.
         let configured = up.cfg.load_report_header.as_ref();
-        let reported = r
-            .headers()
-            .keys()
-            .any(|k| k == ENDPOINT_LOAD_METRICS || Some(k) == configured);
-        if reported {
+        if has_report(r.headers(), configured) {
             let (queue, util) = parse_report(r.headers(), configured);
             load.report(queue, util, now, up.cfg.load_report_expiry);
             waiting = queue;
             if !up.cfg.forward_load_report {
-                r.headers_mut().remove(&ENDPOINT_LOAD_METRICS);
-                if let Some(h) = configured {
-                    r.headers_mut().remove(h);
-                }
+                strip_report(r.headers_mut(), configured);
             }
         }
+    }
+    // An answer without a report of its own is read against the last one still valid
+    // (a server that reports in its trailers reported after its previous answer).
+    if waiting.is_none() && up.cfg.adaptive_concurrency.is_some() {
+        waiting = load.fresh_queue(now);
     }
     if up.cfg.adaptive_concurrency.is_none() {
         return;

@@ -191,9 +191,11 @@ impl LoadState {
         if queue.is_none() && utilisation.is_none() {
             return;
         }
-        let clean = |v: Option<f32>| v.filter(|x| x.is_finite() && *x >= 0.0).unwrap_or(0.0);
-        self.queue.store(clean(queue).to_bits(), Ordering::Relaxed);
-        let u = clean(utilisation).min(MAX_UTILISATION);
+        let clean = |v: Option<f32>| v.filter(|x| x.is_finite() && *x >= 0.0);
+        // NaN: this report says nothing of the queue (see `fresh_queue`).
+        let q = clean(queue).unwrap_or(f32::NAN);
+        self.queue.store(q.to_bits(), Ordering::Relaxed);
+        let u = clean(utilisation).unwrap_or(0.0).min(MAX_UTILISATION);
         self.utilisation.store(u.to_bits(), Ordering::Relaxed);
         let until = now.checked_add(expiry).unwrap_or(now);
         let ms = u64::try_from(until.saturating_duration_since(epoch()).as_millis()).unwrap_or(0);
@@ -208,9 +210,23 @@ impl LoadState {
         if until == 0 || now_ms >= until {
             return 1.0;
         }
-        let q = f64::from(f32::from_bits(self.queue.load(Ordering::Relaxed)));
+        let q = f32::from_bits(self.queue.load(Ordering::Relaxed));
+        let q = if q.is_nan() { 0.0 } else { f64::from(q) };
         let u = f64::from(f32::from_bits(self.utilisation.load(Ordering::Relaxed)));
         (1.0 + q / scale) / (1.0 - u)
+    }
+
+    /// The queue of the last report, while it is still valid at `now` and gave one: what
+    /// an answer that carries no report of its own (a gRPC server reports in the
+    /// trailers, after the answer's headers were learned from) is read against.
+    pub fn fresh_queue(&self, now: Instant) -> Option<f32> {
+        let until = self.report_until_ms.load(Ordering::Relaxed);
+        let now_ms = u64::try_from(now.saturating_duration_since(epoch()).as_millis()).unwrap_or(0);
+        if until == 0 || now_ms >= until {
+            return None;
+        }
+        let q = f32::from_bits(self.queue.load(Ordering::Relaxed));
+        (!q.is_nan()).then_some(q)
     }
 
     /// The peak-EWMA balancer's cost of sending one more request here; `scale` is what
@@ -239,49 +255,183 @@ fn weight(elapsed: Duration, decay: Duration) -> f64 {
     (-elapsed.as_secs_f64() / decay.as_secs_f64()).exp()
 }
 
-/// The load figures of a response: ORCA `endpoint-load-metrics` (TEXT format:
-/// `named_metrics.num_requests_waiting=3, application_utilization=0.4, ...`) and, when
-/// configured, a header whose value is the queue length (`x-queue-depth: 7`).
+/// ORCA's binary form without a prefix, as gRPC servers send it (binary metadata, often
+/// in the trailers): base64 of a serialized `OrcaLoadReport`.
+pub static ENDPOINT_LOAD_METRICS_BIN: HeaderName =
+    HeaderName::from_static("endpoint-load-metrics-bin");
+
+/// Whether `headers` (a response's headers or its trailers) carry a load report. One
+/// pass over the names, comparisons only: most responses carry none.
+pub fn has_report(headers: &HeaderMap, configured: Option<&HeaderName>) -> bool {
+    headers.keys().any(|k| {
+        k == ENDPOINT_LOAD_METRICS || k == ENDPOINT_LOAD_METRICS_BIN || Some(k) == configured
+    })
+}
+
+/// Removes the load-report headers (what the caller is not meant to see).
+pub fn strip_report(headers: &mut HeaderMap, configured: Option<&HeaderName>) {
+    headers.remove(&ENDPOINT_LOAD_METRICS);
+    headers.remove(&ENDPOINT_LOAD_METRICS_BIN);
+    if let Some(h) = configured {
+        headers.remove(h);
+    }
+}
+
+/// The fields of `xds.data.orca.v3.OrcaLoadReport` fusebox reads (the others are
+/// skipped by the decoder). Field numbers from cncf/xds `orca_load_report.proto`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OrcaLoadReport {
+    #[prost(double, tag = "1")]
+    cpu_utilization: f64,
+    #[prost(map = "string, double", tag = "8")]
+    named_metrics: std::collections::HashMap<String, f64>,
+    #[prost(double, tag = "9")]
+    application_utilization: f64,
+}
+
+/// gRPC binary metadata may come with or without base64 padding.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// What a report says, the largest figure of each kind when several are present.
+#[derive(Debug, Default)]
+struct Figures {
+    queue: Option<f32>,
+    util: Option<f32>,
+}
+
+impl Figures {
+    fn queue(&mut self, v: f64) {
+        let v = v as f32;
+        self.queue = Some(self.queue.map_or(v, |q| q.max(v)));
+    }
+
+    fn util(&mut self, v: f64) {
+        let v = v as f32;
+        self.util = Some(self.util.map_or(v, |u| u.max(v)));
+    }
+
+    /// `application_utilization`, `cpu_utilization`, or a named metric.
+    fn field(&mut self, name: &str, v: f64) {
+        match name {
+            "application_utilization"
+            | "applicationUtilization"
+            | "cpu_utilization"
+            | "cpuUtilization" => self.util(v),
+            _ => {}
+        }
+    }
+
+    /// A `named_metrics` entry: vLLM's `num_requests_waiting` and `kv_cache_usage_perc`,
+    /// or a `queue_size`.
+    fn named(&mut self, name: &str, v: f64) {
+        match name {
+            "num_requests_waiting" | "queue_size" => self.queue(v),
+            "kv_cache_usage_perc" => self.util(v),
+            _ => {}
+        }
+    }
+
+    /// `TEXT named_metrics.num_requests_waiting=3, cpu_utilization=0.4`
+    fn text(&mut self, text: &str) {
+        for pair in text.split(',') {
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let Ok(v) = v.trim().parse::<f64>() else {
+                continue;
+            };
+            let k = k.trim();
+            match k.strip_prefix("named_metrics.") {
+                Some(name) => self.named(name, v),
+                None => self.field(k, v),
+            }
+        }
+    }
+
+    /// `JSON {"named_metrics": {"num_requests_waiting": 3}, "cpu_utilization": 0.4}`
+    /// (vLLM's JSON form; protobuf's JSON names, `namedMetrics`, are read too).
+    fn json(&mut self, text: &str) {
+        let Ok(serde_json::Value::Object(doc)) = serde_json::from_str(text) else {
+            return;
+        };
+        for (k, v) in &doc {
+            if k == "named_metrics" || k == "namedMetrics" {
+                if let serde_json::Value::Object(m) = v {
+                    for (name, v) in m {
+                        if let Some(v) = v.as_f64() {
+                            self.named(name, v);
+                        }
+                    }
+                }
+            } else if let Some(v) = v.as_f64() {
+                self.field(k, v);
+            }
+        }
+    }
+
+    /// Base64 of a serialized `OrcaLoadReport`. An undecodable one says nothing.
+    fn bin(&mut self, b64: &[u8]) {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let Ok(bytes) = BASE64.decode(b64.trim_ascii()) else {
+            return;
+        };
+        let Ok(r) = OrcaLoadReport::decode(bytes.as_slice()) else {
+            return;
+        };
+        // proto3 scalars: 0 is "not set" and "zero" alike; zero utilisation is no load.
+        if r.cpu_utilization > 0.0 {
+            self.util(r.cpu_utilization);
+        }
+        if r.application_utilization > 0.0 {
+            self.util(r.application_utilization);
+        }
+        for (name, v) in &r.named_metrics {
+            self.named(name, *v);
+        }
+    }
+}
+
+/// The load figures of a response's headers or trailers: ORCA's `endpoint-load-metrics`
+/// in each of its forms (`TEXT ...`, `JSON {...}`, `BIN <base64>`) and
+/// `endpoint-load-metrics-bin` (base64, as gRPC servers send it), and, when configured,
+/// a header whose value is the queue length (`x-queue-depth: 7`).
 /// Returns (queue, utilisation); `None` each when not reported.
 pub fn parse_report(
     headers: &HeaderMap,
     queue_header: Option<&HeaderName>,
 ) -> (Option<f32>, Option<f32>) {
-    let mut queue = queue_header.and_then(|h| headers.get(h)).and_then(|v| {
+    let mut f = Figures::default();
+    if let Some(q) = queue_header.and_then(|h| headers.get(h)).and_then(|v| {
         std::str::from_utf8(v.as_bytes())
             .ok()?
             .trim()
-            .parse::<f32>()
+            .parse::<f64>()
             .ok()
-    });
-    let mut util = None;
-    if let Some(v) = headers.get(&ENDPOINT_LOAD_METRICS) {
-        if let Some(text) = std::str::from_utf8(v.as_bytes())
-            .ok()
-            .and_then(|t| t.trim().strip_prefix("TEXT"))
-        {
-            for pair in text.split(',') {
-                let Some((k, v)) = pair.split_once('=') else {
-                    continue;
-                };
-                let Ok(v) = v.trim().parse::<f32>() else {
-                    continue;
-                };
-                match k.trim() {
-                    "named_metrics.num_requests_waiting" | "named_metrics.queue_size" => {
-                        queue = Some(queue.map_or(v, |q| q.max(v)));
-                    }
-                    "application_utilization"
-                    | "cpu_utilization"
-                    | "named_metrics.kv_cache_usage_perc" => {
-                        util = Some(util.map_or(v, |u: f32| u.max(v)));
-                    }
-                    _ => {}
-                }
-            }
+    }) {
+        f.queue(q);
+    }
+    for v in headers.get_all(&ENDPOINT_LOAD_METRICS) {
+        let Ok(t) = std::str::from_utf8(v.as_bytes()) else {
+            continue;
+        };
+        let t = t.trim_start();
+        if let Some(rest) = t.strip_prefix("TEXT") {
+            f.text(rest);
+        } else if let Some(rest) = t.strip_prefix("JSON") {
+            f.json(rest);
+        } else if let Some(rest) = t.strip_prefix("BIN") {
+            f.bin(rest.as_bytes());
         }
     }
-    (queue, util)
+    for v in headers.get_all(&ENDPOINT_LOAD_METRICS_BIN) {
+        f.bin(v.as_bytes());
+    }
+    (f.queue, f.util)
 }
 
 #[cfg(test)]
@@ -430,5 +580,68 @@ mod tests {
         bad.insert(depth.clone(), HeaderValue::from_static("lots"));
         assert_eq!(parse_report(&bad, Some(&depth)), (None, None));
         assert_eq!(parse_report(&HeaderMap::new(), Some(&depth)), (None, None));
+    }
+
+    /// Proves ORCA's other forms are read as TEXT is: vLLM's JSON (and protobuf's JSON
+    /// names), `BIN <base64>` (the spec's own example: cpu 0.1, named foo and bar) and
+    /// `endpoint-load-metrics-bin` without prefix, padded or not; an undecodable report
+    /// says nothing rather than failing the answer.
+    #[test]
+    fn orca_json_and_binary_forms_are_read() {
+        let one = |name: &HeaderName, v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_str(v).unwrap());
+            parse_report(&h, None)
+        };
+        let json =
+            r#"JSON {"named_metrics": {"kv_cache_usage_perc": 0.25, "num_requests_waiting": 3.0}}"#;
+        assert_eq!(one(&ENDPOINT_LOAD_METRICS, json), (Some(3.0), Some(0.25)));
+        let camel = r#"JSON {"cpuUtilization": 0.5, "namedMetrics": {"queue_size": 9}}"#;
+        assert_eq!(one(&ENDPOINT_LOAD_METRICS, camel), (Some(9.0), Some(0.5)));
+        let spec = "CZqZmZmZmbk/MQAAAAAAAABAQg4KA2ZvbxGamZmZmZm5P0IOCgNiYXIRmpmZmZmZyT8=";
+        assert_eq!(
+            one(&ENDPOINT_LOAD_METRICS, &format!("BIN {spec}")),
+            (None, Some(0.1))
+        );
+        assert_eq!(one(&ENDPOINT_LOAD_METRICS_BIN, spec), (None, Some(0.1)));
+        // named_metrics { "num_requests_waiting": 12.0 }, unpadded.
+        let waiting = "Qh8KFG51bV9yZXF1ZXN0c193YWl0aW5nEQAAAAAAAChA";
+        assert_eq!(one(&ENDPOINT_LOAD_METRICS_BIN, waiting), (Some(12.0), None));
+        for bad in [
+            "BIN !!notbase64",
+            "BIN QUJD",
+            "JSON [1,2]",
+            "JSON {",
+            "XML <a/>",
+        ] {
+            assert_eq!(one(&ENDPOINT_LOAD_METRICS, bad), (None, None), "{bad}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            ENDPOINT_LOAD_METRICS_BIN.clone(),
+            HeaderValue::from_static(waiting),
+        );
+        assert!(has_report(&h, None));
+        strip_report(&mut h, None);
+        assert!(h.is_empty());
+    }
+
+    /// Proves `fresh_queue`: a report's queue while it is valid, none once it expired,
+    /// and none from a report that gave only a utilisation (which must not switch the
+    /// adaptive limit to its queue rule).
+    #[tokio::test(start_paused = true)]
+    async fn fresh_queue_is_the_last_valid_reported_queue() {
+        let s = LoadState::new(10 * MS);
+        let now = Instant::now();
+        assert_eq!(s.fresh_queue(now), None);
+        s.report(Some(5.0), None, now, Duration::from_secs(2));
+        assert_eq!(s.fresh_queue(now + Duration::from_secs(1)), Some(5.0));
+        assert_eq!(s.fresh_queue(now + Duration::from_secs(3)), None);
+        s.report(None, Some(0.5), now, Duration::from_secs(2));
+        assert_eq!(s.fresh_queue(now), None);
+        assert!(
+            (s.report_factor(now, 1.0) - 2.0).abs() < 1e-6,
+            "utilisation alone"
+        );
     }
 }

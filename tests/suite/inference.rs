@@ -518,3 +518,167 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
     assert_eq!(limit(&p, up.addr).await, 16.0, "and its gauge");
     assert!(p.shutdown().await);
 }
+
+/// ORCA's report as a gRPC server sends it: `endpoint-load-metrics-bin`, base64 of an
+/// `OrcaLoadReport` with `named_metrics { num_requests_waiting }` (field 8).
+fn orca_bin(waiting: f64) -> String {
+    use base64::Engine as _;
+    use prost::Message as _;
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OrcaLoadReport {
+        #[prost(map = "string, double", tag = "8")]
+        named_metrics: std::collections::HashMap<String, f64>,
+    }
+    let r = OrcaLoadReport {
+        named_metrics: [("num_requests_waiting".to_owned(), waiting)].into(),
+    };
+    base64::engine::general_purpose::STANDARD.encode(r.encode_to_vec())
+}
+
+/// An h2c upstream that answers like a gRPC server reporting its load per call: after
+/// 5 ms, headers, one data frame, then trailers with `grpc-status: 0` and
+/// `endpoint-load-metrics-bin` saying `waiting` requests queue there (set by the test).
+struct TrailerReporter {
+    addr: SocketAddr,
+    waiting: Arc<std::sync::atomic::AtomicU32>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TrailerReporter {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl TrailerReporter {
+    async fn start(waiting: u32) -> TrailerReporter {
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let waiting = Arc::new(std::sync::atomic::AtomicU32::new(waiting));
+        let w = waiting.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let w = w.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let report =
+                            orca_bin(f64::from(w.load(std::sync::atomic::Ordering::SeqCst)));
+                        async move {
+                            tokio::time::sleep(ms(5)).await;
+                            let mut t = http::HeaderMap::new();
+                            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            t.insert(
+                                "endpoint-load-metrics-bin",
+                                http::HeaderValue::from_str(&report).expect("base64"),
+                            );
+                            let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                                Ok(Frame::data(bytes::Bytes::from_static(b"ok"))),
+                                Ok(Frame::trailers(t)),
+                            ];
+                            let body = StreamBody::new(futures_util::stream::iter(frames));
+                            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+                });
+            }
+        });
+        TrailerReporter {
+            addr,
+            waiting,
+            accept,
+        }
+    }
+
+    fn set(&self, waiting: u32) {
+        self.waiting
+            .store(waiting, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The trailers of one h2c call to fusebox at `url`.
+async fn trailers_of(url: &str) -> http::HeaderMap {
+    use http_body_util::BodyExt as _;
+    let c = h2c_client();
+    let r = send_head(
+        &c,
+        request(Method::GET, url)
+            .body(crate::common::body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body = within(WAIT, "the body", r.into_body().collect())
+        .await
+        .expect("body");
+    body.trailers().cloned().expect("trailers")
+}
+
+/// Proves: a load report in a response's trailers (ORCA `endpoint-load-metrics-bin`,
+/// as gRPC servers send it per call over h2c) feeds the endpoint like one in the
+/// headers: 200 waiting cuts the adaptive limit to `min_limit`, 0 waiting grows it back
+/// under load; the report is removed from the trailers the caller gets (the other
+/// trailers pass) unless `forward_load_report = true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_report_in_the_trailers_drives_the_limit_and_is_removed() {
+    let up = TrailerReporter::start(200).await;
+    let tables = format!(
+        "{}{}{}{}",
+        UpstreamToml::new("gpu", &[up.addr])
+            .extra("protocol = \"h2c\"")
+            .table(
+                "adaptive_concurrency",
+                "min_limit = 1\nmax_limit = 64\ninitial_limit = 16"
+            )
+            .build(),
+        UpstreamToml::new("open", &[up.addr])
+            .extra("protocol = \"h2c\"\nforward_load_report = true")
+            .build(),
+        route_toml("forwarded", "/forwarded", "open", ""),
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
+        )
+    );
+    let p = spawn_proxy(&tables).await;
+    let url = p.url("/infer");
+    let all_ok = |s: Vec<u16>| assert!(s.iter().all(|x| *x == 200), "{s:?}");
+    all_ok(drive(&url, 8, 64, &[]).await);
+    assert_eq!(
+        limit(&p, up.addr).await,
+        1.0,
+        "200 waiting, reported in the trailers: the limit fell to min_limit"
+    );
+    let t = trailers_of(&url).await;
+    assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    assert!(
+        t.get("endpoint-load-metrics-bin").is_none(),
+        "the report is not the caller's: {t:?}"
+    );
+    let t = trailers_of(&p.url("/forwarded")).await;
+    assert!(
+        t.get("endpoint-load-metrics-bin").is_some(),
+        "forward_load_report passes it on: {t:?}"
+    );
+    up.set(0);
+    all_ok(drive(&url, 16, 480, &[]).await);
+    let recovered = limit(&p, up.addr).await;
+    assert!(
+        recovered >= 8.0,
+        "an empty queue under load grew the limit back: {recovered}"
+    );
+    assert!(p.shutdown().await);
+}
