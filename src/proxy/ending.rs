@@ -11,15 +11,12 @@ use tokio::time::Instant;
 use super::attempt::Sent;
 use super::ctx::RequestCtx;
 use super::error::{ErrorCode, ProxyError};
-use super::resp_body::{RespBody, TrailerReports};
+use super::resp_body::RespBody;
 use crate::body::CallerFault;
 use crate::snapshot::Route;
 use crate::upstream::{Endpoint, Upstream};
 
-/// How an attempt loop ended. The response is the common ending: boxing it to even out
-/// the variants would cost an allocation per request to save a move of a few hundred
-/// bytes once.
-#[allow(clippy::large_enum_variant)]
+/// How an attempt loop ended.
 pub(crate) enum LoopEnd {
     /// An upstream response (success, or the last one when retries ran out).
     Response(Response<RespBody>),
@@ -79,16 +76,7 @@ pub(super) fn finish(
             ctx.in_flight = Some(in_flight);
             LoopEnd::Response(Response::from_parts(
                 p,
-                RespBody::upstream(
-                    b,
-                    lease,
-                    up.cfg.timeouts.idle,
-                    TrailerReports {
-                        header: up.cfg.load_report_header.clone(),
-                        forward: up.cfg.forward_load_report,
-                        expiry: up.cfg.load_report_expiry,
-                    },
-                ),
+                RespBody::upstream(b, lease, up.cfg.timeouts.idle),
             ))
         }
         Sent::Failed(_, err) => LoopEnd::Error {

@@ -9,43 +9,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
 use crate::body::{BoxError, IdleTimeout, StallTimer};
-use crate::upstream::load::{has_report, parse_report, strip_report};
-
-/// How the upstream's load reports are read from a response's trailers (gRPC servers
-/// send ORCA's `endpoint-load-metrics-bin` as trailing metadata): the upstream's
-/// `load_report_header`, `forward_load_report` and `load_report_expiry`.
-#[derive(Debug, Clone)]
-pub struct TrailerReports {
-    pub header: Option<HeaderName>,
-    pub forward: bool,
-    pub expiry: Duration,
-}
-
-impl TrailerReports {
-    /// Feeds a report in `trailers` to the endpoint that answered (the one whose
-    /// in-flight guard the request holds) and removes it unless it is forwarded.
-    fn read(&self, trailers: &mut HeaderMap, ctx: Option<&RequestCtx>) {
-        let header = self.header.as_ref();
-        if !has_report(trailers, header) {
-            return;
-        }
-        if let Some(ep) = ctx.and_then(|c| c.in_flight.as_ref()) {
-            let (queue, util) = parse_report(trailers, header);
-            ep.core()
-                .load
-                .report(queue, util, tokio::time::Instant::now(), self.expiry);
-        }
-        if !self.forward {
-            strip_report(trailers, header);
-        }
-    }
-}
 
 enum RespKind {
     Empty,
@@ -55,7 +23,6 @@ enum RespKind {
         /// The HTTP/1 connection, returned to its pool when the body ends.
         lease: Option<crate::upstream::pool::Lease>,
         stall: StallTimer,
-        reports: TrailerReports,
     },
 }
 
@@ -92,7 +59,6 @@ impl RespBody {
         inner: Incoming,
         lease: Option<crate::upstream::pool::Lease>,
         idle: Duration,
-        reports: TrailerReports,
     ) -> Self {
         let lease = match lease {
             // Nothing to read: the connection is free now.
@@ -107,7 +73,6 @@ impl RespBody {
                 inner,
                 lease,
                 stall: StallTimer::new(idle),
-                reports,
             },
             ctx: None,
         }
@@ -153,12 +118,15 @@ impl Body for RespBody {
                 inner,
                 lease,
                 stall,
-                reports,
             } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(mut frame))) => {
                     stall.progress();
                     if let Some(t) = frame.trailers_mut() {
-                        reports.read(t, this.ctx.as_deref());
+                        // A load report in the trailers (gRPC servers report per call
+                        // there) goes to the endpoint that answered.
+                        if let Some(ep) = this.ctx.as_deref().and_then(|c| c.in_flight.as_ref()) {
+                            ep.core().trailer_report(t);
+                        }
                     }
                     // hyper stops polling once a sized body is complete, so the
                     // connection goes back as soon as the last byte is in.

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Transition};
 use super::breakers::BreakerSet;
-use super::load::LoadState;
+use super::load::{has_report, parse_report, strip_report, LoadState, ReportSettings};
 use super::pool::Pool;
 use super::registry::Registry;
 use crate::admission::{AdaptiveLimit, WaitQueue};
@@ -68,6 +68,9 @@ pub struct EndpointCore {
     pub metrics: EndpointMetrics,
     /// Latency estimate and reported load (the `peak_ewma` cost, deadline predictions).
     pub load: LoadState,
+    /// How the upstream reads load reports (set from its config like `adaptive`); read
+    /// here, not carried per response, for the rare answer that has trailers.
+    pub reports: ArcSwap<ReportSettings>,
     /// The learned in-flight limit, when the upstream sets `adaptive_concurrency`.
     pub adaptive: ArcSwapOption<AdaptiveLimit>,
     /// Requests waiting for an endpoint of this upstream to get below its limit (one
@@ -96,6 +99,23 @@ impl EndpointCore {
 
     pub(super) fn set_forced_open(&self, forced: bool) {
         self.forced_open.store(forced, Ordering::Relaxed);
+    }
+
+    /// Feeds a load report in an answer's `trailers` (ORCA's names or the upstream's
+    /// `load_report_header`) to this endpoint, and removes it unless the upstream
+    /// forwards reports. Trailers without one are left as they are.
+    pub fn trailer_report(&self, trailers: &mut http::HeaderMap) {
+        let settings = self.reports.load();
+        let header = settings.header.as_ref();
+        if !has_report(trailers, header) {
+            return;
+        }
+        let (queue, util) = parse_report(trailers, header);
+        self.load
+            .report(queue, util, Instant::now(), settings.expiry);
+        if !settings.forward {
+            strip_report(trailers, header);
+        }
     }
 
     /// Whether one more request fits the adaptive limit (always, without one).
@@ -178,6 +198,7 @@ impl EndpointCore {
             probe_pool: ArcSwap::new(probe_pool),
             metrics,
             load: LoadState::new(default_latency),
+            reports: ArcSwap::from_pointee(ReportSettings::default()),
             adaptive: ArcSwapOption::empty(),
             waiting,
             registry,

@@ -260,6 +260,25 @@ fn weight(elapsed: Duration, decay: Duration) -> f64 {
 pub static ENDPOINT_LOAD_METRICS_BIN: HeaderName =
     HeaderName::from_static("endpoint-load-metrics-bin");
 
+/// How an upstream reads its endpoints' load reports: its `load_report_header`,
+/// `forward_load_report` and `load_report_expiry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    pub header: Option<HeaderName>,
+    pub forward: bool,
+    pub expiry: Duration,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        ReportSettings {
+            header: None,
+            forward: false,
+            expiry: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Whether `headers` (a response's headers or its trailers) carry a load report. One
 /// pass over the names, comparisons only: most responses carry none.
 pub fn has_report(headers: &HeaderMap, configured: Option<&HeaderName>) -> bool {

@@ -154,6 +154,14 @@ impl Upstream {
             core.mark_recovered(Instant::now());
         }
         self.set_adaptive(&core);
+        let reports = crate::upstream::load::ReportSettings {
+            header: self.cfg.load_report_header.clone(),
+            forward: self.cfg.forward_load_report,
+            expiry: self.cfg.load_report_expiry,
+        };
+        if **core.reports.load() != reports {
+            core.reports.store(Arc::new(reports));
+        }
         let sets = self
             .policies
             .iter()
