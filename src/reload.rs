@@ -72,6 +72,11 @@ pub async fn reload_from(ctrl: &Control, path: &Path) -> Result<ReloadOutcome, S
     snap.start_background(true);
     let new = Arc::new(snap);
     ctrl.state.store(new.clone());
+    // Requests still on the old build keep its upstreams alive; their background work
+    // stops now, so it cannot write old settings or verdicts into the shared cores.
+    for up in old.upstreams.values() {
+        up.retire();
+    }
     remove_stale_series(&old, &new);
     Ok(ReloadOutcome::Applied(version))
 }

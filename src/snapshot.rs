@@ -171,10 +171,13 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         shared: &Arc<Shared>,
     ) -> Result<Snapshot, BuildError> {
-        let mut upstreams = HashMap::new();
+        // Every fallible read first (the CA or the system roots and the client
+        // certificate, once per upstream per build; unchanged files keep the previous
+        // config object): building an upstream touches the endpoint cores the running
+        // build shares (adaptive limits), so a refused reload must fail before any is
+        // built.
+        let mut tls_of = HashMap::new();
         for (name, ucfg) in &config.upstreams {
-            // Read once per upstream per build (the CA or the system roots and the
-            // client certificate); unchanged files keep the previous config object.
             let tls = match ucfg.protocol {
                 Protocol::Https | Protocol::H2 => Some(
                     shared
@@ -184,6 +187,11 @@ impl Snapshot {
                 ),
                 Protocol::Http1 | Protocol::H2c => None,
             };
+            tls_of.insert(name.as_str(), tls);
+        }
+        let mut upstreams = HashMap::new();
+        for (name, ucfg) in &config.upstreams {
+            let tls = tls_of.remove(name.as_str()).flatten();
             let mut policies = vec![BreakerPolicy {
                 route: None,
                 cfg: ucfg.circuit_breaker.clone(),

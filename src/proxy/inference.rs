@@ -244,22 +244,15 @@ pub(super) fn learn<B>(
         load.observe_mean(elapsed, no_answer, now);
     }
     // The report first: the adaptive limit follows the queue it carries.
-    let mut waiting = None;
     if let Some(r) = response {
         let configured = up.cfg.load_report_header.as_ref();
         if has_report(r.headers(), configured) {
             let (queue, util) = parse_report(r.headers(), configured);
             load.report(queue, util, now, up.cfg.load_report_expiry);
-            waiting = queue;
             if !up.cfg.forward_load_report {
                 strip_report(r.headers_mut(), configured);
             }
         }
-    }
-    // An answer without a report of its own is read against the last one still valid
-    // (a server that reports in its trailers reported after its previous answer).
-    if waiting.is_none() && up.cfg.adaptive_concurrency.is_some() {
-        waiting = load.fresh_queue(now);
     }
     if up.cfg.adaptive_concurrency.is_none() {
         return;
@@ -269,6 +262,9 @@ pub(super) fn learn<B>(
     };
     let l = match outcome {
         Outcome::Response { .. } if !failure => {
+            // This answer's own report, or the last one not read yet (a server that
+            // reports in its trailers reported after its previous answer).
+            let waiting = load.take_queue(now);
             Some(limit.sample(elapsed, in_flight_at_send, waiting))
         }
         // A timeout is a lower bound of the latency, as a cancel is.

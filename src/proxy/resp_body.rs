@@ -125,7 +125,7 @@ impl Body for RespBody {
                         // A load report in the trailers (gRPC servers report per call
                         // there) goes to the endpoint that answered.
                         if let Some(ep) = this.ctx.as_deref().and_then(|c| c.in_flight.as_ref()) {
-                            ep.core().trailer_report(t);
+                            ep.endpoint().trailer_report(t);
                         }
                     }
                     // hyper stops polling once a sized body is complete, so the

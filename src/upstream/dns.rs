@@ -19,7 +19,7 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 impl Upstream {
     /// Resolves every DNS name once and installs the answers.
     pub async fn refresh_dns(&self) {
-        if !self.has_dns() {
+        if !self.has_dns() || self.is_retired() {
             return;
         }
         let old = self.endpoints();
@@ -87,7 +87,7 @@ impl Upstream {
     }
 
     /// Resolves every `dns_refresh` (the first time at once when `resolve_now`) while
-    /// the upstream is alive (it stops itself once a reload dropped the upstream).
+    /// the upstream is alive and current (it stops once a reload replaced it).
     /// Runs in the background: callers never wait for DNS.
     pub fn spawn_dns_refresher(self: &Arc<Self>, resolve_now: bool) {
         if !self.has_dns() {
@@ -104,8 +104,8 @@ impl Upstream {
             loop {
                 tick.tick().await;
                 match weak.upgrade() {
-                    Some(up) => up.refresh_dns().await,
-                    None => break,
+                    Some(up) if !up.is_retired() => up.refresh_dns().await,
+                    _ => break,
                 }
             }
         });

@@ -68,9 +68,6 @@ pub struct EndpointCore {
     pub metrics: EndpointMetrics,
     /// Latency estimate and reported load (the `peak_ewma` cost, deadline predictions).
     pub load: LoadState,
-    /// How the upstream reads load reports (set from its config like `adaptive`); read
-    /// here, not carried per response, for the rare answer that has trailers.
-    pub reports: ArcSwap<ReportSettings>,
     /// The learned in-flight limit, when the upstream sets `adaptive_concurrency`.
     pub adaptive: ArcSwapOption<AdaptiveLimit>,
     /// Requests waiting for an endpoint of this upstream to get below its limit (one
@@ -99,23 +96,6 @@ impl EndpointCore {
 
     pub(super) fn set_forced_open(&self, forced: bool) {
         self.forced_open.store(forced, Ordering::Relaxed);
-    }
-
-    /// Feeds a load report in an answer's `trailers` (ORCA's names or the upstream's
-    /// `load_report_header`) to this endpoint, and removes it unless the upstream
-    /// forwards reports. Trailers without one are left as they are.
-    pub fn trailer_report(&self, trailers: &mut http::HeaderMap) {
-        let settings = self.reports.load();
-        let header = settings.header.as_ref();
-        if !has_report(trailers, header) {
-            return;
-        }
-        let (queue, util) = parse_report(trailers, header);
-        self.load
-            .report(queue, util, Instant::now(), settings.expiry);
-        if !settings.forward {
-            strip_report(trailers, header);
-        }
     }
 
     /// Whether one more request fits the adaptive limit (always, without one).
@@ -198,7 +178,6 @@ impl EndpointCore {
             probe_pool: ArcSwap::new(probe_pool),
             metrics,
             load: LoadState::new(default_latency),
-            reports: ArcSwap::from_pointee(ReportSettings::default()),
             adaptive: ArcSwapOption::empty(),
             waiting,
             registry,
@@ -221,6 +200,9 @@ pub struct Endpoint {
     pub core: Arc<EndpointCore>,
     /// One set per breaker policy of the upstream, by slot (0 = the upstream's own).
     breakers: Box<[Arc<BreakerSet>]>,
+    /// How the build that made this endpoint reads load reports (for trailers, read
+    /// after the attempt loop, through the request's [`InFlight`] guard).
+    pub reports: Arc<ReportSettings>,
 }
 
 impl Endpoint {
@@ -229,6 +211,7 @@ impl Endpoint {
         weight: u32,
         origin: Option<(Arc<str>, u16)>,
         breakers: Box<[Arc<BreakerSet>]>,
+        reports: Arc<ReportSettings>,
     ) -> Endpoint {
         // An ip:port string is always a valid authority.
         let authority =
@@ -241,6 +224,24 @@ impl Endpoint {
             origin,
             breakers,
             core,
+            reports,
+        }
+    }
+
+    /// Feeds a load report in an answer's `trailers` (ORCA's names or the upstream's
+    /// `load_report_header`) to this endpoint, and removes it unless the upstream
+    /// forwards reports. Trailers without one are left as they are.
+    pub fn trailer_report(&self, trailers: &mut http::HeaderMap) {
+        let header = self.reports.header.as_ref();
+        if !has_report(trailers, header) {
+            return;
+        }
+        let (queue, util) = parse_report(trailers, header);
+        self.core
+            .load
+            .report(queue, util, Instant::now(), self.reports.expiry);
+        if !self.reports.forward {
+            strip_report(trailers, header);
         }
     }
 
@@ -270,9 +271,9 @@ impl Endpoint {
     }
 
     /// Counts a request in flight until the guard drops.
-    pub fn start_request(&self) -> InFlight {
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.core.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.core.clone())
+        InFlight(self.clone())
     }
 
     /// Logs and counts a state change of the set in `slot` (for `key`, a partition);
@@ -316,20 +317,26 @@ impl Endpoint {
 
 /// Decrements the endpoint's in-flight count on drop.
 #[derive(Debug)]
-pub struct InFlight(Arc<EndpointCore>);
+pub struct InFlight(Arc<Endpoint>);
 
 impl InFlight {
     pub fn core(&self) -> &EndpointCore {
+        &self.0.core
+    }
+
+    /// The endpoint (as the snapshot that picked it built it).
+    pub fn endpoint(&self) -> &Endpoint {
         &self.0
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let core = &self.0.core;
+        core.in_flight.fetch_sub(1, Ordering::Relaxed);
         // Below its adaptive limit again: a request waiting for this upstream may go.
-        if self.0.adaptive.load().is_some() && !self.0.waiting.is_empty() {
-            self.0.waiting.release();
+        if core.adaptive.load().is_some() && !core.waiting.is_empty() {
+            core.waiting.release();
         }
     }
 }

@@ -30,6 +30,9 @@ impl Upstream {
             loop {
                 tick.tick().await;
                 let Some(up) = weak.upgrade() else { break };
+                if up.is_retired() {
+                    break;
+                }
                 let eps = up.endpoints();
                 let checks = eps.iter().map(|ep| check_one(&up, ep, &hc));
                 futures_util::future::join_all(checks).await;

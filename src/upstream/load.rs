@@ -24,7 +24,7 @@
 //! Lock-free: a few atomics per endpoint; racing updates may lose one sample, which an
 //! average can afford. Touched per attempt (`observe`, `report`) and per pick (`cost`).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
@@ -63,6 +63,8 @@ pub struct LoadState {
     /// Last reported queue length and utilisation (`f32` bits), and until when
     /// (milliseconds since [`epoch`]) they count.
     queue: AtomicU32,
+    /// The last report's queue has not been read by an adaptive-limit sample yet.
+    queue_unread: AtomicBool,
     utilisation: AtomicU32,
     report_until_ms: AtomicU64,
 }
@@ -80,6 +82,7 @@ impl LoadState {
             sample_us: AtomicU64::new(0),
             mean_ns: AtomicU64::new(0f64.to_bits()),
             queue: AtomicU32::new(0f32.to_bits()),
+            queue_unread: AtomicBool::new(false),
             utilisation: AtomicU32::new(0f32.to_bits()),
             report_until_ms: AtomicU64::new(0),
         }
@@ -195,6 +198,7 @@ impl LoadState {
         // NaN: this report says nothing of the queue (see `fresh_queue`).
         let q = clean(queue).unwrap_or(f32::NAN);
         self.queue.store(q.to_bits(), Ordering::Relaxed);
+        self.queue_unread.store(!q.is_nan(), Ordering::Relaxed);
         let u = clean(utilisation).unwrap_or(0.0).min(MAX_UTILISATION);
         self.utilisation.store(u.to_bits(), Ordering::Relaxed);
         let until = now.checked_add(expiry).unwrap_or(now);
@@ -216,10 +220,16 @@ impl LoadState {
         (1.0 + q / scale) / (1.0 - u)
     }
 
-    /// The queue of the last report, while it is still valid at `now` and gave one: what
-    /// an answer that carries no report of its own (a gRPC server reports in the
-    /// trailers, after the answer's headers were learned from) is read against.
-    pub fn fresh_queue(&self, now: Instant) -> Option<f32> {
+    /// The queue of the last report, once: for the adaptive limit's next sample, while
+    /// the report is still valid at `now` and gave a queue. An answer with a report in
+    /// its headers reads its own; one from a server that reports in the trailers (after
+    /// the answer's headers were learned from) reads the previous answer's. Once, because
+    /// the limit's rule steps per report: one report read by every answer for its 2 s
+    /// would cut the limit many times over.
+    pub fn take_queue(&self, now: Instant) -> Option<f32> {
+        if !self.queue_unread.swap(false, Ordering::Relaxed) {
+            return None;
+        }
         let until = self.report_until_ms.load(Ordering::Relaxed);
         let now_ms = u64::try_from(now.saturating_duration_since(epoch()).as_millis()).unwrap_or(0);
         if until == 0 || now_ms >= until {
@@ -645,19 +655,21 @@ mod tests {
         assert!(h.is_empty());
     }
 
-    /// Proves `fresh_queue`: a report's queue while it is valid, none once it expired,
-    /// and none from a report that gave only a utilisation (which must not switch the
-    /// adaptive limit to its queue rule).
+    /// Proves `take_queue`: a report's queue once while it is valid, none the second
+    /// time, none once it expired, and none from a report that gave only a utilisation
+    /// (which must not switch the adaptive limit to its queue rule).
     #[tokio::test(start_paused = true)]
-    async fn fresh_queue_is_the_last_valid_reported_queue() {
+    async fn a_reported_queue_is_taken_once_while_valid() {
         let s = LoadState::new(10 * MS);
         let now = Instant::now();
-        assert_eq!(s.fresh_queue(now), None);
+        assert_eq!(s.take_queue(now), None);
         s.report(Some(5.0), None, now, Duration::from_secs(2));
-        assert_eq!(s.fresh_queue(now + Duration::from_secs(1)), Some(5.0));
-        assert_eq!(s.fresh_queue(now + Duration::from_secs(3)), None);
+        assert_eq!(s.take_queue(now + Duration::from_secs(1)), Some(5.0));
+        assert_eq!(s.take_queue(now + Duration::from_secs(1)), None, "once");
+        s.report(Some(5.0), None, now, Duration::from_secs(2));
+        assert_eq!(s.take_queue(now + Duration::from_secs(3)), None, "expired");
         s.report(None, Some(0.5), now, Duration::from_secs(2));
-        assert_eq!(s.fresh_queue(now), None);
+        assert_eq!(s.take_queue(now), None);
         assert!(
             (s.report_factor(now, 1.0) - 2.0).abs() < 1e-6,
             "utilisation alone"

@@ -31,6 +31,7 @@ use crate::metrics::{Metrics, UpstreamMetrics};
 use balancer::{Balancer, Tried};
 use breakers::BreakerPolicy;
 pub use endpoint::{epoch, Endpoint, EndpointCore, InFlight};
+use load::ReportSettings;
 use pool::{PoolSettings, PoolTls};
 use registry::{BreakerId, CorePools, Registry};
 use retry::RetryBudget;
@@ -56,9 +57,27 @@ pub struct Upstream {
     /// The client config of an `https` / `h2` upstream, built with the snapshot; DNS
     /// refreshes hand it to the endpoints they add.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// How this build reads its endpoints' load reports; every endpoint it makes holds
+    /// it (a per-snapshot value: a refused or superseded build never reaches the
+    /// endpoints of the running one).
+    pub reports: Arc<ReportSettings>,
+    /// Set once a reload replaced this build: its DNS refresher and health checks stop,
+    /// so a build kept alive by a long request does not write its settings or verdicts
+    /// into the endpoint cores the running build shares.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Upstream {
+    /// Marks this build superseded (see `retired`).
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Builds an upstream from its config and breaker policies. Literal addresses
     /// become endpoints at once; DNS names keep the previous build's answers (when
     /// there was one) until [`Upstream::refresh_dns`] replaces them. Every endpoint
@@ -98,6 +117,12 @@ impl Upstream {
             budget,
             registry: registry.clone(),
             tls,
+            reports: Arc::new(ReportSettings {
+                header: cfg.load_report_header.clone(),
+                forward: cfg.forward_load_report,
+                expiry: cfg.load_report_expiry,
+            }),
+            retired: std::sync::atomic::AtomicBool::new(false),
         };
         // A new address of a running upstream ramps in; at first start nothing does.
         let ramp = previous.is_some_and(|p| !p.endpoints().is_empty());
@@ -154,14 +179,6 @@ impl Upstream {
             core.mark_recovered(Instant::now());
         }
         self.set_adaptive(&core);
-        let reports = crate::upstream::load::ReportSettings {
-            header: self.cfg.load_report_header.clone(),
-            forward: self.cfg.forward_load_report,
-            expiry: self.cfg.load_report_expiry,
-        };
-        if **core.reports.load() != reports {
-            core.reports.store(Arc::new(reports));
-        }
         let sets = self
             .policies
             .iter()
@@ -174,7 +191,13 @@ impl Upstream {
                 self.registry.breakers(id, &p.cfg, &core)
             })
             .collect();
-        Arc::new(Endpoint::new(core, weight, origin, sets))
+        Arc::new(Endpoint::new(
+            core,
+            weight,
+            origin,
+            sets,
+            self.reports.clone(),
+        ))
     }
 
     /// Gives the core this upstream's adaptive limit: the learned one is kept while the

@@ -455,7 +455,9 @@ async fn an_endpoint_slower_than_the_time_left_is_not_picked() {
 
 /// Proves a reload keeps what an endpoint's adaptive limit learned when its settings
 /// stay (a route added: the limit cut to 1 by a reported queue is still 1), and starts
-/// it again at `initial_limit` when they change (`max_limit` 64 -> 32).
+/// it again at `initial_limit` when they change (`max_limit` 64 -> 32); a reload that
+/// is refused (a CA file that cannot be read) changes nothing, even when it would
+/// have changed the settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
     let up = Scripted::start(Behaviour::delayed(
@@ -509,6 +511,28 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
         "same settings: the learned limit stays"
     );
     assert_eq!(limit(&p, up.addr).await, 1.0);
+    // Refused because a later upstream's CA file cannot be read (upstreams build in
+    // name order, so `gpu` with its new settings would be built first): nothing
+    // changes, not even the learned limit of the upstream before it.
+    let refused = format!(
+        "{}{}",
+        tables(32, true),
+        UpstreamToml::new("zz-tls", &[up.addr])
+            .extra("protocol = \"https\"\ntls = { ca = \"/nonexistent/fusebox-ca.pem\" }")
+            .build()
+    );
+    let path = dir.path().join("refused.toml");
+    std::fs::write(&path, format!("{}{refused}", base_config(""))).expect("write config");
+    let out = fusebox::reload::reload_from(&p.running.ctrl, &path).await;
+    assert!(
+        out.is_err(),
+        "a CA file that cannot be read refuses the reload: {out:?}"
+    );
+    assert_eq!(
+        p.endpoint("gpu", up.addr).core.limit(),
+        Some(1),
+        "a refused reload keeps the learned limit"
+    );
     reload(tables(32, true)).await;
     assert_eq!(
         p.endpoint("gpu", up.addr).core.limit(),

@@ -89,3 +89,72 @@ async fn when_every_endpoint_is_unhealthy_traffic_goes_to_all() {
     let (na, nb) = spread(&http1_client(), &fb, 20).await;
     assert!(na > 0 && nb > 0, "both still serve: a {na}, b {nb}");
 }
+
+/// Proves: a reload that drops an upstream's health checks stops them even while a
+/// request still runs on the old build (which keeps that build alive): its checker
+/// would otherwise go on probing and write its verdicts into the endpoint the running
+/// build shares. A second upstream's checks, which go on, are the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stops_the_replaced_builds_checks_while_its_requests_finish() {
+    let a = Scripted::ok("a").await;
+    let clock = Scripted::ok("clock").await;
+    let gate = Gate::new();
+    a.rule(
+        Match::path("/slow"),
+        Behaviour::gated(&gate, Behaviour::ok("slow")),
+    );
+    let checks = "path = \"/health\"\ninterval = \"50ms\"\ntimeout = \"500ms\"";
+    let tables = |with_checks: bool| {
+        let app = UpstreamToml::new("app", &[a.addr]);
+        let app = if with_checks {
+            app.table("health_check", checks)
+        } else {
+            app
+        };
+        format!(
+            "{}{}{}",
+            app.build(),
+            UpstreamToml::new("clock", &[clock.addr])
+                .table("health_check", checks)
+                .build(),
+            route_toml("slow", "/slow", "app", "timeout = \"30s\"")
+        )
+    };
+    let fb = spawn_proxy(&tables(true)).await;
+    eventually("a to be checked twice", WAIT, || {
+        a.seen_on("/health").len() >= 2
+    })
+    .await;
+    // A request that holds the old build until the gate opens.
+    let c = http1_client();
+    let url = fb.url("/slow");
+    let held = tokio::spawn(async move { get(&c, &url).await.status });
+    eventually("the slow request to reach a", WAIT, || {
+        !a.seen_on("/slow").is_empty()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fusebox.toml");
+    std::fs::write(&path, format!("{}{}", base_config(""), tables(false))).expect("write");
+    let out = fusebox::reload::reload_from(&fb.running.ctrl, &path).await;
+    assert!(
+        matches!(out, Ok(fusebox::reload::ReloadOutcome::Applied(_))),
+        "{out:?}"
+    );
+    let probes = a.seen_on("/health").len();
+    let ticks = clock.seen_on("/health").len();
+    eventually("five more checks of the clock", WAIT, || {
+        clock.seen_on("/health").len() >= ticks + 5
+    })
+    .await;
+    let after = a.seen_on("/health").len();
+    assert!(
+        after <= probes + 1,
+        "the replaced build's checks stopped ({probes} before the reload, {after} after; one may have been under way)"
+    );
+    gate.open();
+    assert_eq!(
+        within(WAIT, "the held request", held).await.expect("task"),
+        200
+    );
+}
