@@ -355,6 +355,47 @@ async fn under_overload_low_goes_before_normal_before_critical() {
     assert_eq!(up.hits(), 6);
 }
 
+/// The queue-report tests' `gpu` upstream (`extra` lines, an adaptive limit of 1..64
+/// starting at 16) behind a catch-all route whose queue holds every request meanwhile.
+fn queue_report_tables(addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "{}{}",
+        UpstreamToml::new("gpu", &[addr])
+            .extra(extra)
+            .table(
+                "adaptive_concurrency",
+                "min_limit = 1\nmax_limit = 64\ninitial_limit = 16"
+            )
+            .build(),
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
+        )
+    )
+}
+
+/// 64 requests from 8 clients while `ep` reports 200 waiting: all answered, and the
+/// limit is at `min_limit`.
+async fn assert_limit_cut(p: &Proxy, ep: SocketAddr, why: &str) {
+    let statuses = drive(&p.url("/infer"), 8, 64, &[]).await;
+    assert!(statuses.iter().all(|x| *x == 200), "{statuses:?}");
+    assert_eq!(limit(p, ep).await, 1.0, "{why}");
+}
+
+/// 480 requests from 16 clients while `ep` reports an empty queue: all answered, and
+/// the limit grew back to 8 or more.
+async fn assert_limit_recovered(p: &Proxy, ep: SocketAddr) {
+    let statuses = drive(&p.url("/infer"), 16, 480, &[]).await;
+    assert!(statuses.iter().all(|x| *x == 200), "{statuses:?}");
+    let recovered = limit(p, ep).await;
+    assert!(
+        recovered >= 8.0,
+        "an empty queue under load grew the limit back: {recovered}"
+    );
+}
+
 /// Proves: when the upstream reports more requests waiting than fusebox has in flight
 /// there (work it still runs for callers that gave up, or other clients'), the
 /// adaptive limit falls to `min_limit`; once the reported queue is empty again it
@@ -368,38 +409,19 @@ async fn a_reported_queue_beyond_ours_cuts_the_limit_and_it_recovers() {
         )
     };
     let up = Scripted::start(answer("200")).await;
-    let tables = format!(
-        "{}{}",
-        UpstreamToml::new("gpu", &[up.addr])
-            .extra("load_report_header = \"x-queue-depth\"")
-            .table(
-                "adaptive_concurrency",
-                "min_limit = 1\nmax_limit = 64\ninitial_limit = 16"
-            )
-            .build(),
-        route_toml(
-            "infer",
-            "/",
-            "gpu",
-            "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
-        )
-    );
-    let p = spawn_proxy(&tables).await;
-    let url = p.url("/infer");
-    let all_ok = |s: Vec<u16>| assert!(s.iter().all(|x| *x == 200), "{s:?}");
-    all_ok(drive(&url, 8, 64, &[]).await);
-    assert_eq!(
-        limit(&p, up.addr).await,
-        1.0,
-        "200 waiting beyond our 16: the limit fell to min_limit"
-    );
+    let p = spawn_proxy(&queue_report_tables(
+        up.addr,
+        "load_report_header = \"x-queue-depth\"",
+    ))
+    .await;
+    assert_limit_cut(
+        &p,
+        up.addr,
+        "200 waiting beyond our 16: the limit fell to min_limit",
+    )
+    .await;
     up.set(answer("0"));
-    all_ok(drive(&url, 16, 480, &[]).await);
-    let recovered = limit(&p, up.addr).await;
-    assert!(
-        recovered >= 8.0,
-        "an empty queue under load grew the limit back: {recovered}"
-    );
+    assert_limit_recovered(&p, up.addr).await;
     assert!(p.shutdown().await);
 }
 
@@ -658,34 +680,21 @@ async fn trailers_of(url: &str) -> http::HeaderMap {
 async fn a_load_report_in_the_trailers_drives_the_limit_and_is_removed() {
     let up = TrailerReporter::start(200).await;
     let tables = format!(
-        "{}{}{}{}",
-        UpstreamToml::new("gpu", &[up.addr])
-            .extra("protocol = \"h2c\"")
-            .table(
-                "adaptive_concurrency",
-                "min_limit = 1\nmax_limit = 64\ninitial_limit = 16"
-            )
-            .build(),
+        "{}{}{}",
+        queue_report_tables(up.addr, "protocol = \"h2c\""),
         UpstreamToml::new("open", &[up.addr])
             .extra("protocol = \"h2c\"\nforward_load_report = true")
             .build(),
         route_toml("forwarded", "/forwarded", "open", ""),
-        route_toml(
-            "infer",
-            "/",
-            "gpu",
-            "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
-        )
     );
     let p = spawn_proxy(&tables).await;
+    assert_limit_cut(
+        &p,
+        up.addr,
+        "200 waiting, reported in the trailers: min_limit",
+    )
+    .await;
     let url = p.url("/infer");
-    let all_ok = |s: Vec<u16>| assert!(s.iter().all(|x| *x == 200), "{s:?}");
-    all_ok(drive(&url, 8, 64, &[]).await);
-    assert_eq!(
-        limit(&p, up.addr).await,
-        1.0,
-        "200 waiting, reported in the trailers: the limit fell to min_limit"
-    );
     let t = trailers_of(&url).await;
     assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
     assert!(
@@ -698,11 +707,6 @@ async fn a_load_report_in_the_trailers_drives_the_limit_and_is_removed() {
         "forward_load_report passes it on: {t:?}"
     );
     up.set(0);
-    all_ok(drive(&url, 16, 480, &[]).await);
-    let recovered = limit(&p, up.addr).await;
-    assert!(
-        recovered >= 8.0,
-        "an empty queue under load grew the limit back: {recovered}"
-    );
+    assert_limit_recovered(&p, up.addr).await;
     assert!(p.shutdown().await);
 }
