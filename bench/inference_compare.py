@@ -562,8 +562,13 @@ def measure(name, start, a, workdir, sim, body):
             rec = {"target": name, "level_pct": level, "round": None, "drain_s": round(waited, 2),
                    "queued_before": left}
             rec.update(analyse(j, db, a, rate, a.seconds))
+            keep = os.environ.get("KEEP_DB")  # a directory: keep oha's per-request rows for analysis
             try:
-                os.remove(db)
+                if keep:
+                    os.makedirs(keep, exist_ok=True)
+                    shutil.move(db, os.path.join(keep, os.path.basename(db)))
+                else:
+                    os.remove(db)
             except OSError:
                 pass
             rec["goodput_pct_cap"] = 100 * rec["goodput_rps"] / sim.capacity

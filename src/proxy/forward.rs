@@ -142,7 +142,7 @@ pub(super) async fn attempts(
             .shed_on_deadline
             .then(|| ctx.deadline.saturating_duration_since(now));
         let Some(i) = pick(up, &eps, slot, &tried, out.headers, now, left) else {
-            match inference::why_no_pick(&eps, slot, out.headers, now, left) {
+            match inference::why_no_pick(up, &eps, slot, out.headers, now, left) {
                 inference::NoPick::Wait(max_wait) => {
                     let recheck = || {
                         let now = Instant::now();
@@ -314,9 +314,11 @@ pub(super) async fn attempts(
 }
 
 /// Healthy, admitted, past slow start and not stalled first; failing that (every
-/// endpoint fails its health checks, or slow start said no) any whose breakers and
-/// limits admit and whose mean latency fits the time left (`left`, when the route
-/// sheds on deadlines).
+/// endpoint fails its health checks, or slow start said no) any not stalled whose
+/// breakers and limits admit and whose mean latency fits the time left (`left`, when
+/// the route sheds on deadlines); a stalled one only when no other that fits could take
+/// the request once it frees capacity (the caller waits for that one instead: a
+/// stalled replica holds what it is sent until the caller gives up).
 fn pick(
     up: &Upstream,
     eps: &[Arc<Endpoint>],
@@ -326,19 +328,23 @@ fn pick(
     now: Instant,
     left: Option<Duration>,
 ) -> Option<usize> {
-    let admits = |ep: &Endpoint| {
-        ep.core.under_limit()
-            && ep.breakers(slot).available(headers, now)
+    let fits = |ep: &Endpoint| {
+        ep.breakers(slot).available(headers, now)
             && left.is_none_or(|l| inference::fits(ep, l, now))
     };
+    let admits = |ep: &Endpoint| ep.core.under_limit() && fits(ep);
+    let stalled = |ep: &Endpoint| inference::stalled(up, ep, now);
     let slow_start = up.cfg.slow_start;
     up.pick(eps, tried, now, |ep: &Endpoint| {
-        ep.is_healthy()
-            && admits(ep)
-            && ep.core.slow_start_admits(now, slow_start)
-            && !inference::stalled(up, ep, now)
+        ep.is_healthy() && admits(ep) && ep.core.slow_start_admits(now, slow_start) && !stalled(ep)
     })
-    .or_else(|| up.pick(eps, tried, now, admits))
+    .or_else(|| up.pick(eps, tried, now, |ep: &Endpoint| admits(ep) && !stalled(ep)))
+    .or_else(|| {
+        let another_later = eps.iter().any(|ep| fits(ep) && !stalled(ep));
+        (!another_later)
+            .then(|| up.pick(eps, tried, now, admits))
+            .flatten()
+    })
 }
 
 /// The wait before retry `n`, or `None` when it would not fit: a `Retry-After` past

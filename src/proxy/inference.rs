@@ -93,13 +93,21 @@ pub(super) fn fits(ep: &Endpoint, left: Duration, now: Instant) -> bool {
 }
 
 /// Whether `ep` looks stalled: it has an adaptive limit, requests in flight, and no
-/// attempt ended for [`STALLED`] x its mean latency (a GPU that stopped serving, or a
-/// queue of work nobody waits for). Picks prefer other endpoints; it is never a reason
-/// to refuse a request.
+/// answer for [`STALLED`] x its mean latency (a GPU that stopped serving, or a queue of
+/// work nobody waits for). Timeouts and failures are no answers: a stalled replica's
+/// requests timing out must not make it look alive again, nor must a stall longer than
+/// the freshness of predictions ([`STALE_PREDICTION`]). Picks send nothing more to
+/// it while another endpoint can take the request now or once it frees capacity; when
+/// its requests have all ended it takes one again, a probe of whether it is back. It is
+/// never a reason to refuse a request that only stalled endpoints could take.
 pub(super) fn stalled(up: &Upstream, ep: &Endpoint, now: Instant) -> bool {
     up.cfg.adaptive_concurrency.is_some()
         && ep.in_flight() > 0
-        && fresh_mean(ep, now).is_some_and(|m| ep.core.load.since_sample(now) > m * STALLED)
+        && ep
+            .core
+            .load
+            .mean_latency()
+            .is_some_and(|m| ep.core.load.since_answer(now) > m * STALLED)
 }
 
 /// Why no endpoint was picked, when it is about limits or the deadline.
@@ -116,8 +124,11 @@ pub(super) enum NoPick {
 }
 
 /// Classifies a failed pick among the endpoints whose breakers admit the request,
-/// with `left` the time left when deadline shedding is on.
+/// with `left` the time left when deadline shedding is on. A stalled endpoint under
+/// its limit counts as free only when no other endpoint that fits is merely at its
+/// limit (the pick waits for that one instead, as [`stalled`] says).
 pub(super) fn why_no_pick(
+    up: &Upstream,
     eps: &[Arc<Endpoint>],
     slot: usize,
     headers: &HeaderMap,
@@ -128,6 +139,7 @@ pub(super) fn why_no_pick(
     let mut fastest: Option<Duration> = None;
     let mut slack: Option<Duration> = None;
     let mut free_fitting = false;
+    let mut free_stalled = false;
     for ep in eps
         .iter()
         .filter(|ep| ep.breakers(slot).available(headers, now))
@@ -145,7 +157,11 @@ pub(super) fn why_no_pick(
             continue;
         }
         if ep.core.under_limit() {
-            free_fitting = true;
+            if stalled(up, ep, now) {
+                free_stalled = true;
+            } else {
+                free_fitting = true;
+            }
         } else {
             let s = match (left, mean) {
                 (Some(l), Some(m)) => l - m,
@@ -159,6 +175,7 @@ pub(super) fn why_no_pick(
         (false, ..) => NoPick::Other,
         (true, true, ..) => NoPick::Again,
         (true, false, Some(s), _) => NoPick::Wait(s),
+        (true, false, None, _) if free_stalled => NoPick::Again,
         (true, false, None, Some(f)) => NoPick::Deadline(f),
         _ => NoPick::Other,
     }
@@ -239,7 +256,8 @@ pub(super) fn learn<B>(
     // answers that deadline predictions read.
     let no_answer = failure || timed_out;
     if up.cfg.load_balancing == crate::config::LoadBalancing::PeakEwma {
-        load.observe(elapsed, no_answer, now, up.cfg.peak_ewma.decay);
+        let ewma = &up.cfg.peak_ewma;
+        load.observe(elapsed, no_answer, now, ewma.decay, ewma.default_latency);
     } else {
         load.observe_mean(elapsed, no_answer, now);
     }

@@ -16,7 +16,8 @@
 //!
 //! The pitfalls the anchors report are handled here: an endpoint with no samples
 //! starts at `default_latency`, not zero; a failed attempt (a replica that fails fast)
-//! counts as at least twice the estimate, so failing fast never looks fast; without
+//! counts as at least twice its mean answer or `default_latency`, so failing fast never
+//! looks fast; without
 //! samples the estimate drifts back to `default_latency` with the same decay, so an
 //! endpoint that was slow once is probed again later. Cancelled attempts and health
 //! probes are never samples (the caller does not report them).
@@ -39,7 +40,8 @@ pub static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint
 /// the cost infinite and the endpoint unpickable forever).
 const MAX_UTILISATION: f32 = 0.9;
 
-/// A failed attempt counts as at least this many times the estimate.
+/// A failed attempt counts as at least this many times the endpoint's mean answer (or
+/// `default_latency`, when longer).
 const FAILURE_PENALTY: f64 = 2.0;
 
 /// Weight of a new sample in the mean latency (about the last ten samples count).
@@ -56,6 +58,8 @@ pub struct LoadState {
     samples: AtomicU64,
     /// Microseconds since [`epoch`] of the last sample of any kind.
     sample_us: AtomicU64,
+    /// Microseconds since [`epoch`] of the last answer (a sample that was no failure).
+    answer_us: AtomicU64,
     /// Plain moving average of successful attempts' latency (nanoseconds, `f64` bits;
     /// 0 = none yet): the service time deadline predictions use, which a single stall
     /// does not dominate the way it dominates the peak estimate.
@@ -80,6 +84,7 @@ impl LoadState {
             stamp_us: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             sample_us: AtomicU64::new(0),
+            answer_us: AtomicU64::new(0),
             mean_ns: AtomicU64::new(0f64.to_bits()),
             queue: AtomicU32::new(0f32.to_bits()),
             queue_unread: AtomicBool::new(false),
@@ -89,11 +94,26 @@ impl LoadState {
     }
 
     /// Records one attempt's latency (to response headers, or to its failure).
-    pub fn observe(&self, rtt: Duration, failure: bool, now: Instant, decay: Duration) {
+    ///
+    /// A failure counts as at least [`FAILURE_PENALTY`] x what an answer takes here:
+    /// the mean of answers, or `default` when that is longer or there is none yet. Not
+    /// x the estimate: the estimate already holds the previous failures, so a run of
+    /// them would compound (a stalled replica's timeouts doubled it per timeout, to
+    /// hours, which kept the replica out of rotation long after it recovered).
+    pub fn observe(
+        &self,
+        rtt: Duration,
+        failure: bool,
+        now: Instant,
+        decay: Duration,
+        default: Duration,
+    ) {
         let mut rtt_ns = rtt.as_nanos() as f64;
         let old = self.latency_ns_at(now, decay, Duration::ZERO);
         if failure {
-            rtt_ns = rtt_ns.max(old * FAILURE_PENALTY);
+            let mean = f64::from_bits(self.mean_ns.load(Ordering::Relaxed));
+            let reference = mean.max(default.as_nanos() as f64);
+            rtt_ns = rtt_ns.max(reference * FAILURE_PENALTY);
         }
         let est = if rtt_ns >= old || self.samples.load(Ordering::Relaxed) == 0 {
             rtt_ns // a peak replaces the estimate at once (and the first sample does)
@@ -129,9 +149,10 @@ impl LoadState {
         Duration::from_micros(us_since_epoch(now).saturating_sub(last)) < max_age
     }
 
-    /// Time since the last sample of any kind (an attempt that ended).
-    pub fn since_sample(&self, now: Instant) -> Duration {
-        let last = self.sample_us.load(Ordering::Relaxed);
+    /// Time since the last answer (an attempt that ended and was no failure): a
+    /// timeout or a reset ends an attempt but says nothing of the endpoint working.
+    pub fn since_answer(&self, now: Instant) -> Duration {
+        let last = self.answer_us.load(Ordering::Relaxed);
         Duration::from_micros(us_since_epoch(now).saturating_sub(last))
     }
 
@@ -139,8 +160,10 @@ impl LoadState {
     /// read just that, for deadline predictions; no `exp`).
     pub fn observe_mean(&self, rtt: Duration, failure: bool, now: Instant) {
         self.samples.fetch_add(1, Ordering::Relaxed);
-        self.sample_us.store(us_since_epoch(now), Ordering::Relaxed);
+        let at = us_since_epoch(now);
+        self.sample_us.store(at, Ordering::Relaxed);
         if !failure {
+            self.answer_us.store(at, Ordering::Relaxed);
             let m = f64::from_bits(self.mean_ns.load(Ordering::Relaxed));
             let rtt_ns = rtt.as_nanos() as f64;
             let m = if m == 0.0 {
@@ -481,9 +504,9 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(s.latency(t0, DECAY, 30 * MS), 30 * MS);
         assert!(!s.has_samples());
-        s.observe(5 * MS, false, t0, DECAY);
+        s.observe(5 * MS, false, t0, DECAY, 30 * MS);
         assert_eq!(s.latency(t0, DECAY, Duration::ZERO), 5 * MS);
-        s.observe(100 * MS, false, t0, DECAY);
+        s.observe(100 * MS, false, t0, DECAY, 30 * MS);
         assert_eq!(
             s.latency(t0, DECAY, Duration::ZERO),
             100 * MS,
@@ -493,7 +516,7 @@ mod tests {
         assert!((mean - 14.5).abs() < 0.01, "mean moves by a tenth: {mean}");
         // 10 s later a 10 ms sample: weight e^-1 on the old 100 ms.
         let t1 = t0 + Duration::from_secs(10);
-        s.observe(10 * MS, false, t1, DECAY);
+        s.observe(10 * MS, false, t1, DECAY, 30 * MS);
         let want = 100.0 * (-1f64).exp() + 10.0 * (1.0 - (-1f64).exp());
         let got = s.latency(t1, DECAY, Duration::ZERO).as_secs_f64() * 1000.0;
         assert!((got - want).abs() < 0.01, "{got} vs {want}");
@@ -506,19 +529,44 @@ mod tests {
     }
 
     /// Proves a replica that fails fast does not look fast: a 1 ms failure counts as
-    /// twice the estimate, so repeated fast failures raise its cost.
+    /// twice its mean answer or the default latency (30 ms here), so fast failures
+    /// raise its cost.
     #[tokio::test(start_paused = true)]
     async fn fast_failures_raise_the_estimate() {
         let s = LoadState::new(30 * MS);
         let now = Instant::now();
-        s.observe(3 * MS, false, now, DECAY);
+        s.observe(3 * MS, false, now, DECAY, 30 * MS);
         for _ in 0..3 {
-            s.observe(MS, true, now, DECAY);
+            s.observe(MS, true, now, DECAY, 30 * MS);
         }
-        assert_eq!(s.latency(now, DECAY, Duration::ZERO), 24 * MS);
+        assert_eq!(s.latency(now, DECAY, Duration::ZERO), 60 * MS);
         let healthy = LoadState::new(30 * MS);
-        healthy.observe(3 * MS, false, now, DECAY);
+        healthy.observe(3 * MS, false, now, DECAY, 30 * MS);
         assert!(s.cost(0, 1.0, now, DECAY, 30 * MS) > healthy.cost(0, 1.0, now, DECAY, 30 * MS));
+    }
+
+    /// Proves a run of failures does not compound: a replica that stalled (30 timeouts
+    /// of 500 ms in a row, its answers 60 ms before) is at 500 ms, not 2^30 x that, and
+    /// two seconds of 60 ms answers bring it back under 2x an answer. Doubling the
+    /// estimate per failure kept such a replica avoided for tens of seconds.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_failures_does_not_compound() {
+        const SECOND: Duration = Duration::from_secs(1); // the default decay
+        let s = LoadState::new(30 * MS);
+        let mut now = Instant::now();
+        for _ in 0..20 {
+            s.observe(60 * MS, false, now, SECOND, 30 * MS);
+        }
+        for _ in 0..30 {
+            s.observe(500 * MS, true, now, SECOND, 30 * MS);
+        }
+        assert_eq!(s.latency(now, SECOND, Duration::ZERO), 500 * MS);
+        for _ in 0..100 {
+            now += 20 * MS;
+            s.observe(60 * MS, false, now, SECOND, 30 * MS);
+        }
+        let after = s.latency(now, SECOND, Duration::ZERO);
+        assert!(after < 120 * MS, "{after:?} two seconds after the stall");
     }
 
     /// Proves a cancelled attempt never makes an endpoint look fast: a wait below the
@@ -533,7 +581,7 @@ mod tests {
             !s.has_samples(),
             "nothing known yet: a cancel teaches nothing"
         );
-        s.observe(20 * MS, false, now, DECAY);
+        s.observe(20 * MS, false, now, DECAY, 30 * MS);
         s.observe_censored(2 * MS, now, DECAY);
         assert_eq!(s.latency(now, DECAY, Duration::ZERO), 20 * MS);
         s.observe_censored(80 * MS, now, DECAY);
@@ -561,7 +609,7 @@ mod tests {
     async fn cost_multiplies_in_flight_and_a_fresh_report() {
         let s = LoadState::new(10 * MS);
         let now = Instant::now();
-        s.observe(10 * MS, false, now, DECAY);
+        s.observe(10 * MS, false, now, DECAY, 30 * MS);
         let base = 10e6;
         assert_eq!(s.cost(0, 1.0, now, DECAY, 10 * MS), base);
         assert_eq!(s.cost(3, 1.0, now, DECAY, 10 * MS), 4.0 * base);

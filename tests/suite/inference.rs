@@ -710,3 +710,60 @@ async fn a_load_report_in_the_trailers_drives_the_limit_and_is_removed() {
     assert_limit_recovered(&p, up.addr).await;
     assert!(p.shutdown().await);
 }
+
+/// Proves a replica that stopped answering gets nothing more while another can take
+/// the request once it frees capacity: the other at its limit (8 in flight, 12
+/// clients), callers wait for it instead of piling onto the stalled one, which keeps
+/// just the request it holds. Before, the fallback pick took any endpoint under its
+/// limit, stalled or not, and each caller sent there waited for its whole deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replica_gets_nothing_while_another_can_take_it() {
+    let good = Scripted::start(Behaviour::delayed(ms(20), Behaviour::ok("good"))).await;
+    let stall = Scripted::start(Behaviour::delayed(ms(2), Behaviour::ok("stall"))).await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("gpu", &[good.addr, stall.addr])
+            .extra("load_balancing = \"peak_ewma\"")
+            .table(
+                "adaptive_concurrency",
+                "min_limit = 8\nmax_limit = 8\ninitial_limit = 8"
+            )
+            .build(),
+        route_toml("infer", "/", "gpu", "timeout = \"20s\"")
+    );
+    let p = spawn_proxy(&tables).await;
+    // Both known: 12 clients overflow either one's limit of 8.
+    let statuses = drive(&p.url("/infer"), 12, 120, &[]).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(good.hits() > 0 && stall.hits() > 0, "both answered");
+    // It stalls. It is the cheaper one (2 ms against 20), so the next request goes
+    // there and stays; once no answer came for 3x its mean it counts as stalled.
+    let gate = Gate::new();
+    stall.set(Behaviour::gated(&gate, Behaviour::ok("stall")));
+    let held = stall.hits() + 1;
+    let c = http1_client();
+    let first = tokio::spawn({
+        let (c, url) = (c.clone(), p.url("/infer"));
+        async move { get(&c, &url).await.status }
+    });
+    within(WAIT, "the stalled replica's request", stall.wait_hits(held)).await;
+    let ep = p.endpoint("gpu", stall.addr);
+    let mean = ep.core.load.mean_latency().expect("a mean of answers");
+    eventually("the stall to show", WAIT, || {
+        ep.core.load.since_answer(tokio::time::Instant::now()) > mean * 3
+    })
+    .await;
+    // 240 requests from 12 clients: the good one at its limit most of the time.
+    let good_before = good.hits();
+    let statuses = drive(&p.url("/infer"), 12, 240, &[]).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        good.hits(),
+        good_before + 240,
+        "all went to the good replica"
+    );
+    assert_eq!(stall.hits(), held, "the stalled replica got nothing more");
+    gate.open();
+    assert_eq!(within(WAIT, "the held request", first).await.unwrap(), 200);
+    assert!(p.shutdown().await);
+}
