@@ -8,6 +8,7 @@
 #   BINARY   default target/release/fusebox
 #   REQUESTS default 20000 small GETs (100-byte answer) over 8 keep-alive connections
 #   CONFIG   default bench/fusebox-bench.toml (access log off)
+#   OHA_ARGS more oha arguments, e.g. a 256 KiB POST: OHA_ARGS='-m POST -D /tmp/256k.bin'
 #   PEER_CMD instead of fusebox: a command with {port} and {upstream}, e.g. the hyper
 #            floor: PEER_CMD='target/hyper-floor/release/hyper-floor 127.0.0.1:{port} {upstream}' 
 # Needs valgrind, nginx (the upstream) and oha (../shared/bench/setup installs them).
@@ -62,9 +63,11 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 # Warm: pools filled, first-use paths taken.
-oha -n 2000 -c 8 --no-tui "http://127.0.0.1:$px_port/small" >/dev/null
+# shellcheck disable=SC2086
+oha -n 2000 -c 8 --no-tui ${OHA_ARGS:-} "http://127.0.0.1:$px_port/small" >/dev/null
 callgrind_control -i on "$vg" >/dev/null
-oha -n "$n" -c 8 --no-tui "http://127.0.0.1:$px_port/small" >"$work/oha.txt"
+# shellcheck disable=SC2086
+oha -n "$n" -c 8 --no-tui ${OHA_ARGS:-} "http://127.0.0.1:$px_port/small" >"$work/oha.txt"
 callgrind_control -i off "$vg" >/dev/null
 callgrind_control -d "$vg" >/dev/null
 grep -E "Success rate|Requests/sec" "$work/oha.txt" || true

@@ -34,7 +34,9 @@ pub struct BreakerPolicy {
 /// The breakers of one (endpoint, policy).
 #[derive(Debug)]
 pub struct BreakerSet {
-    main: Breaker,
+    /// Shared with the set this one replaced when only the partition header changed: the
+    /// endpoint's own breaker carries over a reload; only the keys start afresh.
+    main: Arc<Breaker>,
     partitions: Option<(HeaderName, PartitionedBreakers)>,
     pub(super) id: BreakerId,
     pub metrics: BreakerMetrics,
@@ -42,14 +44,24 @@ pub struct BreakerSet {
 }
 
 impl BreakerSet {
+    /// A set with a new breaker of its own, or `main` (with `cfg` applied) when it
+    /// replaces a set whose keys mean nothing under the new partition header.
     pub(super) fn new(
         cfg: &BreakerConfig,
         id: BreakerId,
         metrics: BreakerMetrics,
         registry: Weak<Registry>,
+        main: Option<Arc<Breaker>>,
     ) -> BreakerSet {
+        let main = match main {
+            Some(m) => {
+                m.set_config(cfg);
+                m
+            }
+            None => Arc::new(Breaker::new(cfg)),
+        };
         BreakerSet {
-            main: Breaker::new(cfg),
+            main,
             partitions: cfg
                 .partition_by
                 .as_ref()
@@ -63,6 +75,11 @@ impl BreakerSet {
     /// The endpoint's own breaker under this policy.
     pub fn main(&self) -> &Breaker {
         &self.main
+    }
+
+    /// The endpoint's own breaker, for a set that replaces this one.
+    pub(super) fn main_shared(&self) -> Arc<Breaker> {
+        self.main.clone()
     }
 
     /// The per-key table, with the header it is keyed by.

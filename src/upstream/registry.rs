@@ -132,9 +132,11 @@ impl Registry {
         (core, true)
     }
 
-    /// The live breaker set `id` with `cfg` applied, or a new one (also when the
-    /// partition key changed: the old set's keys mean nothing under another header).
-    /// A new set of an endpoint that an operator forced open starts forced open.
+    /// The live breaker set `id` with `cfg` applied, or a new one. When only the
+    /// partition key changed, the new set keeps the endpoint's own breaker (its state
+    /// carries over, as every breaker's does on reload) and starts its keys afresh: the
+    /// old keys mean nothing under another header. A new set of an endpoint that an
+    /// operator forced open starts forced open.
     pub fn breakers(
         self: &Arc<Self>,
         id: BreakerId,
@@ -161,17 +163,21 @@ impl Registry {
             id.clone(),
             metrics,
             Arc::downgrade(self),
+            live.as_ref().map(|s| s.main_shared()),
         ));
         sets.insert(id, Arc::downgrade(&set));
         drop(sets);
         // The replaced set (if any) drops here, after the lock: its drop looks itself up.
         drop(live);
-        if core.is_forced_open() {
-            if let Some(t) = set.main().force_open() {
-                set.on_transition(t, None);
-            }
-        } else {
-            set.metrics.state.set(set.state(Instant::now()).gauge());
+        // Forcing an inherited breaker that is forced already changes nothing (no
+        // state change is logged or counted).
+        let forced = core
+            .is_forced_open()
+            .then(|| set.main().force_open())
+            .flatten();
+        match forced {
+            Some(t) => set.on_transition(t, None),
+            None => set.metrics.state.set(set.state(Instant::now()).gauge()),
         }
         set
     }

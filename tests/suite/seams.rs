@@ -481,3 +481,79 @@ async fn series_of_a_removed_endpoint_go_and_the_others_stay() {
     );
     assert!(p.proxy.shutdown().await);
 }
+
+/// Proves: a reload that changes only `partition_by` keeps the endpoint's own breaker
+/// (open, with its `times_opened`) on the upstream's table and on a route's own, and
+/// starts the keys afresh; an endpoint forced open stays forced and the reload logs and
+/// counts no state change for it. Before, a changed partition header made new sets,
+/// own breakers included: an open breaker came back closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changing_partition_by_keeps_the_endpoints_own_breaker() {
+    let up = Scripted::start(Behaviour::respond(500, "broken")).await;
+    let forced = Scripted::ok("forced").await;
+    let tables = |header: &str| {
+        let breaker = format!(
+            "failure_threshold = 1\nrecovery_timeout = \"60s\"\npartition_by = \"header:{header}\""
+        );
+        format!(
+            "{}{}{}{}",
+            UpstreamToml::new("p", &[up.addr]).breaker(&breaker).build(),
+            UpstreamToml::new("f", &[forced.addr])
+                .breaker(&breaker)
+                .build(),
+            route("shared", "/s", "p", ""),
+            route(
+                "own",
+                "/o",
+                "p",
+                "circuit_breaker = { failure_threshold = 1, recovery_timeout = \"60s\" }"
+            ),
+        ) + &route("forced", "/f", "f", "")
+    };
+    let p = start(&tables("X-Camera-ID")).await;
+    // No camera header: the failures count on the endpoint's own breakers.
+    for path in ["/s/x", "/o/x"] {
+        assert_eq!(get(&p.client, &p.proxy.url(path)).await.status, 500);
+        let r = get(&p.client, &p.proxy.url(path)).await;
+        assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("p"));
+    }
+    let r = p
+        .admin_post(&format!("/circuit_breakers/f/{}/open", forced.addr))
+        .await;
+    assert_eq!(r.status, 200);
+    let changes = |text: &str| {
+        sample(
+            text,
+            "gateway_circuit_breaker_state_changes_total",
+            &format!(
+                "endpoint=\"{}\",route=\"\",service=\"f\",state=\"open\"",
+                forced.addr
+            ),
+        )
+    };
+    let before = changes(&p.metrics().await);
+    assert_eq!(before, Some(1.0), "forced open once");
+    let hits = up.hits();
+
+    p.reload(&tables("X-Org-ID")).await;
+    for path in ["/s/x", "/o/x"] {
+        let r = get(&p.client, &p.proxy.url(path)).await;
+        assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("p"));
+    }
+    assert_eq!(up.hits(), hits, "nothing reached the open endpoint");
+    let v = p.breakers().await;
+    let own = &v["p"]["endpoints"][up.addr.to_string()];
+    assert_eq!(own["state"], "open", "{v}");
+    assert_eq!(own["times_opened"], 1, "{v}");
+    let route_own = &v["p"]["routes"]["own"]["endpoints"][up.addr.to_string()];
+    assert_eq!(route_own["state"], "open", "{v}");
+    let r = get(&p.client, &p.proxy.url("/f/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("f"));
+    assert_eq!(
+        changes(&p.metrics().await),
+        before,
+        "no state change on reload"
+    );
+    assert_eq!(forced.hits(), 0);
+    assert!(p.proxy.shutdown().await);
+}
