@@ -58,12 +58,18 @@ impl Concurrency {
     /// at least as urgent), or a wait past `queue_timeout`, is `Shed::Overloaded`; being
     /// pushed out by a more urgent request is `Shed::Priority`. Dropping the future
     /// while it waits leaves the queue.
-    pub async fn acquire(&self, priority: Priority) -> Result<ConcurrencyPermit, Shed> {
+    /// A slot now, or after waiting in the queue for at most `queue_timeout` and
+    /// `max_wait` (the request's time left: a queue wait never outlasts its deadline).
+    pub async fn acquire(
+        &self,
+        priority: Priority,
+        max_wait: Duration,
+    ) -> Result<ConcurrencyPermit, Shed> {
         if self.slots.try_take() {
             return Ok(self.permit());
         }
         let ticket = self.slots.join(priority, self.max_queue)?;
-        ticket.wait(self.queue_timeout).await?;
+        ticket.wait(self.queue_timeout.min(max_wait)).await?;
         Ok(self.permit())
     }
 
@@ -91,6 +97,7 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const FOREVER: Duration = Duration::from_secs(86_400);
 
     fn concurrency(max_in_flight: usize, max_queue: usize) -> Arc<Concurrency> {
         Arc::new(Concurrency::new(&ConcurrencyConfig {
@@ -106,16 +113,16 @@ mod tests {
     async fn third_waits_for_a_slot_and_fourth_is_refused() {
         let c = concurrency(2, 1);
         let n = Priority::Normal;
-        let first = c.acquire(n).await.expect("1st admitted");
-        let _second = c.acquire(n).await.expect("2nd admitted");
+        let first = c.acquire(n, FOREVER).await.expect("1st admitted");
+        let _second = c.acquire(n, FOREVER).await.expect("2nd admitted");
         let waiter = Arc::clone(&c);
-        let third = tokio::spawn(async move { waiter.acquire(n).await.map(drop) });
+        let third = tokio::spawn(async move { waiter.acquire(n, FOREVER).await.map(drop) });
         while c.queued() == 0 {
             tokio::task::yield_now().await;
         }
         assert_eq!((c.in_flight(), c.queued()), (2, 1));
         let started = Instant::now();
-        assert_eq!(c.acquire(n).await.map(drop), Err(Shed::Overloaded));
+        assert_eq!(c.acquire(n, FOREVER).await.map(drop), Err(Shed::Overloaded));
         assert_eq!(started.elapsed(), Duration::ZERO, "refused without waiting");
         drop(first);
         assert_eq!(third.await.expect("task"), Ok(()));
@@ -128,13 +135,20 @@ mod tests {
     async fn queued_request_times_out_and_cancelled_waits_leave_the_queue() {
         let c = concurrency(1, 1);
         let n = Priority::Normal;
-        let _held = c.acquire(n).await.expect("admitted");
+        let _held = c.acquire(n, FOREVER).await.expect("admitted");
         let started = Instant::now();
-        assert_eq!(c.acquire(n).await.map(drop), Err(Shed::Overloaded));
+        assert_eq!(c.acquire(n, FOREVER).await.map(drop), Err(Shed::Overloaded));
         let waited = started.elapsed();
         assert!(waited >= 100 * MS && waited < 102 * MS, "waited {waited:?}");
-        assert!(tokio::time::timeout(10 * MS, c.acquire(n)).await.is_err());
+        assert!(tokio::time::timeout(10 * MS, c.acquire(n, FOREVER))
+            .await
+            .is_err());
         assert_eq!((c.in_flight(), c.queued()), (1, 0));
+        // A request with less time left than the queue timeout waits only that long.
+        let started = Instant::now();
+        assert_eq!(c.acquire(n, 30 * MS).await.map(drop), Err(Shed::Overloaded));
+        let waited = started.elapsed();
+        assert!(waited >= 30 * MS && waited < 32 * MS, "waited {waited:?}");
     }
 
     /// Proves priority: with the queue full of `low`, a `critical` request takes a
@@ -143,10 +157,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_most_urgent_waiter_goes_first_and_pushes_out_the_least() {
         let c = concurrency(1, 2);
-        let held = c.acquire(Priority::Normal).await.expect("admitted");
+        let held = c
+            .acquire(Priority::Normal, FOREVER)
+            .await
+            .expect("admitted");
         let spawn = |p| {
             let c = Arc::clone(&c);
-            tokio::spawn(async move { c.acquire(p).await.map(|permit| (p, permit)) })
+            tokio::spawn(async move { c.acquire(p, FOREVER).await.map(|permit| (p, permit)) })
         };
         let low = spawn(Priority::Low);
         while c.queued() < 1 {

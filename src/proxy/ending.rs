@@ -86,8 +86,10 @@ pub(super) fn finish(
     }
 }
 
-pub(super) fn caller_fault(fault: CallerFault) -> ProxyError {
-    match fault {
+/// The caller's own body broke the attempt: its error, naming the upstream it was
+/// routed to (as every error after routing does).
+pub(super) fn caller_fault(fault: CallerFault, up: &Upstream) -> ProxyError {
+    let err = match fault {
         CallerFault::TooLarge => {
             ProxyError::new(ErrorCode::RequestTooLarge, "request body is over the limit")
         }
@@ -95,7 +97,8 @@ pub(super) fn caller_fault(fault: CallerFault) -> ProxyError {
             ErrorCode::RequestTimeout,
             "the request body stopped arriving for the upstream's idle timeout",
         ),
-    }
+    };
+    err.upstream(&up.name)
 }
 
 pub(super) fn deadline_exceeded(route: &Route, up: &Upstream) -> ProxyError {

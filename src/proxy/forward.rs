@@ -274,7 +274,7 @@ pub(super) async fn attempts(
 
         if let Outcome::CallerBody(fault) = outcome {
             return LoopEnd::Error {
-                err: caller_fault(fault),
+                err: caller_fault(fault, up),
                 fallback: false,
             };
         }

@@ -239,7 +239,10 @@ async fn admit(
         }
     }
     if let Some(c) = &route.concurrency {
-        match c.acquire(ctx.priority).await {
+        // The queue wait ends by the deadline at the latest: the caller gets its answer
+        // when it gives up, not a queue timeout later.
+        let left = ctx.deadline.saturating_duration_since(Instant::now());
+        match c.acquire(ctx.priority, left).await {
             Ok(permit) => ctx.admission = Some(permit),
             Err(shed) => {
                 if let Some(s) = &ctx.span {
@@ -255,7 +258,13 @@ async fn admit(
             FaultAction::None => {}
             FaultAction::Delay(d) => {
                 route.metrics.fault_delay.inc();
-                tokio::time::sleep(d).await;
+                // An injected delay is part of the request's time: it ends by the
+                // deadline, which then answers as any passed deadline does.
+                let left = ctx.deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(d.min(left)).await;
+                if d >= left {
+                    return Err(ending::deadline_exceeded(route, &route.upstream));
+                }
             }
             FaultAction::Abort(status) => {
                 route.metrics.fault_abort.inc();

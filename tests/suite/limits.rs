@@ -111,7 +111,8 @@ async fn undeclared_chunked_body_over_limit_is_cut_with_413() {
         request(Method::POST, &fb.url("/u")).body(body).unwrap(),
     )
     .await;
-    assert_fusebox_error(&r, 413, "REQUEST_TOO_LARGE", None);
+    // Cut after routing: the error names the upstream it was routed to.
+    assert_fusebox_error(&r, 413, "REQUEST_TOO_LARGE", Some("app"));
     // Whatever reached the upstream is settled (its body read ended) before judging.
     let hits = up.hits();
     up.wait_requests(hits).await;

@@ -271,3 +271,63 @@ async fn fault_delay_delays_requests_before_the_upstream() {
     }
     assert_eq!(up.hits(), 2);
 }
+
+/// Proves: a queued request waits no longer than its deadline: with the slot held and a
+/// 30 s `queue_timeout`, a caller with 200 ms left (`x-request-timeout-ms`) gets 503
+/// OVERLOADED while the slot is still held, and never reaches the upstream. Before, it
+/// waited out the queue timeout, long after its caller had given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_waits_no_longer_than_its_deadline() {
+    let gate = Gate::new();
+    let up = Scripted::start(Behaviour::gated(&gate, Behaviour::ok("done"))).await;
+    let cfg = "timeout = \"20s\"\nconcurrency = { max_in_flight = 1, max_queue = 4, queue_timeout = \"30s\" }";
+    let fb = proxy(&up, &[("q", "/", cfg)]).await;
+    let c = http1_client();
+    let first = spawn_get(&c, fb.url("/1"));
+    up.wait_hits(1).await;
+    let hurried = [("x-request-timeout-ms", "200")];
+    let r = within(
+        WAIT,
+        "the hurried caller's answer",
+        call(&c, Method::GET, &fb.url("/2"), &hurried, ""),
+    )
+    .await;
+    assert_fusebox_error(&r, 503, "OVERLOADED", Some("app"));
+    assert_eq!(
+        up.hits(),
+        1,
+        "the slot is still held; the queued one never went"
+    );
+    gate.open();
+    assert_eq!(
+        within(WAIT, "first", first).await.expect("task").status,
+        200
+    );
+}
+
+/// Proves: an injected delay ends by the deadline: a 30 s `delay` on a route whose
+/// caller has 100 ms left answers 504 DEADLINE_EXCEEDED then, and the upstream is
+/// never reached; a caller with time enough is delayed and answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_delay_ends_at_the_deadline() {
+    let up = Scripted::ok("real").await;
+    let fb = proxy(
+        &up,
+        &[(
+            "slow",
+            "/",
+            "timeout = \"60s\"\nfault = { delay_percent = 100.0, delay = \"30s\" }",
+        )],
+    )
+    .await;
+    let c = http1_client();
+    let hurried = [("x-request-timeout-ms", "100")];
+    let r = within(
+        WAIT,
+        "the delayed caller's answer",
+        call(&c, Method::GET, &fb.url("/x"), &hurried, ""),
+    )
+    .await;
+    assert_fusebox_error(&r, 504, "DEADLINE_EXCEEDED", Some("app"));
+    assert_eq!(up.hits(), 0, "never reached the upstream");
+}

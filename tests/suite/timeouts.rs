@@ -174,7 +174,7 @@ async fn stalled_request_body_gets_408_and_the_breaker_learns_nothing() {
     let r = within(WAIT, "the answer to a stalled body", pending)
         .await
         .expect("task");
-    assert_fusebox_error(&r, 408, "REQUEST_TIMEOUT", None);
+    assert_fusebox_error(&r, 408, "REQUEST_TIMEOUT", Some("app"));
     drop(tx);
     assert_eq!(up.hits(), 1, "not retried");
     let stats = fb
