@@ -56,6 +56,11 @@ pub struct ValidateArgs {
     /// skipped and listed; everything else is checked. `run` never does this.
     #[arg(long)]
     pub allow_missing_env: bool,
+    /// Check a config where the files it names are not (CI without the pod's mounted
+    /// certificates): a TLS file that cannot be read is listed, not refused. Without
+    /// it, such a file is refused with its key's line and column. `run` never does this.
+    #[arg(long)]
+    pub allow_missing_files: bool,
 }
 
 #[derive(Debug, Args)]

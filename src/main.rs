@@ -78,6 +78,7 @@ fn validate(a: &ValidateArgs) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let options = config::ParseOptions {
         allow_missing_env: a.allow_missing_env,
+        allow_missing_files: a.allow_missing_files,
         ..config::ParseOptions::process_env()
     };
     let parsed = config::parse_with_options(
@@ -97,6 +98,13 @@ fn validate(a: &ValidateArgs) -> Result<(), String> {
     if !parsed.missing_env.is_empty() {
         let missing: Vec<String> = parsed.missing_env.iter().map(|m| m.to_string()).collect();
         println!("note: not set here, so not checked: {}", missing.join(", "));
+    }
+    if !parsed.missing_files.is_empty() {
+        let missing: Vec<String> = parsed.missing_files.iter().map(|m| m.to_string()).collect();
+        println!(
+            "note: not readable here, so not checked: {}",
+            missing.join(", ")
+        );
     }
     Ok(())
 }

@@ -26,11 +26,33 @@ pub struct Ctx<'a> {
     pub missing: Vec<(String, Path)>,
     /// Keys whose value came (in part) from `${VAR}`: secrets, redacted in `/config`.
     pub interpolated: Vec<Path>,
+    /// `validate --allow-missing-files`: a file the config names (TLS certificates,
+    /// keys, CAs) that cannot be read here is noted in `missing_files` instead of being
+    /// a problem.
+    pub allow_missing_files: bool,
+    /// Files that could not be read, with the key naming them.
+    pub missing_files: Vec<(String, Path)>,
 }
 
 impl Ctx<'_> {
     pub fn problem(&mut self, path: &Path, message: impl Into<String>) {
         self.problems.push((path.clone(), message.into()));
+    }
+
+    /// Checks that `file` (the value of the key at `path`) can be read now: `run` and
+    /// a reload read it right after validation, and a file they could not read would
+    /// refuse the config without saying where in it the file was named.
+    pub fn readable_file(&mut self, path: &Path, file: &str) {
+        if file.is_empty() {
+            return; // a required key that is absent: its own problem is recorded
+        }
+        if let Err(e) = std::fs::read(file) {
+            if self.allow_missing_files {
+                self.missing_files.push((file.to_owned(), path.clone()));
+            } else {
+                self.problem(path, format!("cannot read {file}: {e}"));
+            }
+        }
     }
 
     /// A string value with `${VAR}` replaced; `None` (problem or missing variable

@@ -73,6 +73,7 @@ pub fn parse_with_env(
     let options = ParseOptions {
         env,
         allow_missing_env: false,
+        allow_missing_files: false,
     };
     parse_with_options(text, origin, source, &options).map(|parsed| parsed.config)
 }
@@ -86,6 +87,10 @@ pub struct ParseOptions<'a> {
     /// not checked and takes its key's default. Every other value is checked as usual.
     /// Never for a config that is served: the defaults would stand in for secrets.
     pub allow_missing_env: bool,
+    /// `fusebox validate --allow-missing-files`: a TLS file that cannot be read here is
+    /// noted in `Parsed::missing_files` instead of refusing the file. Never for a
+    /// config that is served.
+    pub allow_missing_files: bool,
 }
 
 impl ParseOptions<'static> {
@@ -94,6 +99,7 @@ impl ParseOptions<'static> {
         ParseOptions {
             env: &env::process_env,
             allow_missing_env: false,
+            allow_missing_files: false,
         }
     }
 }
@@ -105,6 +111,9 @@ pub struct Parsed {
     /// With `allow_missing_env`: each variable that was not set and the key that needed
     /// it, in file order. Empty otherwise.
     pub missing_env: Vec<MissingEnv>,
+    /// With `allow_missing_files`: each file that could not be read (`name`) and the
+    /// key naming it, in file order. Empty otherwise.
+    pub missing_files: Vec<MissingEnv>,
 }
 
 /// A variable that was not set, found while `allow_missing_env` was on.
@@ -134,32 +143,41 @@ pub fn parse_with_options(
 ) -> Result<Parsed, ConfigError> {
     let file: file::FileConfig = toml::from_str(text)
         .map_err(|e| ConfigError::Invalid(vec![error::from_toml(text, origin, &e)]))?;
-    let (config, missing) =
-        validate::validate(&file, options.env, options.allow_missing_env, source)
-            .map_err(|problems| ConfigError::Invalid(error::locate_all(text, origin, problems)))?;
+    let (config, missing, files) = validate::validate(
+        &file,
+        options.env,
+        options.allow_missing_env,
+        options.allow_missing_files,
+        source,
+    )
+    .map_err(|problems| ConfigError::Invalid(error::locate_all(text, origin, problems)))?;
     // Locating parses the text once more: only when there is something to locate.
-    let locator = (!missing.is_empty()).then(|| error::Locator::new(text));
-    let mut missing_env: Vec<MissingEnv> = Vec::with_capacity(missing.len());
-    for (name, path) in missing {
+    let locator = (!missing.is_empty() || !files.is_empty()).then(|| error::Locator::new(text));
+    let located = |list: Vec<(String, error::Path)>| {
+        let mut out: Vec<MissingEnv> = Vec::with_capacity(list.len());
         let Some(locator) = locator.as_ref() else {
-            break;
+            return out;
         };
-        let key = path.to_string();
-        if missing_env.iter().any(|m| m.name == name && m.key == key) {
-            continue;
+        for (name, path) in list {
+            let key = path.to_string();
+            if out.iter().any(|m| m.name == name && m.key == key) {
+                continue;
+            }
+            let (line, column) = locator.line_col(&path);
+            out.push(MissingEnv {
+                name,
+                key,
+                line,
+                column,
+            });
         }
-        let (line, column) = locator.line_col(&path);
-        missing_env.push(MissingEnv {
-            name,
-            key,
-            line,
-            column,
-        });
-    }
-    missing_env.sort_by_key(|m| (m.line, m.column));
+        out.sort_by_key(|m| (m.line, m.column));
+        out
+    };
     Ok(Parsed {
         config,
-        missing_env,
+        missing_env: located(missing),
+        missing_files: located(files),
     })
 }
 

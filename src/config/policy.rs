@@ -390,8 +390,18 @@ pub fn upstream_tls(
     if server_name.as_ref().is_some_and(|s| s.trim().is_empty()) {
         cx.problem(&p.key("server_name"), "must not be empty");
     }
+    let ca = cx.opt_string(&p.key("ca"), f.ca.as_ref());
+    for (k, v) in [
+        ("ca", &ca),
+        ("client_cert", &client_cert),
+        ("client_key", &client_key),
+    ] {
+        if let Some(v) = v {
+            cx.readable_file(&p.key(k), v);
+        }
+    }
     UpstreamTls {
-        ca: cx.opt_string(&p.key("ca"), f.ca.as_ref()).map(Into::into),
+        ca: ca.map(Into::into),
         server_name,
         client_cert: client_cert.map(Into::into),
         client_key: client_key.map(Into::into),

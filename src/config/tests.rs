@@ -398,29 +398,40 @@ circuit_breaker = { recovery_timeout = "10s", error_threshold_percentage = 25 }
 
 #[test]
 fn tls_fallback_upstream_and_admin_token() {
-    let text = r#"
+    // The files are read at validation (contents are checked when the listener and
+    // the upstream's client are built).
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "pem").unwrap();
+        p.display().to_string()
+    };
+    let (cert, key, ca) = (file("c.crt"), file("c.key"), file("ca.crt"));
+    let text = format!(
+        r#"
 [listener]
-tls = { cert = "c.crt", key = "c.key" }
+tls = {{ cert = "{cert}", key = "{key}" }}
 [admin]
 address = "0.0.0.0:9901"
 token_env = "TOKEN"
 [upstreams.a]
 endpoints = ["10.0.0.1:443"]
 protocol = "https"
-tls = { server_name = "a.internal", ca = "ca.crt" }
-fallback = { upstream = "b" }
+tls = {{ server_name = "a.internal", ca = "{ca}" }}
+fallback = {{ upstream = "b" }}
 [upstreams.b]
 endpoints = ["10.0.0.2:80"]
 [[routes]]
 methods = ["GET"]
 upstream = "a"
-"#;
-    let c = parse_env(text, &[("TOKEN", "s3cret")]).unwrap();
+"#
+    );
+    let c = parse_env(&text, &[("TOKEN", "s3cret")]).unwrap();
     assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
     let tls = c.listener.tls.as_ref().unwrap();
     assert_eq!(
         (tls.cert.to_str(), tls.key.to_str(), tls.client_ca.as_ref()),
-        (Some("c.crt"), Some("c.key"), None)
+        (Some(cert.as_str()), Some(key.as_str()), None)
     );
     let a = &c.upstreams["a"];
     assert_eq!(
@@ -450,4 +461,36 @@ fn content_hash_is_stable_and_short() {
     assert_eq!(content_hash("a"), "af63dc4c8601ec8c");
     assert_eq!(content_hash(MINIMAL), content_hash(MINIMAL));
     assert_ne!(content_hash(MINIMAL), content_hash(DEFAULT_CONFIG_TOML));
+}
+
+/// Proves what `validate` shares with `run`: a TLS file that cannot be read and a
+/// service name that is no header value are refused with their key's line and column
+/// (before, `validate` passed them and `run` refused them without a location); with
+/// `allow_missing_files` an unreadable file is listed instead, with its key.
+#[test]
+fn unreadable_tls_files_and_a_bad_service_name_are_refused_with_a_location() {
+    let text = "[service]\nname = \"bad\\nname\"\n[listener]\ntls = { cert = \"/nonexistent/c.pem\", key = \"Cargo.toml\" }\n[upstreams.a]\nendpoints = [\"10.0.0.1:443\"]\nprotocol = \"https\"\ntls = { ca = \"/nonexistent/ca.pem\" }\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n";
+    let err = parse(text, "t.toml", None).unwrap_err().to_string();
+    for want in [
+        "t.toml:2:8: service.name: is not a valid header value",
+        "t.toml:4:16: listener.tls.cert: cannot read /nonexistent/c.pem",
+        "t.toml:8:14: upstreams.a.tls.ca: cannot read /nonexistent/ca.pem",
+    ] {
+        assert!(err.contains(want), "{want:?} in:\n{err}");
+    }
+    let fixed = text.replace("bad\\nname", "vision");
+    let options = ParseOptions {
+        env: &|_| None,
+        allow_missing_env: false,
+        allow_missing_files: true,
+    };
+    let parsed = parse_with_options(&fixed, "t.toml", None, &options).unwrap();
+    let listed: Vec<String> = parsed.missing_files.iter().map(|m| m.to_string()).collect();
+    assert_eq!(
+        listed,
+        [
+            "/nonexistent/c.pem (listener.tls.cert)",
+            "/nonexistent/ca.pem (upstreams.a.tls.ca)"
+        ]
+    );
 }

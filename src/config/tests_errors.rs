@@ -317,9 +317,9 @@ fn bad_upstream_values_are_refused() {
         "cannot be its own fallback",
     );
     upstream_problem("fallback = { upstream = \"a\", body = \"{}\" }", "not both");
-    upstream_problem("tls = { ca = \"x\" }", "needs protocol");
+    upstream_problem("tls = { ca = \"Cargo.toml\" }", "needs protocol");
     upstream_problem(
-        "protocol = \"h2\"\ntls = { client_cert = \"c\" }",
+        "protocol = \"h2\"\ntls = { client_cert = \"Cargo.toml\" }",
         "give both or neither",
     );
 }

@@ -288,6 +288,7 @@ fn parse_allowing(text: &str, vars: &[(&str, &str)]) -> Result<Parsed, ConfigErr
     let options = ParseOptions {
         env: &env,
         allow_missing_env: true,
+        allow_missing_files: false,
     };
     parse_with_options(text, "t.toml", None, &options)
 }

@@ -16,8 +16,9 @@ use super::types::*;
 use super::{balance, global, policy, routes, units};
 
 /// A valid config and, with `allow_missing_env`, the variables that were not set (by
-/// the key that needed them); their keys took their defaults.
-pub type Validated = (Config, Vec<(String, Path)>);
+/// the key that needed them; their keys took their defaults), and with
+/// `allow_missing_files` the files that could not be read (by the key naming them).
+pub type Validated = (Config, Vec<(String, Path)>, Vec<(String, Path)>);
 
 /// Validates a whole file. `Err` holds every problem found, by TOML path. With
 /// `allow_missing_env`, an unset variable is not a problem (see `Ctx::missing`).
@@ -25,6 +26,7 @@ pub fn validate(
     file: &FileConfig,
     env: Env<'_>,
     allow_missing_env: bool,
+    allow_missing_files: bool,
     source: Option<PathBuf>,
 ) -> Result<Validated, Vec<(Path, String)>> {
     let mut cx = Ctx {
@@ -33,15 +35,20 @@ pub fn validate(
         allow_missing_env,
         missing: Vec::new(),
         interpolated: Vec::new(),
+        allow_missing_files,
+        missing_files: Vec::new(),
     };
     let root = Path::default();
-    let service = ServiceConfig {
-        name: cx.nonempty(
-            &root.key("service").key("name"),
-            file.service.name.as_ref(),
-            DEFAULT_SERVICE_NAME,
-        ),
-    };
+    let name_path = root.key("service").key("name");
+    let name = cx.nonempty(&name_path, file.service.name.as_ref(), DEFAULT_SERVICE_NAME);
+    // It is sent as `X-Service-Name` on every request.
+    if http::HeaderValue::from_str(&name).is_err() {
+        cx.problem(
+            &name_path,
+            "is not a valid header value (it is sent as X-Service-Name): visible ASCII and spaces only",
+        );
+    }
+    let service = ServiceConfig { name };
     let listener = listener(&mut cx, &file.listener, &root.key("listener"));
     let admin = admin(&mut cx, &file.admin, &root.key("admin"));
     if listener.address.tcp() == Some(admin.address) && admin.address.port() != 0 {
@@ -119,7 +126,7 @@ pub fn validate(
         source,
         interpolated: cx.interpolated.iter().map(ToString::to_string).collect(),
     };
-    Ok((config, cx.missing))
+    Ok((config, cx.missing, cx.missing_files))
 }
 
 /// `IP:port`, or `unix:` and a socket path.
@@ -180,6 +187,11 @@ fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
         let cert = cx.required_string(&tp, "cert", t.cert.as_ref());
         let key = cx.required_string(&tp, "key", t.key.as_ref());
         let client_ca = cx.opt_string(&tp.key("client_ca"), t.client_ca.as_ref());
+        for (k, v) in [("cert", &cert), ("key", &key), ("client_ca", &client_ca)] {
+            if let Some(v) = v {
+                cx.readable_file(&tp.key(k), v);
+            }
+        }
         ListenerTls {
             cert: cert.unwrap_or_default().into(),
             key: key.unwrap_or_default().into(),
