@@ -55,8 +55,9 @@ pub const POOL_WAIT_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// Buckets for attempts per request: 1 (no retry) to 10.
-pub const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0];
+/// Buckets for attempts per request: 0 (none made: every breaker open, or shed on the
+/// deadline), 1 (no retry) to 10.
+pub const ATTEMPT_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0];
 
 /// The metric families. One per process; snapshots hold an `Arc` to it.
 #[derive(Debug)]

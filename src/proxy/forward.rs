@@ -85,7 +85,9 @@ pub async fn send(
     if source.as_ref().is_some_and(|s| s.budget_refused()) {
         route.metrics.unbuffered.inc();
     }
-    up.metrics.attempts.observe(f64::from(ctx.attempts.max(1)));
+    // As the access log's `attempts`: 0 when no attempt was made (every breaker open,
+    // shed on the deadline).
+    up.metrics.attempts.observe(f64::from(ctx.attempts));
     match end {
         LoopEnd::Response(r) => Ok(r),
         LoopEnd::Error { err, fallback } => {

@@ -130,6 +130,12 @@ async fn opens_after_exactly_failure_threshold_consecutive_failures() {
         "CIRCUIT_OPEN answers never reach the upstream"
     );
     assert_eq!(prom::rejected(fb.admin(), "all", "circuit_open").await, 3.0);
+    // As the access log: a CIRCUIT_OPEN answer made no attempt (bucket 0), each of
+    // the six before it one.
+    let le = |n: &str| format!(r#"service="app",le="{n}""#);
+    let bucket = "gateway_proxy_attempts_per_request_bucket";
+    assert_eq!(prom::read_metric(fb.admin(), bucket, &le("0")).await, 3.0);
+    assert_eq!(prom::read_metric(fb.admin(), bucket, &le("1")).await, 9.0);
 }
 
 /// Proves: in error-rate mode a window holding fewer than `request_volume_threshold`
