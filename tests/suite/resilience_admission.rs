@@ -307,7 +307,7 @@ async fn a_queued_request_waits_no_longer_than_its_deadline() {
 
 /// Proves: an injected delay ends by the deadline: a 30 s `delay` on a route whose
 /// caller has 100 ms left answers 504 DEADLINE_EXCEEDED then, and the upstream is
-/// never reached; a caller with time enough is delayed and answered as before.
+/// never reached (a delay that fits is `fault_delay_delays_requests_before_the_upstream`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_delay_ends_at_the_deadline() {
     let up = Scripted::ok("real").await;
