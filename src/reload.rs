@@ -208,6 +208,7 @@ pub fn spawn(
         let mut hup = signal(SignalKind::hangup())?;
         let htx = tx.clone();
         let has_file = path.is_some();
+        let hctrl = Arc::downgrade(&ctrl);
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 if !has_file {
@@ -218,6 +219,12 @@ pub fn spawn(
                     continue;
                 }
                 tracing::info!("SIGHUP: reloading config");
+                // A text refused before is judged again: what it names (a TLS file
+                // mounted since) may have changed, which no event in the config's
+                // directory announces.
+                if let Some(ctrl) = hctrl.upgrade() {
+                    ctrl.set_failed(None);
+                }
                 if htx.send(()).is_err() {
                     break;
                 }

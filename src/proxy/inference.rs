@@ -26,8 +26,8 @@ use crate::upstream::{Endpoint, Upstream};
 /// samples that could show the endpoint recovered, and it would shed for ever.
 const STALE_PREDICTION: Duration = Duration::from_secs(2);
 
-/// An endpoint with requests in flight and no attempt ended for this many times its
-/// mean latency is taken as stalled: picks prefer the others.
+/// An endpoint whose attempts have waited this many times its mean latency with no
+/// answer is taken as stalled (see [`stalled`]).
 const STALLED: u32 = 3;
 
 /// The predicted wait plus service time for a request of `priority`: the requests
@@ -92,22 +92,24 @@ pub(super) fn fits(ep: &Endpoint, left: Duration, now: Instant) -> bool {
     fresh_mean(ep, now).is_none_or(|m| m <= left)
 }
 
-/// Whether `ep` looks stalled: it has an adaptive limit, requests in flight, and no
-/// answer for [`STALLED`] x its mean latency (a GPU that stopped serving, or a queue of
-/// work nobody waits for). Timeouts and failures are no answers: a stalled replica's
-/// requests timing out must not make it look alive again, nor must a stall longer than
-/// the freshness of predictions ([`STALE_PREDICTION`]). Picks send nothing more to
+/// Whether `ep` looks stalled: it has an adaptive limit, and attempts that have waited
+/// for their answer's headers for [`STALLED`] x its mean latency with no answer
+/// meanwhile (a GPU that stopped serving, or a queue of work nobody waits for).
+/// Timeouts and failures are no answers: a stalled replica's requests timing out must
+/// not make it look alive again, nor must a stall longer than the freshness of
+/// predictions ([`STALE_PREDICTION`]). The clock starts at the later of the last answer
+/// and the moment attempts began waiting, so an endpoint that was idle, or is busy
+/// streaming bodies of answers it gave, is not stalled. Picks send nothing more to
 /// it while another endpoint can take the request now or once it frees capacity; when
 /// its requests have all ended it takes one again, a probe of whether it is back. It is
 /// never a reason to refuse a request that only stalled endpoints could take.
 pub(super) fn stalled(up: &Upstream, ep: &Endpoint, now: Instant) -> bool {
+    let load = &ep.core.load;
     up.cfg.adaptive_concurrency.is_some()
-        && ep.in_flight() > 0
-        && ep
-            .core
-            .load
-            .mean_latency()
-            .is_some_and(|m| ep.core.load.since_answer(now) > m * STALLED)
+        && load.mean_latency().is_some_and(|m| {
+            load.unanswered_for(now)
+                .is_some_and(|waited| waited > m * STALLED)
+        })
 }
 
 /// Why no endpoint was picked, when it is about limits or the deadline.
@@ -309,16 +311,24 @@ pub(super) struct CancelWatch<'a> {
     sent: Instant,
     in_flight: usize,
     armed: bool,
+    /// The attempt counts as waiting for its answer (the stall check's; only with an
+    /// adaptive limit) until this drops.
+    awaited: bool,
 }
 
 impl<'a> CancelWatch<'a> {
     pub(super) fn new(up: &'a Upstream, ep: &'a Endpoint, sent: Instant, in_flight: usize) -> Self {
+        let awaited = up.cfg.adaptive_concurrency.is_some();
+        if awaited {
+            ep.core.load.attempt_started(sent);
+        }
         CancelWatch {
             up,
             ep,
             sent,
             in_flight,
             armed: true,
+            awaited,
         }
     }
 
@@ -330,6 +340,9 @@ impl<'a> CancelWatch<'a> {
 
 impl Drop for CancelWatch<'_> {
     fn drop(&mut self) {
+        if self.awaited {
+            self.ep.core.load.attempt_ended();
+        }
         if !self.armed {
             return;
         }

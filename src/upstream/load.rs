@@ -41,8 +41,12 @@ pub static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint
 const MAX_UTILISATION: f32 = 0.9;
 
 /// A failed attempt counts as at least this many times the endpoint's mean answer (or
-/// `default_latency`, when longer).
+/// `default_latency`, when longer), and a fast one as this many times the estimate.
 const FAILURE_PENALTY: f64 = 2.0;
+
+/// A run of fast failures raises the estimate to at most this many times the mean
+/// answer (or `default_latency`).
+const FAILURE_CAP: f64 = 16.0;
 
 /// Weight of a new sample in the mean latency (about the last ten samples count).
 const MEAN_WEIGHT: f64 = 0.1;
@@ -60,6 +64,11 @@ pub struct LoadState {
     sample_us: AtomicU64,
     /// Microseconds since [`epoch`] of the last answer (a sample that was no failure).
     answer_us: AtomicU64,
+    /// Attempts sent and not ended yet (waiting for the answer's headers), counted for
+    /// upstreams with an adaptive limit (the stall check); and since when (microseconds
+    /// since [`epoch`]) some have been waiting without a break.
+    awaiting: AtomicU32,
+    busy_us: AtomicU64,
     /// Plain moving average of successful attempts' latency (nanoseconds, `f64` bits;
     /// 0 = none yet): the service time deadline predictions use, which a single stall
     /// does not dominate the way it dominates the peak estimate.
@@ -85,6 +94,8 @@ impl LoadState {
             samples: AtomicU64::new(0),
             sample_us: AtomicU64::new(0),
             answer_us: AtomicU64::new(0),
+            awaiting: AtomicU32::new(0),
+            busy_us: AtomicU64::new(0),
             mean_ns: AtomicU64::new(0f64.to_bits()),
             queue: AtomicU32::new(0f32.to_bits()),
             queue_unread: AtomicBool::new(false),
@@ -95,11 +106,15 @@ impl LoadState {
 
     /// Records one attempt's latency (to response headers, or to its failure).
     ///
-    /// A failure counts as at least [`FAILURE_PENALTY`] x what an answer takes here:
-    /// the mean of answers, or `default` when that is longer or there is none yet. Not
-    /// x the estimate: the estimate already holds the previous failures, so a run of
-    /// them would compound (a stalled replica's timeouts doubled it per timeout, to
-    /// hours, which kept the replica out of rotation long after it recovered).
+    /// A failure counts as at least [`FAILURE_PENALTY`] x what an answer takes here
+    /// (the mean of answers, or `default` when that is longer or there is none yet). A
+    /// slow one (a timeout: as long as the estimate or longer) counts as what it took:
+    /// it raised the estimate already, and doubling it per timeout compounded (a
+    /// stalled replica's run of timeouts took it to hours, which kept the replica out
+    /// of rotation long after it recovered). A fast one (a 503 in 1 ms) counts as
+    /// [`FAILURE_PENALTY`] x the estimate, so a run of them raises it quickly, up to
+    /// [`FAILURE_CAP`] x an answer: failing fast never looks fast, and a replica back
+    /// from failing is tried again within seconds.
     pub fn observe(
         &self,
         rtt: Duration,
@@ -113,7 +128,15 @@ impl LoadState {
         if failure {
             let mean = f64::from_bits(self.mean_ns.load(Ordering::Relaxed));
             let reference = mean.max(default.as_nanos() as f64);
-            rtt_ns = rtt_ns.max(reference * FAILURE_PENALTY);
+            let floor = reference * FAILURE_PENALTY;
+            rtt_ns = if rtt_ns >= old {
+                rtt_ns.max(floor)
+            } else {
+                (old * FAILURE_PENALTY)
+                    .max(floor)
+                    .min(reference * FAILURE_CAP)
+                    .max(rtt_ns)
+            };
         }
         let est = if rtt_ns >= old || self.samples.load(Ordering::Relaxed) == 0 {
             rtt_ns // a peak replaces the estimate at once (and the first sample does)
@@ -149,11 +172,37 @@ impl LoadState {
         Duration::from_micros(us_since_epoch(now).saturating_sub(last)) < max_age
     }
 
-    /// Time since the last answer (an attempt that ended and was no failure): a
-    /// timeout or a reset ends an attempt but says nothing of the endpoint working.
-    pub fn since_answer(&self, now: Instant) -> Duration {
-        let last = self.answer_us.load(Ordering::Relaxed);
-        Duration::from_micros(us_since_epoch(now).saturating_sub(last))
+    /// An attempt was sent and waits for its answer (see [`LoadState::unanswered_for`]).
+    pub fn attempt_started(&self, now: Instant) {
+        if self.awaiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.busy_us.store(us_since_epoch(now), Ordering::Relaxed);
+        }
+    }
+
+    /// The attempt of an [`LoadState::attempt_started`] ended (answer, failure,
+    /// timeout or cancel).
+    pub fn attempt_ended(&self) {
+        let _ = self
+            .awaiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// How long attempts have been waiting here with no answer: since the last answer
+    /// or since attempts started waiting (whichever is later); `None` while none waits.
+    /// A timeout or a reset ends an attempt but is no answer: it says nothing of the
+    /// endpoint working. An endpoint streaming long answers, or idle until now, has
+    /// none waiting for its headers, so it never counts. (Racing the first
+    /// `attempt_started` may read a busy time one wait too old: a moment's false
+    /// reading, corrected by the next.)
+    pub fn unanswered_for(&self, now: Instant) -> Option<Duration> {
+        if self.awaiting.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let answer = self.answer_us.load(Ordering::Relaxed);
+        let busy = self.busy_us.load(Ordering::Relaxed);
+        Some(Duration::from_micros(
+            us_since_epoch(now).saturating_sub(answer.max(busy)),
+        ))
     }
 
     /// Records a sample in the mean latency only (balancers other than `peak_ewma`
@@ -529,8 +578,8 @@ mod tests {
     }
 
     /// Proves a replica that fails fast does not look fast: a 1 ms failure counts as
-    /// twice its mean answer or the default latency (30 ms here), so fast failures
-    /// raise its cost.
+    /// twice its mean answer or the default latency (30 ms here), then twice the
+    /// estimate per failure, up to 16x: fast failures raise its cost quickly, boundedly.
     #[tokio::test(start_paused = true)]
     async fn fast_failures_raise_the_estimate() {
         let s = LoadState::new(30 * MS);
@@ -539,7 +588,16 @@ mod tests {
         for _ in 0..3 {
             s.observe(MS, true, now, DECAY, 30 * MS);
         }
-        assert_eq!(s.latency(now, DECAY, Duration::ZERO), 60 * MS);
+        // 2 x the default (longer than the 3 ms answer), then doubling per failure.
+        assert_eq!(s.latency(now, DECAY, Duration::ZERO), 240 * MS);
+        for _ in 0..20 {
+            s.observe(MS, true, now, DECAY, 30 * MS);
+        }
+        assert_eq!(
+            s.latency(now, DECAY, Duration::ZERO),
+            480 * MS,
+            "a run of fast failures stops at 16 x the default"
+        );
         let healthy = LoadState::new(30 * MS);
         healthy.observe(3 * MS, false, now, DECAY, 30 * MS);
         assert!(s.cost(0, 1.0, now, DECAY, 30 * MS) > healthy.cost(0, 1.0, now, DECAY, 30 * MS));

@@ -478,8 +478,8 @@ async fn an_endpoint_slower_than_the_time_left_is_not_picked() {
 /// Proves a reload keeps what an endpoint's adaptive limit learned when its settings
 /// stay (a route added: the limit cut to 1 by a reported queue is still 1), and starts
 /// it again at `initial_limit` when they change (`max_limit` 64 -> 32); a reload that
-/// is refused (a CA file that cannot be read) changes nothing, even when it would
-/// have changed the settings.
+/// is refused while building (a CA file that holds no certificate) changes nothing,
+/// even when it would have changed the settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
     let up = Scripted::start(Behaviour::delayed(
@@ -533,14 +533,20 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
         "same settings: the learned limit stays"
     );
     assert_eq!(limit(&p, up.addr).await, 1.0);
-    // Refused because a later upstream's CA file cannot be read (upstreams build in
-    // name order, so `gpu` with its new settings would be built first): nothing
-    // changes, not even the learned limit of the upstream before it.
+    // Refused because a later upstream's CA file holds no certificate (it can be
+    // read, so validation passes and the build refuses it; upstreams build in name
+    // order, so `gpu` with its new settings would be built first): nothing changes,
+    // not even the learned limit of the upstream before it.
+    let bad_ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad_ca, "this is no PEM certificate\n").expect("write CA");
     let refused = format!(
         "{}{}",
         tables(32, true),
         UpstreamToml::new("zz-tls", &[up.addr])
-            .extra("protocol = \"https\"\ntls = { ca = \"/nonexistent/fusebox-ca.pem\" }")
+            .extra(&format!(
+                "protocol = \"https\"\ntls = {{ ca = \"{}\" }}",
+                bad_ca.display()
+            ))
             .build()
     );
     let path = dir.path().join("refused.toml");
@@ -548,7 +554,7 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
     let out = fusebox::reload::reload_from(&p.running.ctrl, &path).await;
     assert!(
         out.is_err(),
-        "a CA file that cannot be read refuses the reload: {out:?}"
+        "a CA file without a certificate refuses the reload: {out:?}"
     );
     assert_eq!(
         p.endpoint("gpu", up.addr).core.limit(),
@@ -716,9 +722,11 @@ async fn a_load_report_in_the_trailers_drives_the_limit_and_is_removed() {
 /// clients), callers wait for it instead of piling onto the stalled one, which keeps
 /// just the request it holds. Before, the fallback pick took any endpoint under its
 /// limit, stalled or not, and each caller sent there waited for its whole deadline.
+/// The good replica answers in 100 ms (it would count as stalled only after 300 ms
+/// without an answer) and the queue waits up to 30 s, so a slow machine changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_replica_gets_nothing_while_another_can_take_it() {
-    let good = Scripted::start(Behaviour::delayed(ms(20), Behaviour::ok("good"))).await;
+    let good = Scripted::start(Behaviour::delayed(ms(100), Behaviour::ok("good"))).await;
     let stall = Scripted::start(Behaviour::delayed(ms(2), Behaviour::ok("stall"))).await;
     let tables = format!(
         "{}{}",
@@ -729,15 +737,21 @@ async fn a_stalled_replica_gets_nothing_while_another_can_take_it() {
                 "min_limit = 8\nmax_limit = 8\ninitial_limit = 8"
             )
             .build(),
-        route_toml("infer", "/", "gpu", "timeout = \"20s\"")
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
+        )
     );
     let p = spawn_proxy(&tables).await;
     // Both known: 12 clients overflow either one's limit of 8.
-    let statuses = drive(&p.url("/infer"), 12, 120, &[]).await;
+    let statuses = drive(&p.url("/infer"), 12, 60, &[]).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(good.hits() > 0 && stall.hits() > 0, "both answered");
-    // It stalls. It is the cheaper one (2 ms against 20), so the next request goes
-    // there and stays; once no answer came for 3x its mean it counts as stalled.
+    // It stalls. It is the cheaper one (2 ms against 100), so the next request goes
+    // there and stays; once it has waited 3x the mean with no answer it counts as
+    // stalled.
     let gate = Gate::new();
     stall.set(Behaviour::gated(&gate, Behaviour::ok("stall")));
     let held = stall.hits() + 1;
@@ -750,16 +764,20 @@ async fn a_stalled_replica_gets_nothing_while_another_can_take_it() {
     let ep = p.endpoint("gpu", stall.addr);
     let mean = ep.core.load.mean_latency().expect("a mean of answers");
     eventually("the stall to show", WAIT, || {
-        ep.core.load.since_answer(tokio::time::Instant::now()) > mean * 3
+        let now = tokio::time::Instant::now();
+        ep.core
+            .load
+            .unanswered_for(now)
+            .is_some_and(|w| w > mean * 3)
     })
     .await;
-    // 240 requests from 12 clients: the good one at its limit most of the time.
+    // 120 requests from 12 clients: the good one at its limit most of the time.
     let good_before = good.hits();
-    let statuses = drive(&p.url("/infer"), 12, 240, &[]).await;
+    let statuses = drive(&p.url("/infer"), 12, 120, &[]).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(
         good.hits(),
-        good_before + 240,
+        good_before + 120,
         "all went to the good replica"
     );
     assert_eq!(stall.hits(), held, "the stalled replica got nothing more");
