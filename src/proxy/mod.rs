@@ -259,7 +259,8 @@ async fn admit(
             FaultAction::Delay(d) => {
                 route.metrics.fault_delay.inc();
                 // An injected delay is part of the request's time: it ends by the
-                // deadline, which then answers as any passed deadline does.
+                // deadline, answered DEADLINE_EXCEEDED (before any attempt, so no
+                // fallback answers it).
                 let left = ctx.deadline.saturating_duration_since(Instant::now());
                 tokio::time::sleep(d.min(left)).await;
                 if d >= left {
