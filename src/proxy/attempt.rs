@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::RETRY_AFTER;
-use http::uri::{PathAndQuery, Scheme};
+use http::header::{HOST, RETRY_AFTER};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -186,7 +186,15 @@ fn build(
         } else {
             Scheme::HTTP
         });
-        uri.authority = Some(ep.authority.clone());
+        // The caller's authority, as an HTTP/1.1 upstream gets it in `Host` (RFC 9113
+        // 8.3.1: an intermediary builds `:authority` from the request's, and sends no
+        // `Host` that differs from it; strict servers refuse a mismatch). The
+        // endpoint's address when the caller gave none usable.
+        let caller = out
+            .headers
+            .get(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+        uri.authority = Some(caller.unwrap_or_else(|| ep.authority.clone()));
         uri.path_and_query = Some(out.pq.clone());
         Uri::from_parts(uri)
             .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "cannot build upstream URI"))?
@@ -205,6 +213,9 @@ fn build(
         Version::HTTP_11
     };
     *req.headers_mut() = out.headers.clone();
+    if http2 {
+        req.headers_mut().remove(HOST); // carried as `:authority`
+    }
     if out.grpc {
         req.headers_mut()
             .insert(GRPC_TIMEOUT.clone(), millis_value(left, "m"));

@@ -91,3 +91,41 @@ async fn h2c_gets_contract_errors() {
     assert_eq!(r.version, Version::HTTP_2);
     assert_fusebox_error(&r, 404, "NO_ROUTE", None);
 }
+
+/// Proves: an HTTP/2 upstream (`protocol = "h2c"`) gets the caller's authority as
+/// `:authority`, as an HTTP/1.1 upstream gets it in `Host`, and no `host` header beside
+/// it (RFC 9113 8.3.1; strict servers, Python's h2 and the gRPC servers built on it,
+/// refuse a `host` that differs from `:authority`). Before, `:authority` was the
+/// endpoint's address and the caller's `Host` went along too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstream_gets_the_callers_authority_and_no_host_header() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&format!(
+        "{}{}{}",
+        base_config(""),
+        upstream_toml("app", &[up.addr], "protocol = \"h2c\""),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    for (client, caller) in [(http1_client(), "detect.internal:8080"), (h2c_client(), "")] {
+        let mut req = request(Method::GET, &fb.url("/x"));
+        if !caller.is_empty() {
+            req = req.header("host", caller);
+        }
+        let r = send(&client, req.body(empty()).unwrap()).await;
+        assert_eq!(r.status, 200);
+        let rec = up.last();
+        assert_eq!(rec.version, Version::HTTP_2);
+        let want = if caller.is_empty() {
+            fb.addr.to_string()
+        } else {
+            caller.to_owned()
+        };
+        assert_eq!(
+            rec.uri.authority().map(|a| a.as_str()),
+            Some(want.as_str()),
+            ":authority is the caller's"
+        );
+        assert_eq!(rec.opt_header("host"), None, "no host beside :authority");
+    }
+}
