@@ -35,17 +35,30 @@ pub enum ReloadOutcome {
 /// Reads `path` and swaps in its config when it is valid and differs from the active
 /// one. The error string names file, line and column.
 pub async fn reload_from(ctrl: &Control, path: &Path) -> Result<ReloadOutcome, String> {
+    reload_from_with(ctrl, path, false).await
+}
+
+/// As [`reload_from`]; with `rebuild` (SIGHUP), an unchanged text is built and swapped
+/// in again too, and one refused before is judged again: the files it names (an
+/// upstream's CA, client certificate and key) may have changed in place, which no
+/// event in the config's directory announces. State carries over as on any reload; a
+/// TLS setup whose files did not change keeps its pools.
+pub async fn reload_from_with(
+    ctrl: &Control,
+    path: &Path,
+    rebuild: bool,
+) -> Result<ReloadOutcome, String> {
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let version = config::content_hash(&text);
     let old = ctrl.snapshot();
     // Reading the file makes events of its own; the same text is judged only once.
-    if version == old.version {
+    if version == old.version && !rebuild {
         ctrl.set_failed(None);
         return Ok(ReloadOutcome::Unchanged);
     }
-    if ctrl.failed_before(&version) {
+    if ctrl.failed_before(&version) && !rebuild {
         return Ok(ReloadOutcome::Unchanged);
     }
     let cfg = match config::parse(&text, &path.display().to_string(), Some(path.to_path_buf())) {
@@ -172,9 +185,10 @@ fn remove_stale_series(old: &Snapshot, new: &Snapshot) {
     }
 }
 
-/// Runs one reload and reports it (log line, metric, `/config`).
-pub async fn reload_and_report(ctrl: &Control, path: &Path) {
-    match reload_from(ctrl, path).await {
+/// Runs one reload and reports it (log line, metric, `/config`); `rebuild` as in
+/// [`reload_from_with`].
+pub async fn reload_and_report(ctrl: &Control, path: &Path, rebuild: bool) {
+    match reload_from_with(ctrl, path, rebuild).await {
         Ok(ReloadOutcome::Applied(version)) => {
             ctrl.record_reload(Ok(()));
             tracing::info!(event = "config_reload", result = "success", version = %version, path = %path.display(), "config reloaded");
@@ -196,7 +210,8 @@ pub fn spawn(
     ctrl: Arc<Control>,
     path: Option<PathBuf>,
 ) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    // `true`: SIGHUP (rebuild even an unchanged text); `false`: a file event.
+    let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let watcher = match &path {
         Some(path) => Some(watch_dir(path, tx.clone())?),
         None => None,
@@ -208,7 +223,7 @@ pub fn spawn(
         let mut hup = signal(SignalKind::hangup())?;
         let htx = tx.clone();
         let has_file = path.is_some();
-        let hctrl = Arc::downgrade(&ctrl);
+
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 if !has_file {
@@ -219,13 +234,7 @@ pub fn spawn(
                     continue;
                 }
                 tracing::info!("SIGHUP: reloading config");
-                // A text refused before is judged again: what it names (a TLS file
-                // mounted since) may have changed, which no event in the config's
-                // directory announces.
-                if let Some(ctrl) = hctrl.upgrade() {
-                    ctrl.set_failed(None);
-                }
-                if htx.send(()).is_err() {
+                if htx.send(true).is_err() {
                     break;
                 }
             }
@@ -238,21 +247,26 @@ pub fn spawn(
     let weak = Arc::downgrade(&ctrl);
     drop(ctrl);
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+        while let Some(first) = rx.recv().await {
             // Debounce: until events stop for DEBOUNCE, but no longer than
-            // DEBOUNCE_MAX_WAIT from the first one.
+            // DEBOUNCE_MAX_WAIT from the first one. A SIGHUP in the burst rebuilds.
+            let mut rebuild = first;
             let burst_end = tokio::time::Instant::now() + DEBOUNCE_MAX_WAIT;
             loop {
                 let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(burst_end);
                 match tokio::time::timeout_at(quiet, rx.recv()).await {
-                    Ok(Some(())) if tokio::time::Instant::now() < burst_end => continue,
-                    Ok(Some(())) => break,
+                    Ok(Some(hup)) => {
+                        rebuild |= hup;
+                        if tokio::time::Instant::now() >= burst_end {
+                            break;
+                        }
+                    }
                     Ok(None) => return,
                     Err(_) => break,
                 }
             }
             let Some(ctrl) = weak.upgrade() else { return };
-            reload_and_report(&ctrl, &path).await;
+            reload_and_report(&ctrl, &path, rebuild).await;
         }
     });
     Ok(watcher)
@@ -262,7 +276,7 @@ pub fn spawn(
 /// can change what the file reads.
 fn watch_dir(
     path: &Path,
-    tx: mpsc::UnboundedSender<()>,
+    tx: mpsc::UnboundedSender<bool>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -281,7 +295,7 @@ fn watch_dir(
             let wanted = !matches!(ev.kind, notify::EventKind::Access(_))
                 && (ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(p)));
             if wanted {
-                let _ = tx.send(());
+                let _ = tx.send(false);
             }
         }
     })?;

@@ -100,3 +100,65 @@ async fn sighup_judges_a_refused_text_again() {
     reloads("success").await;
     assert!(running.shutdown().await);
 }
+
+/// Proves: SIGHUP rebuilds an unchanged config, re-reading the TLS files it names: an
+/// upstream CA file replaced in place (a rotation that keeps its path, as cert-manager
+/// does) is used after SIGHUP. Before, an unchanged text was never rebuilt, so the old
+/// CA stayed until a restart or an unrelated edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_upstream_tls_files_changed_in_place() {
+    use common::tls::{Pki, TlsUpstream};
+    let _turn = SERIAL.lock().await;
+    let pki = Pki::generate();
+    let up = TlsUpstream::start(pki.server_config(&pki.server("upstream"), false)).await;
+    let stranger = Pki::generate();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("upstream-ca.pem");
+    std::fs::copy(&stranger.ca_path, &ca).expect("write the wrong CA");
+    let path = dir.path().join("fusebox.toml");
+    let text = format!(
+        "{}{}{}",
+        base_config(""),
+        upstream_toml(
+            "app",
+            &[up.addr],
+            &format!(
+                "protocol = \"https\"\ntls = {{ ca = \"{}\", server_name = \"localhost\" }}",
+                ca.display()
+            )
+        ),
+        route_toml("all", "/", "app", "")
+    );
+    std::fs::write(&path, &text).expect("write config");
+    let config = fusebox::config::load(&path).expect("valid config");
+    let running = fusebox::app::start_with(
+        config,
+        fusebox::config::content_hash(&text),
+        fusebox::app::StartOptions {
+            config_path: Some(path.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("start");
+    let c = http1_client();
+    let url = format!("http://{}/detect", running.data_addr);
+    let r = get(&c, &url).await;
+    assert_eq!(r.status, 502, "the wrong CA: {}", r.text());
+    std::fs::copy(&pki.ca_path, &ca).expect("rotate the CA in place");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    common::prom::wait_metric(
+        running.admin_addr,
+        "gateway_config_reloads_total",
+        "result=\"success\"",
+        1.0,
+    )
+    .await;
+    let r = get(&c, &url).await;
+    assert_eq!(r.status, 200, "the rotated CA: {}", r.text());
+    assert!(running.shutdown().await);
+}
