@@ -149,6 +149,12 @@ pub fn breaker(cx: &mut Ctx, f: &BreakerFile, base: &BreakerConfig, p: &Path) ->
             SLOW_CALL_DURATION_BOUNDS,
         )
         .or(base.slow_call_duration);
+    if f.slow_call_rate_threshold == Some(0.0) {
+        cx.problem(
+            &p.key("slow_call_rate_threshold"),
+            "must be greater than 0 (0 would open on healthy, fast traffic: a share of 0 slow calls reaches it)",
+        );
+    }
     if slow_call_duration.is_none() && f.slow_call_duration.is_none() {
         needs(
             cx,

@@ -414,3 +414,17 @@ fn keys_of_a_refused_mode_key_are_still_checked() {
         ]
     );
 }
+
+/// A rate threshold of 0 would open the breaker on healthy traffic (a share of 0 bad or
+/// slow calls reaches it): refused, with the key's location.
+#[test]
+fn zero_rate_thresholds_are_refused() {
+    upstream_problem(
+        "circuit_breaker = { window = \"10s\", error_threshold_percentage = 0 }",
+        "must be greater than 0",
+    );
+    upstream_problem(
+        "circuit_breaker = { slow_call_duration = \"5s\", slow_call_rate_threshold = 0 }",
+        "must be greater than 0",
+    );
+}
