@@ -259,6 +259,7 @@ fn breaker(b: &BreakerConfig) -> Value {
         "half_open_max_requests": b.half_open_max_requests,
         "max_recovery_timeout": dur(b.max_recovery_timeout),
         "failure_status_codes": b.failure_status_codes,
+        "failure_grpc_codes": grpc_names(&b.failure_grpc_codes),
         "window": opt_dur(rate.map(|r| r.window)),
         "request_volume_threshold": rate.map(|r| r.request_volume_threshold),
         "error_threshold_percentage": rate.map(|r| r.error_threshold_percentage),
@@ -270,6 +271,14 @@ fn breaker(b: &BreakerConfig) -> Value {
     })
 }
 
+/// gRPC status codes as the names config files use (`unavailable`).
+fn grpc_names(codes: &[u8]) -> Vec<&'static str> {
+    codes
+        .iter()
+        .map(|c| crate::config::grpc_code_name(*c))
+        .collect()
+}
+
 fn retry(r: &RetryConfig) -> Value {
     json!({
         "max_retries": r.max_retries,
@@ -277,6 +286,7 @@ fn retry(r: &RetryConfig) -> Value {
         "max_delay": dur(r.max_delay),
         "jitter": r.jitter,
         "retry_status_codes": r.retry_status_codes,
+        "retry_grpc_codes": grpc_names(&r.retry_grpc_codes),
         "retry_non_idempotent": r.retry_non_idempotent,
         "max_replay_body": r.max_replay_body,
         "budget_percent": r.budget_percent,
@@ -426,6 +436,8 @@ load_report_header = "X-Queue-Depth"
 adaptive_concurrency = { max_limit = 64 }
 [upstreams.cpu]
 endpoints = ["127.0.0.1:9002"]
+retry = { retry_grpc_codes = ["UNAVAILABLE", "8"] }
+circuit_breaker = { failure_grpc_codes = ["internal"] }
 
 [[routes]]
 path_prefix = "/"
@@ -463,6 +475,16 @@ shed_on_deadline = false
             json!({"min_limit": 1, "max_limit": 64, "initial_limit": 20, "rtt_tolerance": 1.5, "smoothing": 0.2})
         );
         let cpu = &v["upstreams"]["cpu"];
+        // gRPC codes by the names config files use.
+        assert_eq!(
+            cpu["retry"]["retry_grpc_codes"],
+            json!(["unavailable", "resource_exhausted"])
+        );
+        assert_eq!(
+            cpu["circuit_breaker"]["failure_grpc_codes"],
+            json!(["internal"])
+        );
+        assert_eq!(y["retry"]["retry_grpc_codes"], json!(["unavailable"]));
         assert!(cpu["adaptive_concurrency"].is_null() && cpu["load_report_header"].is_null());
         assert_eq!(v["routes"][0]["shed_on_deadline"], false);
         let off = crate::config::parse_with_env(

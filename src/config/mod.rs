@@ -201,32 +201,42 @@ pub fn content_hash(text: &str) -> String {
     format!("{hash:016x}")
 }
 
+/// The gRPC status names, by code.
+const GRPC_NAMES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
+
+/// The name of gRPC status `code` (`unavailable` for 14), as config files write it.
+pub fn grpc_code_name(code: u8) -> &'static str {
+    GRPC_NAMES
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// The gRPC status code for a name (`unavailable`, `UNAVAILABLE`) or number (`"14"`).
 pub fn grpc_code(name: &str) -> Option<u8> {
-    const NAMES: [&str; 17] = [
-        "ok",
-        "cancelled",
-        "unknown",
-        "invalid_argument",
-        "deadline_exceeded",
-        "not_found",
-        "already_exists",
-        "permission_denied",
-        "resource_exhausted",
-        "failed_precondition",
-        "aborted",
-        "out_of_range",
-        "unimplemented",
-        "internal",
-        "unavailable",
-        "data_loss",
-        "unauthenticated",
-    ];
     let n = name.trim();
     if let Ok(v) = n.parse::<u8>() {
         return (v <= 16).then_some(v);
     }
-    NAMES
+    GRPC_NAMES
         .iter()
         .position(|x| x.eq_ignore_ascii_case(n))
         .map(|i| i as u8)
