@@ -74,6 +74,25 @@ async fn weighted_follows_weights() {
     );
 }
 
+/// Proves weighted picks interleave: with weights 100 and 100, 20 requests split 8-12
+/// each. Before, each endpoint got `weight` requests in a row (all 20 to the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_interleaves_instead_of_running_through_a_weight() {
+    let ups = upstreams(2).await;
+    let endpoints = format!(
+        "{{ address = \"{}\", weight = 100 }}, {{ address = \"{}\", weight = 100 }}",
+        ups[0].addr, ups[1].addr
+    );
+    let fb = spawn_fusebox(&config(&endpoints, "weighted")).await;
+    let c = http1_client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &fb.url("/w")).await.status, 200);
+    }
+    let (a, b) = (ups[0].hits(), ups[1].hits());
+    assert_eq!(a + b, 20);
+    assert!((8..=12).contains(&a), "weights 100 / 100 got {a} / {b}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_reaches_every_endpoint() {
     let ups = upstreams(3).await;
