@@ -115,7 +115,9 @@ fn policy_view(
         endpoints.insert(ep.key.to_string(), Value::Object(v));
     }
     let state = upstream_state(&states);
-    if state == BreakerState::Open {
+    // Every endpoint open, or none at all (its DNS name gave no address): it can serve
+    // nothing, whatever its breakers say.
+    if state == BreakerState::Open || (with_health && eps.is_empty()) {
         health = Health::Unhealthy;
     }
     (

@@ -557,3 +557,32 @@ async fn a_reload_changing_partition_by_keeps_the_endpoints_own_breaker() {
     assert_eq!(forced.hits(), 0);
     assert!(p.proxy.shutdown().await);
 }
+
+/// Proves: an upstream left with no endpoints (what a DNS name that resolves to no
+/// address gives) makes `/health` read `unhealthy`: it can serve nothing, though no
+/// breaker is open. Before, it read `healthy` while every request failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_without_endpoints_is_unhealthy() {
+    let a = Scripted::ok("a").await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("app", &[a.addr]).build(),
+        route("all", "/", "app", ""),
+    );
+    let p = start(&tables).await;
+    let health = |p: &P| {
+        let url = p.admin_url("/health");
+        let c = p.client.clone();
+        async move { get(&c, &url).await.json()["status"].clone() }
+    };
+    assert_eq!(health(&p).await, "healthy");
+    let snap = p.proxy.running.snapshot();
+    snap.upstreams
+        .get("app")
+        .expect("upstream")
+        .set_endpoints(Vec::new());
+    assert_eq!(health(&p).await, "unhealthy");
+    let r = get(&p.client, &p.proxy.url("/x")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(p.proxy.shutdown().await);
+}
