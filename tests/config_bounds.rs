@@ -10,7 +10,9 @@
 //! independent). Accepted configs are started in-process on 127.0.0.1:0 in front of a
 //! real upstream and get one request with a 1 s client timeout: an HTTP answer or the
 //! timeout elapsing (a long injected delay, say) is fine; a panic anywhere (seen by a
-//! panic hook) or a dropped connection fails the case.
+//! panic hook) or a dropped connection fails the case (unless the listener's idle or
+//! header-read timeout is a few milliseconds: then closing a connection whose request
+//! came late is what the config asks for).
 
 #[path = "config_bounds/cases.rs"]
 mod cases;
@@ -122,6 +124,12 @@ fn any_bounded_value_is_refused_with_its_range_or_served_without_panic() {
             Ok(config) => config,
         };
         prop_assert!(valid, "accepted values past their bounds {past:?}:\n{text}");
+        // A listener idle or header-read timeout of a few milliseconds may close the
+        // connection before the request's bytes arrive on a busy machine: that is the
+        // configured behaviour (a silent connection is closed), not a failure.
+        let tight = Duration::from_millis(200);
+        let may_close =
+            config.listener.idle_timeout < tight || config.listener.header_read_timeout < tight;
         PANICS
             .lock()
             .map_err(|_| TestCaseError::fail("lock"))?
@@ -142,6 +150,7 @@ fn any_bounded_value_is_refused_with_its_range_or_served_without_panic() {
         match outcome {
             Outcome::Answered(status) => prop_assert!((100..=599).contains(&status)),
             Outcome::TimedOut => {}
+            Outcome::Dropped(_) if may_close => {}
             Outcome::Dropped(e) => {
                 return Err(TestCaseError::fail(format!(
                     "connection dropped without an answer ({e}):\n{text}"
