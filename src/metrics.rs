@@ -496,7 +496,9 @@ pub struct EndpointMetrics {
     pub conns_idle: IntGauge,
     /// Per attempt, until response headers.
     pub duration: Histogram,
-    pub concurrency_limit: IntGauge,
+    /// `gateway_upstream_concurrency_limit`: exported only while the upstream has an
+    /// adaptive limit (a 0 would read as "limit 0"); see [`EndpointMetrics::set_limit`].
+    concurrency_limit: arc_swap::ArcSwapOption<IntGauge>,
 }
 
 impl EndpointMetrics {
@@ -509,10 +511,35 @@ impl EndpointMetrics {
                 .connections
                 .with_label_values(&[service, endpoint, "idle"]),
             duration: m.upstream_duration.with_label_values(&[service, endpoint]),
-            concurrency_limit: m.concurrency_limit.with_label_values(&[service, endpoint]),
+            concurrency_limit: arc_swap::ArcSwapOption::empty(),
             family: m.clone(),
             service: service.into(),
             endpoint: endpoint.into(),
+        }
+    }
+
+    /// Sets the adaptive limit's gauge, exporting its series if it was not.
+    pub fn set_limit(&self, limit: usize) {
+        let v = i64::try_from(limit).unwrap_or(i64::MAX);
+        if let Some(g) = self.concurrency_limit.load().as_ref() {
+            g.set(v);
+            return;
+        }
+        let g = self
+            .family
+            .concurrency_limit
+            .with_label_values(&[&self.service, &self.endpoint]);
+        g.set(v);
+        self.concurrency_limit.store(Some(std::sync::Arc::new(g)));
+    }
+
+    /// The upstream has no adaptive limit (any more): its gauge is not exported.
+    pub fn clear_limit(&self) {
+        if self.concurrency_limit.swap(None).is_some() {
+            let _ = self
+                .family
+                .concurrency_limit
+                .remove_label_values(&[&self.service, &self.endpoint]);
         }
     }
 

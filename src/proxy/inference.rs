@@ -292,10 +292,7 @@ pub(super) fn learn<B>(
         _ => None,
     };
     if let Some(l) = l {
-        ep.core
-            .metrics
-            .concurrency_limit
-            .set(i64::try_from(l).unwrap_or(i64::MAX));
+        ep.core.metrics.set_limit(l);
     }
 }
 
@@ -354,11 +351,7 @@ impl Drop for CancelWatch<'_> {
         }
         if let Some(limit) = self.ep.core.adaptive.load().as_ref() {
             if let Some(l) = limit.sample_censored(waited, self.in_flight) {
-                self.ep
-                    .core
-                    .metrics
-                    .concurrency_limit
-                    .set(i64::try_from(l).unwrap_or(i64::MAX));
+                self.ep.core.metrics.set_limit(l);
             }
         }
     }

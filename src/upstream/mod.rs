@@ -204,7 +204,10 @@ impl Upstream {
     /// settings stay, a changed table starts afresh, none removes it.
     fn set_adaptive(&self, core: &EndpointCore) {
         match &self.cfg.adaptive_concurrency {
-            None => core.adaptive.store(None),
+            None => {
+                core.adaptive.store(None);
+                core.metrics.clear_limit();
+            }
             Some(cfg) => {
                 let keep = core
                     .adaptive
@@ -216,9 +219,7 @@ impl Upstream {
                         .store(Some(Arc::new(crate::admission::AdaptiveLimit::new(cfg))));
                 }
                 let limit = core.limit().unwrap_or(cfg.initial_limit);
-                core.metrics
-                    .concurrency_limit
-                    .set(i64::try_from(limit).unwrap_or(i64::MAX));
+                core.metrics.set_limit(limit);
             }
         }
     }

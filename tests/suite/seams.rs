@@ -586,3 +586,28 @@ async fn an_upstream_without_endpoints_is_unhealthy() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(p.proxy.shutdown().await);
 }
+
+/// Proves: `gateway_upstream_concurrency_limit` is exported only for endpoints whose
+/// upstream has an adaptive limit: none without it (a 0 there read as "limit 0"), the
+/// initial limit once a reload adds the table, none again once a reload removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_gauge_is_exported_only_with_an_adaptive_limit() {
+    let a = Scripted::ok("a").await;
+    let tables = |adaptive: bool| {
+        let mut up = UpstreamToml::new("app", &[a.addr]);
+        if adaptive {
+            up = up.table("adaptive_concurrency", "initial_limit = 12");
+        }
+        format!("{}{}", up.build(), route("all", "/", "app", ""))
+    };
+    let p = start(&tables(false)).await;
+    assert_eq!(get(&p.client, &p.proxy.url("/x")).await.status, 200);
+    let labels = format!(r#"endpoint="{}",service="app""#, a.addr);
+    let gauge = "gateway_upstream_concurrency_limit";
+    assert_eq!(sample(&p.metrics().await, gauge, &labels), None);
+    p.reload(&tables(true)).await;
+    assert_eq!(sample(&p.metrics().await, gauge, &labels), Some(12.0));
+    p.reload(&tables(false)).await;
+    assert_eq!(sample(&p.metrics().await, gauge, &labels), None);
+    assert!(p.proxy.shutdown().await);
+}
