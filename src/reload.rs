@@ -33,7 +33,9 @@ pub enum ReloadOutcome {
 }
 
 /// Reads `path` and swaps in its config when it is valid and differs from the active
-/// one. The error string names file, line and column.
+/// one, recording the reload (`/config` `last_reload`, the success counter) with the
+/// swap; a failure is the caller's to record. The error string names file, line and
+/// column.
 pub async fn reload_from(ctrl: &Control, path: &Path) -> Result<ReloadOutcome, String> {
     reload_from_with(ctrl, path, false).await
 }
@@ -84,6 +86,9 @@ pub async fn reload_from_with(
     // DNS answers of the old build serve until the background refresh replaces them.
     snap.start_background(true);
     let new = Arc::new(snap);
+    // Recorded before the swap: whoever sees the new version in `/config` sees this
+    // reload in `last_reload` too.
+    ctrl.record_reload(Ok(()));
     ctrl.state.store(new.clone());
     // Requests still on the old build keep its upstreams alive; their background work
     // stops now, so it cannot write old settings or verdicts into the shared cores.
@@ -190,7 +195,7 @@ fn remove_stale_series(old: &Snapshot, new: &Snapshot) {
 pub async fn reload_and_report(ctrl: &Control, path: &Path, rebuild: bool) {
     match reload_from_with(ctrl, path, rebuild).await {
         Ok(ReloadOutcome::Applied(version)) => {
-            ctrl.record_reload(Ok(()));
+            // Recorded by `reload_from_with`, with the swap.
             tracing::info!(event = "config_reload", result = "success", version = %version, path = %path.display(), "config reloaded");
         }
         Ok(ReloadOutcome::Unchanged) => {
