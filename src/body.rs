@@ -29,16 +29,21 @@ pub struct BodyShared {
     pub too_large: AtomicBool,
     /// Set when the caller stopped sending its body for the upstream's `timeouts.idle`.
     pub stalled: AtomicBool,
+    /// Set when the caller's body could not be read: the caller closed or reset before
+    /// its declared end, or sent malformed chunked framing.
+    pub broken: AtomicBool,
 }
 
 impl BodyShared {
-    /// The caller, not the upstream, ended the attempt (too large or stalled): the
-    /// breaker learns nothing and no retry helps.
+    /// The caller, not the upstream, ended the attempt (too large, stalled, or a body
+    /// that could not be read): the breaker learns nothing and no retry helps.
     pub fn caller_fault(&self) -> Option<CallerFault> {
         if self.too_large.load(Ordering::Relaxed) {
             Some(CallerFault::TooLarge)
         } else if self.stalled.load(Ordering::Relaxed) {
             Some(CallerFault::Stalled)
+        } else if self.broken.load(Ordering::Relaxed) {
+            Some(CallerFault::Broken)
         } else {
             None
         }
@@ -50,6 +55,8 @@ impl BodyShared {
 pub enum CallerFault {
     TooLarge,
     Stalled,
+    /// The caller closed or reset mid-body, or its chunked framing was malformed.
+    Broken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +211,10 @@ impl LimitedIncoming {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Err(e)) => {
+                self.shared.broken.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             None => Poll::Ready(None),
         }
     }

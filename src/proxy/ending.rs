@@ -97,6 +97,10 @@ pub(super) fn caller_fault(fault: CallerFault, up: &Upstream) -> ProxyError {
             ErrorCode::RequestTimeout,
             "the request body stopped arriving for the upstream's idle timeout",
         ),
+        CallerFault::Broken => ProxyError::new(
+            ErrorCode::BadRequest,
+            "the request body could not be read: the caller closed or reset it before its end, or its chunked framing is malformed",
+        ),
     };
     err.upstream(&up.name)
 }

@@ -188,3 +188,67 @@ async fn stalled_request_body_gets_408_and_the_breaker_learns_nothing() {
     );
     assert!(fb.shutdown().await);
 }
+
+/// A caller that closes its connection mid-body, or sends chunked framing that cannot
+/// be parsed, broke the request itself: the endpoint did nothing wrong, so its breaker
+/// records nothing and the request is not retried (an impatient or broken client must
+/// not eject a healthy upstream for every other caller). A malformed body that can
+/// still be answered gets `400 BAD_REQUEST`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_caller_broke_is_not_an_upstream_failure() {
+    use crate::common::prom::wait_metric;
+    use crate::common::scripted::*;
+    use fusebox::upstream::breaker::BreakerState;
+    let up = Scripted::start(Behaviour::Echo).await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("app", &[up.addr])
+            .breaker("failure_threshold = 2")
+            .retry("max_retries = 2\nbase_delay = \"0s\"\nmax_delay = \"1ms\"")
+            .build(),
+        route_toml("all", "/", "app", "")
+    );
+    let fb = spawn_proxy(&tables).await;
+    let answered = |n: f64| {
+        wait_metric(
+            fb.admin(),
+            "gateway_proxy_requests_total",
+            "method=\"POST\",route=\"all\",service=\"app\",status=\"400\"",
+            n,
+        )
+    };
+    // Three callers give up after 10 of 500 declared bytes.
+    for i in 0..3 {
+        let mut conn = RawConn::connect(fb.addr).await;
+        conn.write(b"POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: 500\r\n\r\n0123456789")
+            .await
+            .expect("sent");
+        up.wait_hits(i + 1).await;
+        drop(conn);
+        answered((i + 1) as f64).await;
+    }
+    // Two send a chunk size that is not hex.
+    for _ in 0..2 {
+        let mut conn = RawConn::connect(fb.addr).await;
+        conn.write(b"PUT /upload HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n")
+            .await
+            .expect("sent");
+        let r = conn.read_response().await;
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-fusebox-error"), Some("BAD_REQUEST"));
+    }
+    assert_eq!(fb.breaker_state("app", up.addr), BreakerState::Closed);
+    let stats = fb
+        .endpoint("app", up.addr)
+        .own_breakers()
+        .stats(tokio::time::Instant::now());
+    assert_eq!(
+        (stats.failure_count, stats.consecutive_failures),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(up.hits(), 3, "nothing retried, no malformed body forwarded");
+    // The endpoint still serves.
+    let r = get(&http1_client(), &fb.url("/ok")).await;
+    assert_eq!(r.status.as_u16(), 200);
+}
