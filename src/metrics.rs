@@ -256,11 +256,13 @@ fn method_slot(m: &Method) -> usize {
         Method::PATCH => 4,
         Method::HEAD => 5,
         Method::OPTIONS => 6,
-        _ => 7,
+        Method::TRACE => 7,
+        Method::CONNECT => 8,
+        _ => 9,
     }
 }
-const METHODS: [&str; 8] = [
-    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER",
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "OTHER",
 ];
 
 /// Handles of one route (labels `route`, and `service` = its upstream).
@@ -281,7 +283,7 @@ pub struct RouteMetrics {
     pub fault_delay: IntCounter,
     /// Resolved on a method's first request: 8 histograms x 1,000 routes would make up
     /// half of a config build.
-    duration: [std::sync::OnceLock<Histogram>; 8],
+    duration: [std::sync::OnceLock<Histogram>; METHODS.len()],
     /// (method slot, status) -> counter; filled on first use, copied on write. A list
     /// searched in order: a route sees a handful of pairs, and comparing them costs
     /// less than hashing the key.

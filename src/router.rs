@@ -159,6 +159,73 @@ impl Router {
     }
 }
 
+/// A path whose `..` segments climb above the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AboveRoot;
+
+/// The path with its dot segments resolved (RFC 3986 5.2.4), `None` when it has none
+/// (the common case: one scan, no allocation). `.` and `..` count in their
+/// percent-encoded forms too (`%2e`), so `/detect/%2e%2e/admin` cannot reach a route
+/// the caller was not routed to. `Err` when `..` would climb above the root.
+pub fn resolve_dot_segments(path: &str) -> Result<Option<String>, AboveRoot> {
+    fn dot_kind(seg: &str) -> u8 {
+        let s = seg.as_bytes();
+        let is_dot = |i: usize| -> Option<usize> {
+            if s.get(i) == Some(&b'.') {
+                Some(i + 1)
+            } else if s.len() >= i + 3
+                && s[i] == b'%'
+                && s[i + 1] == b'2'
+                && (s[i + 2] | 0x20) == b'e'
+            {
+                Some(i + 3)
+            } else {
+                None
+            }
+        };
+        match is_dot(0) {
+            Some(n) if n == s.len() => 1,
+            Some(n) => match is_dot(n) {
+                Some(m) if m == s.len() => 2,
+                _ => 0,
+            },
+            None => 0,
+        }
+    }
+    if !(path.contains("/.") || path.contains("/%2")) || !path.split('/').any(|s| dot_kind(s) != 0)
+    {
+        return Ok(None);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segs.len().saturating_sub(1);
+    let mut trailing = false;
+    for (i, seg) in segs.iter().enumerate() {
+        match dot_kind(seg) {
+            1 => trailing = i == last,
+            2 => {
+                if out.pop().is_none() {
+                    return Err(AboveRoot);
+                }
+                trailing = i == last;
+            }
+            _ => {
+                out.push(seg);
+                trailing = false;
+            }
+        }
+    }
+    let mut p = String::with_capacity(path.len());
+    for seg in &out {
+        p.push('/');
+        p.push_str(seg);
+    }
+    if trailing || p.is_empty() {
+        p.push('/');
+    }
+    Ok(Some(p))
+}
+
 /// The request's host without port: the URI authority (HTTP/2, absolute form) or `Host`.
 pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     let raw = match uri.host() {
@@ -305,5 +372,24 @@ mod tests {
         post.methods = vec![Method::POST];
         let r = Router::build(&[route("root", None, "/"), post]);
         assert_eq!(find(&r, Method::GET, "/detect", None, &[]), Some(0));
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_before_routing() {
+        let r = |p: &str| resolve_dot_segments(p);
+        assert_eq!(r("/detect/v1"), Ok(None));
+        assert_eq!(r("/a.b/..c/.d/"), Ok(None));
+        assert_eq!(
+            r("/detect/../admin/secret"),
+            Ok(Some("/admin/secret".into()))
+        );
+        assert_eq!(r("/detect/%2e%2e/admin"), Ok(Some("/admin".into())));
+        assert_eq!(r("/detect/.%2E/admin"), Ok(Some("/admin".into())));
+        assert_eq!(r("/a/./b/."), Ok(Some("/a/b/".into())));
+        assert_eq!(r("/a/b/.."), Ok(Some("/a/".into())));
+        assert_eq!(r("/a/%2e/b"), Ok(Some("/a/b".into())));
+        assert_eq!(r("/.."), Err(AboveRoot));
+        assert_eq!(r("/a/../../b"), Err(AboveRoot));
+        assert_eq!(r("/a/.."), Ok(Some("/".into())));
     }
 }

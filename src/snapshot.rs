@@ -205,7 +205,13 @@ impl Snapshot {
                 }
             }
             let prev = previous.and_then(|p| p.upstreams.get(name)).map(|u| &**u);
-            let up = Upstream::build(ucfg, policies, prev, &shared.registry, tls);
+            let route_retries: Vec<&crate::config::RetryConfig> = config
+                .routes
+                .iter()
+                .filter(|r| &r.upstream == name)
+                .filter_map(|r| r.retry.as_ref())
+                .collect();
+            let up = Upstream::build(ucfg, policies, prev, &shared.registry, tls, &route_retries);
             upstreams.insert(name.clone(), Arc::new(up));
         }
         // By name, once: a search per route made a 1,000-route build quadratic.

@@ -134,6 +134,22 @@ pub async fn send_once(
     };
     let pool = ep.core.pool.load_full();
     match tokio::time::timeout(timeout, pool.send(req)).await {
+        Ok(Ok((resp, _))) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            // The caller's `Upgrade` was removed as hop-by-hop, so nothing asked for a
+            // new protocol: relaying the 101 would leave the caller on a connection
+            // that carries nothing (fusebox does not proxy upgrades).
+            Sent::Failed(
+                Outcome::Reset,
+                ProxyError::new(
+                    ErrorCode::UpstreamReset,
+                    format!(
+                        "{} answered 101 Switching Protocols; fusebox does not proxy protocol upgrades",
+                        ep.key
+                    ),
+                )
+                .upstream(&up.name),
+            )
+        }
         Ok(Ok((resp, lease))) => Sent::Response(resp, lease),
         Err(_) if capped => Sent::Failed(
             Outcome::Timeout { capped: true },
@@ -215,6 +231,11 @@ fn build(
     *req.headers_mut() = out.headers.clone();
     if http2 {
         req.headers_mut().remove(HOST); // carried as `:authority`
+    } else if !out.headers.contains_key(HOST) {
+        // An HTTP/1.0 caller may send no Host; an HTTP/1.1 upstream needs one.
+        if let Ok(v) = HeaderValue::from_str(ep.authority.as_str()) {
+            req.headers_mut().insert(HOST, v);
+        }
     }
     if out.grpc {
         req.headers_mut()

@@ -4,7 +4,8 @@
 //! headers; and on the way back, the ids echoed on the response.
 
 use http::header::{
-    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 
 pub static X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -210,6 +211,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
     if found & TENC != 0 {
         headers.remove(TRANSFER_ENCODING);
+        // A message framed by Transfer-Encoding has no valid Content-Length: forwarding
+        // it would announce a length the re-framed body does not have (RFC 9112 6.3).
+        headers.remove(CONTENT_LENGTH);
     }
     if found & UPG != 0 {
         headers.remove(UPGRADE);
@@ -296,6 +300,14 @@ fn ensure_id(headers: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
     }
 }
 
+/// A list value without the blanks and commas around it.
+fn trim_list(v: &[u8]) -> &[u8] {
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b',');
+    let start = v.iter().position(|b| !blank(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !blank(b)).map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
 fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Vacant(e) => {
@@ -304,7 +316,12 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
         Entry::Occupied(mut e) => {
             let mut joined = Vec::with_capacity(64);
             for v in e.iter() {
-                joined.extend_from_slice(v.as_bytes());
+                // An empty value (or one of only spaces and commas) adds no hop.
+                let v = trim_list(v.as_bytes());
+                if v.is_empty() {
+                    continue;
+                }
+                joined.extend_from_slice(v);
                 joined.extend_from_slice(b", ");
             }
             joined.extend_from_slice(peer_ip.as_bytes());
@@ -430,5 +447,39 @@ mod tests {
         assert!(h.contains_key(TE));
         strip_hop_by_hop(&mut h, false);
         assert!(!h.contains_key(TE));
+    }
+
+    #[test]
+    fn empty_forwarded_for_values_add_no_hop() {
+        let peer = HeaderValue::from_static("127.0.0.1");
+        for (sent, want) in [
+            (vec![""], "127.0.0.1"),
+            (vec![" , "], "127.0.0.1"),
+            (vec!["", "10.0.0.1"], "10.0.0.1, 127.0.0.1"),
+            (
+                vec!["10.0.0.1, ", "10.0.0.2"],
+                "10.0.0.1, 10.0.0.2, 127.0.0.1",
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in &sent {
+                h.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+            }
+            prepare_request(&mut h, &policy(), &peer, false);
+            assert_eq!(h[&X_FORWARDED_FOR], want, "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_drops_content_length() {
+        let mut h = HeaderMap::new();
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("50"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("50"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[CONTENT_LENGTH], "50");
     }
 }

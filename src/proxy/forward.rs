@@ -8,8 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HOST;
-use http::{request, HeaderMap, HeaderValue, Response};
+use http::{request, HeaderMap, Response};
 use tokio::time::Instant;
 
 use super::apply::{admit, count_retry, record};
@@ -30,20 +29,12 @@ use crate::upstream::{Endpoint, Upstream};
 /// answer, or the typed error fusebox answers with.
 pub async fn send(
     route: &Route,
-    mut parts: request::Parts,
+    parts: request::Parts,
     body: LimitedIncoming,
     ctx: &mut RequestCtx,
 ) -> Result<Response<RespBody>, ProxyError> {
     let up = &route.upstream;
     let pq = upstream_path(&parts.uri, route.cfg.strip_prefix.as_deref())?;
-    if !parts.headers.contains_key(HOST) {
-        // HTTP/2 callers send :authority instead of Host; HTTP/1.1 upstreams need Host.
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(HOST, v);
-            }
-        }
-    }
     let facts = Facts {
         retry_any_failure: is_idempotent(&parts.method)
             || ctx.idempotency_key

@@ -121,7 +121,7 @@ impl Proxy {
 /// Route, admit and forward one request.
 async fn serve(
     snap: &Snapshot,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: Incoming,
     scan: &scan::Scan,
     ctx: &mut RequestCtx,
@@ -129,6 +129,8 @@ async fn serve(
     // admit: a declared body over the cap is refused before reading it
     let max_body = snap.config.listener.max_request_body;
     ctx.declared_length = check_declared_length(scan.content_length, max_body)?;
+    check_host(&mut parts, scan)?;
+    resolve_dot_segments(&mut parts)?;
     // route
     let idx = snap
         .router
@@ -171,6 +173,62 @@ pub(crate) fn shed_error(route: &Route, shed: Shed, message: &'static str) -> Pr
     ProxyError::new(ErrorCode::Overloaded, message)
         .upstream(&route.upstream.name)
         .retry_after(OVERLOADED_RETRY_AFTER)
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request has exactly one valid `Host`; an absolute-form
+/// target's authority replaces it (3.2.2), so the host that picked the route is the
+/// host the upstream sees. HTTP/2 callers send `:authority`, which wins over a `Host`
+/// beside it for the same reason.
+fn check_host(parts: &mut http::request::Parts, scan: &scan::Scan) -> Result<(), ProxyError> {
+    let bad = |m: &'static str| Err(ProxyError::new(ErrorCode::BadRequest, m));
+    if parts.method == http::Method::CONNECT {
+        // A tunnel is not a request fusebox can route, retry or log as one.
+        return bad("CONNECT is not supported: fusebox is a reverse proxy");
+    }
+    if scan.hosts > 1 {
+        return bad("more than one Host header");
+    }
+    if scan.host_invalid {
+        return bad("the Host header is not a valid host[:port]");
+    }
+    if let Some(a) = parts.uri.authority() {
+        if a.as_str().contains('@') {
+            return bad("the request target carries user information");
+        }
+        if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+    } else if scan.hosts == 0 && parts.version == http::Version::HTTP_11 {
+        return bad("an HTTP/1.1 request needs a Host header");
+    }
+    Ok(())
+}
+
+/// Routes see, and the upstream gets, the path with its dot segments resolved: a
+/// caller cannot reach `/admin` through `/detect/../admin` (an upstream that resolves
+/// them itself would serve a route the caller was not routed to).
+fn resolve_dot_segments(parts: &mut http::request::Parts) -> Result<(), ProxyError> {
+    let resolved = crate::router::resolve_dot_segments(parts.uri.path()).map_err(|_| {
+        ProxyError::new(
+            ErrorCode::BadRequest,
+            "the path climbs above the root with '..'",
+        )
+    })?;
+    let Some(path) = resolved else {
+        return Ok(());
+    };
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(pq)
+            .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "invalid request path"))?,
+    );
+    parts.uri = http::Uri::from_parts(uri)
+        .map_err(|_| ProxyError::new(ErrorCode::BadRequest, "invalid request target"))?;
+    Ok(())
 }
 
 fn check_declared_length(

@@ -23,6 +23,10 @@ pub struct Scan {
     pub priority: Option<Priority>,
     pub org_id: Option<HeaderValue>,
     pub camera_id: Option<HeaderValue>,
+    /// How many `Host` headers (saturating), and whether every one is a valid
+    /// `host[:port]` (RFC 9112 3.2: anything else is refused with 400).
+    pub hosts: u8,
+    pub host_invalid: bool,
 }
 
 /// Reads `headers` once; `priority_header` is `[limits] priority_header`.
@@ -48,6 +52,10 @@ pub fn scan(headers: &HeaderMap, priority_header: &HeaderName) -> Scan {
             "x-camera-id" => {
                 s.camera_id.get_or_insert_with(|| value.clone());
             }
+            "host" => {
+                s.hosts = s.hosts.saturating_add(1);
+                s.host_invalid |= !valid_host(value.as_bytes());
+            }
             _ => {}
         }
         if name == priority_header {
@@ -55,6 +63,46 @@ pub fn scan(headers: &HeaderMap, priority_header: &HeaderName) -> Scan {
         }
     }
     s
+}
+
+/// `host [":" port]` as RFC 9112 3.2 allows in `Host`: a reg-name or IPv4 address
+/// (no user info, no spaces), or a bracketed IPv6 literal; a port of digits up to
+/// 65535. Empty is valid (a target without an authority).
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match &rest[end + 1..] {
+            [] => (&b""[..], None),
+            [b':', port @ ..] => (&b""[..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let reg_name = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p)
+                .ok()
+                .is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok())
+    });
+    reg_name && port_ok
 }
 
 #[cfg(test)]
@@ -98,5 +146,40 @@ mod tests {
         assert!(!s.grpc);
         let org = HeaderName::from_static("x-org-id");
         assert_eq!(scan(&HeaderMap::new(), &org).content_length, None);
+    }
+
+    #[test]
+    fn host_values_follow_rfc_9112() {
+        for ok in [
+            "",
+            "b.local",
+            "b.local:8080",
+            "B.Local:1",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:9000",
+            "host:",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?} is valid");
+        }
+        for bad in [
+            "b.local extra",
+            "user@b.local",
+            "b.local:abc",
+            "b.local:99999",
+            "[::1",
+            "[::1]x",
+            "a:b:c",
+            "[zz]",
+            "b.local/x",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} is invalid");
+        }
+        let mut h = HeaderMap::new();
+        h.append(http::header::HOST, HeaderValue::from_static("a.local"));
+        h.append(http::header::HOST, HeaderValue::from_static("b.local"));
+        let s = scan(&h, &HeaderName::from_static("x-priority"));
+        assert_eq!((s.hosts, s.host_invalid), (2, false));
     }
 }

@@ -67,6 +67,17 @@ pub struct Upstream {
     retired: std::sync::atomic::AtomicBool,
 }
 
+/// `own` and then every code of `more` not in it yet, in order.
+fn union<'a, T: Copy + PartialEq + 'a>(own: &[T], more: impl Iterator<Item = &'a [T]>) -> Vec<T> {
+    let mut all = own.to_vec();
+    for c in more.flatten() {
+        if !all.contains(c) {
+            all.push(*c);
+        }
+    }
+    all
+}
+
 impl Upstream {
     /// Marks this build superseded (see `retired`).
     pub fn retire(&self) {
@@ -89,6 +100,7 @@ impl Upstream {
         previous: Option<&Upstream>,
         registry: &Arc<Registry>,
         tls: Option<Arc<rustls::ClientConfig>>,
+        route_retries: &[&crate::config::RetryConfig],
     ) -> Upstream {
         let name: Arc<str> = cfg.name.as_str().into();
         let metrics = registry.metrics().clone();
@@ -102,11 +114,19 @@ impl Upstream {
             _ => Arc::new(RetryBudget::from_config(&cfg.retry)),
         };
         let up = Upstream {
+            // A counter for every code a retry may be made for: the upstream's own and
+            // those of the routes' own retry tables.
             metrics: UpstreamMetrics::new(
                 &metrics,
                 &name,
-                &cfg.retry.retry_status_codes,
-                &cfg.retry.retry_grpc_codes,
+                &union(
+                    &cfg.retry.retry_status_codes,
+                    route_retries.iter().map(|r| &r.retry_status_codes[..]),
+                ),
+                &union(
+                    &cfg.retry.retry_grpc_codes,
+                    route_retries.iter().map(|r| &r.retry_grpc_codes[..]),
+                ),
             ),
             name: name.clone(),
             cfg: cfg.clone(),

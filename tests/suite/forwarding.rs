@@ -318,3 +318,77 @@ async fn dns_name_endpoint_is_resolved() {
         assert_eq!(n, rounds, "requests answered on {addr}");
     }
 }
+
+/// An upstream that answers every request head it reads with `response`, verbatim.
+async fn verbatim_upstream(response: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    match tcp.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..i + 4);
+                        if tcp.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// RFC 9112 6.3: an upstream answer framed by `Transfer-Encoding` and carrying a
+/// `Content-Length` too reaches the caller without that length (it would announce a
+/// body the re-framed answer does not have: truncated or cut short), and the caller's
+/// connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_beside_transfer_encoding_is_not_forwarded() {
+    let up = verbatim_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 50\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let fb = spawn_fusebox(&simple_config(up)).await;
+    let mut conn = RawConn::connect(fb.addr).await;
+    for _ in 0..2 {
+        conn.write(b"GET /te HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("sent");
+        let r = conn.read_response().await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        assert_ne!(r.header("content-length"), Some("50"), "{:?}", r.headers);
+    }
+}
+
+/// The caller's `Upgrade` is removed as hop-by-hop, so an upstream's 101 answers
+/// nothing that was asked: the caller gets 502 `UPSTREAM_RESET` (fusebox does not
+/// proxy protocol upgrades), not a 101 on a connection that carries nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unasked_101_is_a_bad_gateway() {
+    let up = verbatim_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    let fb = spawn_fusebox(&simple_config(up)).await;
+    let r = send(
+        &http1_client(),
+        request(Method::GET, &fb.url("/ws"))
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .body(empty())
+            .expect("request"),
+    )
+    .await;
+    assert_fusebox_error(&r, 502, "UPSTREAM_RESET", Some("app"));
+}

@@ -368,3 +368,21 @@ async fn every_attempt_carries_the_same_request_id() {
         reasons(&[("status_503", 4)])
     );
 }
+
+/// A route's own `retry_status_codes` count their retries as the upstream's do:
+/// `gateway_proxy_retries_total{reason="status_500"}` exists and moves although 500 is
+/// not one of the upstream's codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_for_a_routes_own_codes_are_counted() {
+    let up = Scripted::start(Behaviour::respond(500, "boom")).await;
+    let tables = format!(
+        "{}{}[routes.retry]\nretry_status_codes = [500]\nmax_retries = 1\nbase_delay = \"0s\"\nmax_delay = \"1ms\"\n\n",
+        UpstreamToml::new("app", &[up.addr]).build(),
+        route_toml("own", "/", "app", ""),
+    );
+    let fb = spawn_proxy(&tables).await;
+    let r = get(&http1_client(), &fb.url("/x")).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (500, "boom"));
+    assert_eq!(up.hits(), 2, "retried once for the route's code");
+    assert_eq!(prom::retries(fb.admin(), "app", "status_500").await, 1.0);
+}

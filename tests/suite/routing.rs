@@ -209,3 +209,115 @@ async fn strip_prefix_rewrites_the_upstream_path() {
     assert_eq!(which(&fb, Method::GET, "/keep/x?y=1", &[]).await, "keep");
     assert_eq!(ups[1].last().path_and_query(), "/keep/x?y=1");
 }
+
+/// One raw HTTP/1.x request on a fresh connection; its response.
+async fn raw(fb: &Fusebox, req: &str) -> RawResponse {
+    let mut conn = RawConn::connect(fb.addr).await;
+    conn.write(req.as_bytes()).await.expect("sent");
+    conn.read_response().await
+}
+
+fn assert_bad_request(r: &RawResponse, what: &str) {
+    assert_eq!(
+        r.status,
+        400,
+        "{what}: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.header("x-fusebox-error"), Some("BAD_REQUEST"), "{what}");
+}
+
+/// RFC 9112 3.2 and 3.2.2: the host that picks the route is the host the upstream
+/// sees. An absolute-form target's authority replaces `Host`; two `Host` headers, an
+/// invalid one, or none on HTTP/1.1 are refused with 400 (an HTTP/1.0 request may
+/// omit it and gets the endpoint's address as `Host` upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routed_host_is_the_forwarded_host() {
+    let (fb, ups) = setup(&[
+        ("hostb", "host = \"b.local\"\npath_prefix = \"/\""),
+        ("any", "path_prefix = \"/\""),
+    ])
+    .await;
+    let r = raw(
+        &fb,
+        "GET http://b.local/x HTTP/1.1\r\nHost: a.local\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"hostb"[..]));
+    assert_eq!(ups[0].last().header("host"), "b.local");
+    assert_eq!(ups[0].last().uri.path(), "/x");
+    let r = raw(
+        &fb,
+        "GET http://a.local/y HTTP/1.1\r\nHost: b.local\r\n\r\n",
+    )
+    .await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"any"[..]));
+    assert_eq!(ups[1].last().header("host"), "a.local");
+
+    for (what, req) in [
+        (
+            "two Host headers",
+            "GET /x HTTP/1.1\r\nHost: a.local\r\nHost: b.local\r\n\r\n",
+        ),
+        (
+            "user info in Host",
+            "GET /x HTTP/1.1\r\nHost: user@b.local\r\n\r\n",
+        ),
+        (
+            "a space in Host",
+            "GET /x HTTP/1.1\r\nHost: b.local extra\r\n\r\n",
+        ),
+        (
+            "a port out of range",
+            "GET /x HTTP/1.1\r\nHost: b.local:99999\r\n\r\n",
+        ),
+        ("no Host on HTTP/1.1", "GET /x HTTP/1.1\r\n\r\n"),
+        (
+            "CONNECT",
+            "CONNECT b.local:443 HTTP/1.1\r\nHost: b.local:443\r\n\r\n",
+        ),
+    ] {
+        assert_bad_request(&raw(&fb, req).await, what);
+    }
+    assert_eq!(
+        ups[0].requests().len() + ups[1].requests().len(),
+        2,
+        "none forwarded"
+    );
+
+    let r = raw(&fb, "GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"any"[..]));
+    assert_eq!(ups[1].last().header("host"), ups[1].addr.to_string());
+}
+
+/// Dot segments are resolved before routing (RFC 3986 5.2.4, `%2e` too): a caller
+/// cannot reach the `admin` route's upstream through the `detect` route with
+/// `/detect/../admin`, and the upstream gets the resolved path with its query. A path
+/// that climbs above the root is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_are_resolved_before_routing() {
+    let (fb, ups) = setup(&[
+        ("detect", "path_prefix = \"/detect\""),
+        ("admin", "path_prefix = \"/admin\""),
+    ])
+    .await;
+    for path in [
+        "/detect/../admin/secret?a=1",
+        "/detect/%2e%2E/admin/secret?a=1",
+        "/admin/./secret?a=1",
+    ] {
+        let r = raw(&fb, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"admin"[..]), "{path}");
+        let seen = ups[1].last();
+        assert_eq!(
+            seen.uri.path_and_query().map(|p| p.as_str()),
+            Some("/admin/secret?a=1"),
+            "{path}"
+        );
+    }
+    assert!(ups[0].requests().is_empty());
+    assert_bad_request(
+        &raw(&fb, "GET /detect/../../etc HTTP/1.1\r\nHost: t\r\n\r\n").await,
+        "above the root",
+    );
+}

@@ -230,9 +230,11 @@ async fn a_body_the_caller_broke_is_not_an_upstream_failure() {
     // Two send a chunk size that is not hex.
     for _ in 0..2 {
         let mut conn = RawConn::connect(fb.addr).await;
-        conn.write(b"PUT /upload HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n")
-            .await
-            .expect("sent");
+        conn.write(
+            b"PUT /upload HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+        )
+        .await
+        .expect("sent");
         let r = conn.read_response().await;
         assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.header("x-fusebox-error"), Some("BAD_REQUEST"));
