@@ -25,7 +25,7 @@ use crate::router::Router;
 use crate::tls;
 use crate::upstream::breakers::BreakerPolicy;
 use crate::upstream::registry::Registry;
-use crate::upstream::retry::RetryPolicy;
+use crate::upstream::retry::{RetryBudget, RetryPolicy};
 use crate::upstream::Upstream;
 
 /// The process's state that outlives any one config. One per process (and per test
@@ -280,7 +280,20 @@ fn build_route(
     let up = upstreams
         .get(&r.upstream)
         .ok_or_else(|| BuildError::UnknownUpstream(r.name.clone(), r.upstream.clone()))?;
-    let retry = policy(r.retry.as_ref().unwrap_or(&up.cfg.retry), &r.name)?;
+    let mut retry = policy(r.retry.as_ref().unwrap_or(&up.cfg.retry), &r.name)?;
+    let same_budget = |a: &RetryConfig, b: &RetryConfig| {
+        a.budget_percent == b.budget_percent && a.budget_min_per_second == b.budget_min_per_second
+    };
+    if !same_budget(&retry.cfg, &up.cfg.retry) {
+        // The route's own budget values: a budget of its own, kept across reloads
+        // while they stay.
+        retry.budget = Some(
+            match prev.and_then(|p| p.retry.budget.as_ref().map(|b| (b, &p.retry.cfg))) {
+                Some((b, old)) if same_budget(old, &retry.cfg) => b.clone(),
+                _ => Arc::new(RetryBudget::from_config(&retry.cfg)),
+            },
+        );
+    }
     let fallback = match &up.cfg.fallback {
         Some(FallbackConfig::Upstream(name)) => match upstreams.get(name) {
             Some(fb) => Some(FallbackRoute {

@@ -288,14 +288,27 @@ impl Ctx<'_> {
             .collect()
     }
 
-    /// gRPC status names (`unavailable`, `DEADLINE_EXCEEDED`, ...) or numbers as strings.
-    pub fn grpc_codes(&mut self, path: &Path, v: Option<&Vec<String>>, default: &[u8]) -> Vec<u8> {
+    /// gRPC status names (`unavailable`, `DEADLINE_EXCEEDED`, ...) or numbers, as
+    /// integers or strings.
+    pub fn grpc_codes(
+        &mut self,
+        path: &Path,
+        v: Option<&Vec<super::file::GrpcCodeValue>>,
+        default: &[u8],
+    ) -> Vec<u8> {
+        use super::file::GrpcCodeValue;
         let Some(list) = v else {
             return default.to_vec();
         };
         let mut out = Vec::with_capacity(list.len());
-        for (i, name) in list.iter().enumerate() {
-            match crate::config::grpc_code(name) {
+        for (i, value) in list.iter().enumerate() {
+            let (code, name) = match value {
+                GrpcCodeValue::Int(n) => {
+                    (u8::try_from(*n).ok().filter(|c| *c <= 16), n.to_string())
+                }
+                GrpcCodeValue::Str(s) => (crate::config::grpc_code(s), s.clone()),
+            };
+            match code {
                 Some(c) => out.push(c),
                 None => self.problem(
                     &path.idx(i),

@@ -56,6 +56,15 @@ pub enum ModeValue {
     Str(String),
 }
 
+/// A gRPC status: a name (`"unavailable"`), a number as a string (`"14"`) or a TOML
+/// integer (`14`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum GrpcCodeValue {
+    Int(i64),
+    Str(String),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenerTlsFile {
@@ -183,7 +192,7 @@ pub struct BreakerFile {
     pub half_open_max_requests: Option<i64>,
     pub max_recovery_timeout: Option<DurationValue>,
     pub failure_status_codes: Option<Vec<i64>>,
-    pub failure_grpc_codes: Option<Vec<String>>,
+    pub failure_grpc_codes: Option<Vec<GrpcCodeValue>>,
     pub window: Option<DurationValue>,
     pub request_volume_threshold: Option<i64>,
     pub error_threshold_percentage: Option<f64>,
@@ -203,7 +212,7 @@ pub struct RetryFile {
     pub max_delay: Option<DurationValue>,
     pub jitter: Option<bool>,
     pub retry_status_codes: Option<Vec<i64>>,
-    pub retry_grpc_codes: Option<Vec<String>>,
+    pub retry_grpc_codes: Option<Vec<GrpcCodeValue>>,
     pub retry_non_idempotent: Option<bool>,
     pub max_replay_body: Option<SizeValue>,
     pub budget_percent: Option<f64>,

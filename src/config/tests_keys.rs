@@ -369,3 +369,22 @@ fn without_the_option_a_missing_variable_says_how_to_go_on() {
         "t.toml:10:14: upstreams.a.endpoints[0]: environment variable YOLO_HOST is not set (write ${YOLO_HOST:-default} to give a default, or run validate --allow-missing-env to check the rest without it)"
     );
 }
+
+#[test]
+fn grpc_codes_take_names_numbers_and_number_strings() {
+    let c = ok(&with_upstream(
+        "[upstreams.a.retry]\nretry_grpc_codes = [8, \"unavailable\", \"4\"]\n\
+         [upstreams.a.circuit_breaker]\nfailure_grpc_codes = [13, \"INTERNAL\"]",
+    ));
+    let u = &c.upstreams["a"];
+    assert_eq!(u.retry.retry_grpc_codes, vec![8, 14, 4]);
+    assert_eq!(u.circuit_breaker.failure_grpc_codes, vec![13, 13]);
+    let p = refused(&with_upstream(
+        "[upstreams.a.retry]\nretry_grpc_codes = [17]",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.contains("unknown gRPC status") && p.contains(":")),
+        "{p:?}"
+    );
+}

@@ -47,6 +47,9 @@ pub struct RequestCtx {
     /// says nothing about the upstream.
     pub caller_deadline: bool,
     pub attempts: u32,
+    /// `rejected_total{reason="circuit_open"}` counted this request already (a
+    /// fallback upstream that is all open too does not count it twice).
+    pub circuit_open_counted: bool,
     pub status: u16,
     /// Set when fusebox answered itself (or a fallback answered for this failure).
     pub error_code: Option<ErrorCode>,
@@ -108,6 +111,7 @@ impl RequestCtx {
             deadline: started,
             caller_deadline: false,
             attempts: 0,
+            circuit_open_counted: false,
             status: 0,
             error_code: None,
             org_id: None,

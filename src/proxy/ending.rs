@@ -34,6 +34,7 @@ pub(super) fn all_open(
     eps: &[Arc<Endpoint>],
     headers: &HeaderMap,
     now: Instant,
+    ctx: &mut RequestCtx,
 ) -> LoopEnd {
     if eps.is_empty() {
         return LoopEnd::Error {
@@ -45,7 +46,9 @@ pub(super) fn all_open(
             fallback: true,
         };
     }
-    route.metrics.rejected_circuit_open.inc();
+    if !std::mem::replace(&mut ctx.circuit_open_counted, true) {
+        route.metrics.rejected_circuit_open.inc();
+    }
     let wait = eps
         .iter()
         .map(|ep| {
@@ -105,13 +108,17 @@ pub(super) fn caller_fault(fault: CallerFault, up: &Upstream) -> ProxyError {
     err.upstream(&up.name)
 }
 
-pub(super) fn deadline_exceeded(route: &Route, up: &Upstream) -> ProxyError {
-    ProxyError::new(
-        ErrorCode::DeadlineExceeded,
+pub(super) fn deadline_exceeded(route: &Route, up: &Upstream, ctx: &RequestCtx) -> ProxyError {
+    let message = if ctx.caller_deadline {
+        format!(
+            "the caller's deadline of {:?} passed",
+            ctx.deadline.saturating_duration_since(ctx.started)
+        )
+    } else {
         format!(
             "route '{}' deadline of {:?} passed",
             route.name, route.cfg.timeout
-        ),
-    )
-    .upstream(&up.name)
+        )
+    };
+    ProxyError::new(ErrorCode::DeadlineExceeded, message).upstream(&up.name)
 }

@@ -75,7 +75,18 @@ pub(super) async fn answer(
                     );
                     Ok(r)
                 }
-                LoopEnd::Error { err, .. } => Err(err),
+                // The fallback upstream failed too: its error, marked as the answer
+                // of a fallback, so a caller can tell it from the primary's.
+                LoopEnd::Error { err, .. } => {
+                    ctx.error_code = Some(err.code);
+                    let mut r =
+                        err.to_response(ctx.grpc, &ctx.ids.request_id, &ctx.ids.correlation_id);
+                    r.headers_mut().insert(
+                        X_FUSEBOX_FALLBACK.clone(),
+                        HeaderValue::from_static("upstream"),
+                    );
+                    Ok(r)
+                }
             }
         }
     }

@@ -62,7 +62,7 @@ pub async fn send(
         grpc: ctx.grpc,
         propagate_deadline: route.cfg.propagate_deadline || ctx.caller_timeout_ms,
     };
-    up.budget.record_request(ctx.started);
+    route.retry.budget(&up.budget).record_request(ctx.started);
     let end = attempts(
         route,
         up,
@@ -76,15 +76,16 @@ pub async fn send(
     if source.as_ref().is_some_and(|s| s.budget_refused()) {
         route.metrics.unbuffered.inc();
     }
-    // As the access log's `attempts`: 0 when no attempt was made (every breaker open,
-    // shed on the deadline).
-    up.metrics.attempts.observe(f64::from(ctx.attempts));
-    match end {
+    let answer = match end {
         LoopEnd::Response(r) => Ok(r),
         LoopEnd::Error { err, fallback } => {
             super::fallback::answer(route, err, fallback, &out, facts, ctx).await
         }
-    }
+    };
+    // As the access log's `attempts` (a fallback upstream's included): 0 when no
+    // attempt was made (every breaker open, shed on the deadline).
+    up.metrics.attempts.observe(f64::from(ctx.attempts));
+    answer
 }
 
 /// Tries `up` until an attempt succeeds, the verdicts allow no retry, or time is up.
@@ -123,9 +124,11 @@ pub(super) async fn attempts(
     }
     loop {
         if now >= ctx.deadline {
+            // A fallback answers for a failed attempt, not for a request that never
+            // made one (a caller's deadline of 0).
             return LoopEnd::Error {
-                err: deadline_exceeded(route, up),
-                fallback: true,
+                err: deadline_exceeded(route, up, ctx),
+                fallback: ctx.attempts > 0,
             };
         }
         // With deadline shedding on, an endpoint whose mean latency is longer than the
@@ -169,8 +172,8 @@ pub(super) async fn attempts(
                 // is as good as passed.
                 inference::NoPick::Deadline(_) => {
                     return LoopEnd::Error {
-                        err: deadline_exceeded(route, up),
-                        fallback: true,
+                        err: deadline_exceeded(route, up, ctx),
+                        fallback: ctx.attempts > 0,
                     };
                 }
                 // Capacity freed between the pick and the look (or the free one was
@@ -181,7 +184,7 @@ pub(super) async fn attempts(
                     now = Instant::now();
                     continue;
                 }
-                _ => return all_open(route, up, slot, &eps, out.headers, now),
+                _ => return all_open(route, up, slot, &eps, out.headers, now, ctx),
             }
         };
         let ep = &eps[i];
@@ -193,7 +196,7 @@ pub(super) async fn attempts(
             // Lost a race for the last half-open probe slot: pick again.
             refused += 1;
             if refused > eps.len() * 2 {
-                return all_open(route, up, slot, &eps, out.headers, now);
+                return all_open(route, up, slot, &eps, out.headers, now, ctx);
             }
             now = Instant::now();
             continue;
@@ -279,7 +282,7 @@ pub(super) async fn attempts(
             .then(|| next_delay(policy, retries_done + 1, verdict.retry_after, ctx.deadline))
             .flatten();
         let go = match delay {
-            Some(_) if !up.budget.try_withdraw(done) => {
+            Some(_) if !policy.budget(&up.budget).try_withdraw(done) => {
                 route.metrics.rejected_budget.inc();
                 false
             }

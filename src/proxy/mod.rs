@@ -322,7 +322,7 @@ async fn admit(
                 let left = ctx.deadline.saturating_duration_since(Instant::now());
                 tokio::time::sleep(d.min(left)).await;
                 if d >= left {
-                    return Err(ending::deadline_exceeded(route, &route.upstream));
+                    return Err(ending::deadline_exceeded(route, &route.upstream, ctx));
                 }
             }
             FaultAction::Abort(status) => {

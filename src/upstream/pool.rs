@@ -117,6 +117,25 @@ pub enum SendError {
     /// The request reached the connection; nothing is known of what the upstream did.
     #[error("{0}")]
     Sent(#[source] hyper::Error),
+    /// An HTTP/2 upstream refused the stream before processing it (`REFUSED_STREAM`,
+    /// RFC 9113 8.7): as safe to retry as a connect failure.
+    #[error("the stream was refused before it was processed: {0}")]
+    Refused(#[source] hyper::Error),
+}
+
+/// `Sent`, or `Refused` when the upstream's HTTP/2 layer says the request was not
+/// processed.
+pub fn sent_error(e: hyper::Error) -> SendError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        if let Some(h2e) = c.downcast_ref::<::h2::Error>() {
+            if h2e.reason() == Some(::h2::Reason::REFUSED_STREAM) {
+                return SendError::Refused(e);
+            }
+        }
+        cause = c.source();
+    }
+    SendError::Sent(e)
 }
 
 impl SendError {

@@ -7,6 +7,7 @@
 //! (`record_request`) and per retry (`try_withdraw`), lock-free.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
@@ -20,6 +21,9 @@ use crate::config::RetryConfig;
 pub struct RetryPolicy {
     pub cfg: RetryConfig,
     pub backoff: Backoff,
+    /// A route's own budget, when its retry table sets budget values other than its
+    /// upstream's; `None`: the upstream's budget, shared by its routes.
+    pub budget: Option<Arc<RetryBudget>>,
 }
 
 impl RetryPolicy {
@@ -27,7 +31,13 @@ impl RetryPolicy {
         Ok(RetryPolicy {
             backoff: Backoff::from_config(cfg)?,
             cfg: cfg.clone(),
+            budget: None,
         })
+    }
+
+    /// The budget retries under this policy draw from.
+    pub fn budget<'a>(&'a self, upstream: &'a RetryBudget) -> &'a RetryBudget {
+        self.budget.as_deref().unwrap_or(upstream)
     }
 }
 

@@ -129,3 +129,72 @@ async fn an_h2_upstream_gets_the_callers_authority_and_no_host_header() {
         assert_eq!(rec.opt_header("host"), None, "no host beside :authority");
     }
 }
+
+/// An h2c upstream that refuses every stream with `REFUSED_STREAM`.
+async fn refusing_h2_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+/// RFC 9113 8.7: a stream the upstream refused (`REFUSED_STREAM`) was not processed,
+/// so it is retried on another endpoint for any method, as a connect failure is (when
+/// its body can still be sent again): four POSTs without an `Idempotency-Key` all get
+/// the other endpoint's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_retried_for_any_method() {
+    use crate::common::scripted::*;
+    let (refusing, refused) = refusing_h2_upstream().await;
+    let up = Scripted::ok("served").await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[refusing, up.addr])
+            .extra("protocol = \"h2c\"")
+            .retry("max_retries = 1\nbase_delay = \"0s\"\nmax_delay = \"1ms\"")
+            .build(),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let c = http1_client();
+    for i in 0..4 {
+        let r = send(
+            &c,
+            request(Method::POST, &fb.url(&format!("/infer/{i}")))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "served"),
+            "POST {i}"
+        );
+    }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "round robin sent some first attempts to the refusing endpoint"
+    );
+    assert_eq!(up.hits(), 4);
+}

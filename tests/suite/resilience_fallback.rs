@@ -160,3 +160,70 @@ async fn static_fallback_replaces_circuit_open() {
         3.0
     );
 }
+
+/// A caller whose deadline has already passed (`x-request-timeout-ms: 0`) made no
+/// attempt, so no attempt failed: the answer is `504 DEADLINE_EXCEEDED` naming the
+/// caller's deadline, not the fallback, and no fallback is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fallback_for_a_request_that_made_no_attempt() {
+    let up = Scripted::start(Behaviour::Echo).await;
+    let yolo = UpstreamToml::new("yolo", &[up.addr]).table("fallback", STATIC);
+    let fb = spawn_proxy(&proxy_tables(&[yolo])).await;
+    let r = send(
+        &http1_client(),
+        request(Method::GET, &fb.url("/detect"))
+            .header("x-request-timeout-ms", "0")
+            .body(empty())
+            .expect("request"),
+    )
+    .await;
+    let body = assert_fusebox_error(&r, 504, "DEADLINE_EXCEEDED", Some("yolo"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("caller")),
+        "{body}"
+    );
+    assert_eq!(r.header("x-fusebox-fallback"), None);
+    assert_eq!(up.hits(), 0);
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "static").await, 0.0);
+}
+
+/// A fallback upstream that fails too answers with its own error, marked
+/// `x-fusebox-fallback: upstream` (a caller can tell it from the primary's failure), and
+/// `gateway_proxy_attempts_per_request` counts the fallback's attempts as the access
+/// log does. Once both are open, one request counts one `circuit_open` rejection, not
+/// one per upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fallback_upstream_is_marked_and_counted_once() {
+    let (dead_a, dead_b) = (dead_port(), dead_port());
+    let once = "max_retries = 0";
+    let yolo = UpstreamToml::new("yolo", &[dead_a.addr])
+        .retry(once)
+        .breaker("failure_threshold = 1\nrecovery_timeout = \"60s\"")
+        .table("fallback", "upstream = \"yolo_cpu\"");
+    let cpu = UpstreamToml::new("yolo_cpu", &[dead_b.addr])
+        .retry(once)
+        .breaker("failure_threshold = 1\nrecovery_timeout = \"60s\"");
+    let fb = spawn_proxy(&proxy_tables(&[yolo, cpu])).await;
+    let r = get(&http1_client(), &fb.url("/detect")).await;
+    assert_fusebox_error(&r, 502, "UPSTREAM_CONNECT_FAILED", Some("yolo_cpu"));
+    assert_eq!(r.header("x-fusebox-fallback"), Some("upstream"));
+    let text = prom::scrape(fb.admin()).await;
+    assert_eq!(
+        prom::metric(
+            &text,
+            "gateway_proxy_attempts_per_request_sum",
+            "service=\"yolo\""
+        ),
+        Some(2.0),
+        "the primary's attempt and the fallback's"
+    );
+    let r = get(&http1_client(), &fb.url("/detect")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("yolo_cpu"));
+    assert_eq!(r.header("x-fusebox-fallback"), Some("upstream"));
+    assert_eq!(
+        prom::rejected(fb.admin(), "detect", "circuit_open").await,
+        1.0
+    );
+}

@@ -222,3 +222,44 @@ fn attempts_at_most(text: &str, n: f64) -> f64 {
         })
         .unwrap_or_else(|| panic!("no attempts bucket le={n} for app in:\n{text}"))
 }
+
+/// A route whose own retry table sets budget values has a budget of its own (DESIGN:
+/// the route's table overrides the upstream's); routes without one share the
+/// upstream's. With the upstream's budget at 0 % and 1 per second (10 per window),
+/// 30 failing GETs on the route with its own 100 per second are all retried, and 30
+/// on a route sharing the upstream's budget are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_own_budget_is_its_own() {
+    let up = Scripted::start(unavailable()).await;
+    let tables = format!(
+        "{}{}[routes.retry]\nbudget_min_per_second = 100\n\n{}",
+        UpstreamToml::new("app", &[up.addr])
+            .retry(
+                "max_retries = 1\nbase_delay = \"0s\"\nmax_delay = \"1ms\"\n\
+                 budget_percent = 0.0\nbudget_min_per_second = 1"
+            )
+            .build(),
+        route_toml("own", "/own", "app", ""),
+        route_toml("shared", "/shared", "app", ""),
+    );
+    let fb = spawn_proxy(&tables).await;
+    let c = http1_client();
+    for _ in 0..30 {
+        assert_eq!(get(&c, &fb.url("/own")).await.status, 503);
+    }
+    assert_eq!(
+        up.hits(),
+        60,
+        "every request on the route's own budget retried once"
+    );
+    assert_eq!(prom::rejected(fb.admin(), "own", "budget").await, 0.0);
+    for _ in 0..30 {
+        assert_eq!(get(&c, &fb.url("/shared")).await.status, 503);
+    }
+    let shared = up.hits() - 60;
+    assert!(
+        shared < 60,
+        "the upstream's budget (10 per window) cut retries: {shared} hits"
+    );
+    assert!(prom::rejected(fb.admin(), "shared", "budget").await > 0.0);
+}

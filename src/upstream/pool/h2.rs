@@ -266,7 +266,7 @@ impl Pool {
                 self.addr,
                 io::Error::new(io::ErrorKind::ConnectionReset, e.into_error().to_string()),
             )),
-            Err(e) => Err(SendError::Sent(e.into_error())),
+            Err(e) => Err(super::sent_error(e.into_error())),
         }
     }
 
