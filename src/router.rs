@@ -192,8 +192,8 @@ pub fn resolve_dot_segments(path: &str) -> Result<Option<String>, AboveRoot> {
             None => 0,
         }
     }
-    if !(path.contains("/.") || path.contains("/%2")) || !path.split('/').any(|s| dot_kind(s) != 0)
-    {
+    // Most paths hold neither '.' nor '%': one byte scan, no segment split.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') || !path.split('/').any(|s| dot_kind(s) != 0) {
         return Ok(None);
     }
     let mut out: Vec<&str> = Vec::new();

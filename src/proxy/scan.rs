@@ -92,15 +92,15 @@ pub fn valid_host(v: &[u8]) -> bool {
             None => (v, None),
         }
     };
-    let reg_name = host
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    // unreserved / pct-encoded / sub-delims (RFC 3986 3.2.2), one range test per byte.
+    let reg_name = host.iter().all(|&b| {
+        matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~'
+            | b'%' | b'!' | b'$' | b'&' | b'\''..=b',' | b';' | b'=')
+    });
     let port_ok = port.is_none_or(|p| {
         p.len() <= 5
             && p.iter().all(u8::is_ascii_digit)
-            && std::str::from_utf8(p)
-                .ok()
-                .is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok())
+            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
     });
     reg_name && port_ok
 }
