@@ -80,6 +80,13 @@ pub async fn reload_from_with(
             "these settings take effect only after a restart; the running values stay, everything else is applied now"
         );
     }
+    // The token rule is judged on the admin address in force: a reload to a loopback
+    // address without a token, not applied until a restart, must not leave a
+    // non-loopback admin port open to anyone.
+    if let Err(e) = admin_token_in_force(&cfg) {
+        ctrl.set_failed(Some(version));
+        return Err(format!("{}: {e}", path.display()));
+    }
     ctrl.set_not_applied(not_applied);
     let snap = Snapshot::build(cfg, version.clone(), Some(&old), &ctrl.shared)
         .map_err(|e| e.to_string())?;
@@ -97,6 +104,18 @@ pub async fn reload_from_with(
     }
     remove_stale_series(&old, &new);
     Ok(ReloadOutcome::Applied(version))
+}
+
+/// The admin token rule on the config as it will run (after [`keep_restart_only`]):
+/// a non-loopback admin address needs a token.
+pub fn admin_token_in_force(cfg: &crate::config::Config) -> Result<(), String> {
+    let admin = cfg.admin.address;
+    if !admin.ip().is_loopback() && cfg.admin.token.is_none() {
+        return Err(format!(
+            "admin.address stays {admin} until a restart, which is not a loopback address, so `token_env` must name the variable holding the admin token"
+        ));
+    }
+    Ok(())
 }
 
 /// Settings read once when fusebox starts (bound sockets, the connection limits the
@@ -306,4 +325,43 @@ fn watch_dir(
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, token: Option<&str>) -> crate::config::Config {
+        crate::config::parse_with_env(text, "t.toml", None, &|name| {
+            (name == "ADMIN_TOKEN")
+                .then(|| token.map(str::to_owned))
+                .flatten()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const ROUTES: &str = "[upstreams.a]\nendpoints = [\"127.0.0.1:9001\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n";
+
+    /// A reload that moves the admin listener to loopback and drops its token keeps the
+    /// running (non-loopback) address until a restart: the token rule is judged on
+    /// that address, so the reload is refused rather than leaving the port open.
+    #[test]
+    fn the_admin_token_rule_is_judged_on_the_address_in_force() {
+        let running = parse(
+            &format!(
+                "[admin]\naddress = \"0.0.0.0:9901\"\ntoken_env = \"ADMIN_TOKEN\"\n\n{ROUTES}"
+            ),
+            Some("tok"),
+        );
+        assert!(admin_token_in_force(&running).is_ok());
+        let mut new = parse(
+            &format!("[admin]\naddress = \"127.0.0.1:9901\"\n\n{ROUTES}"),
+            None,
+        );
+        assert!(admin_token_in_force(&new).is_ok(), "valid on its own");
+        let kept = keep_restart_only(&mut new, &running);
+        assert_eq!(kept, vec!["admin.address".to_string()]);
+        let e = admin_token_in_force(&new).expect_err("refused");
+        assert!(e.contains("0.0.0.0:9901") && e.contains("token_env"), "{e}");
+    }
 }

@@ -141,6 +141,17 @@ pub fn parse_with_options(
     source: Option<PathBuf>,
     options: &ParseOptions<'_>,
 ) -> Result<Parsed, ConfigError> {
+    if text.trim().is_empty() {
+        // A file truncated by a copy in progress, or a template that rendered nothing:
+        // as a reload it would drop every route (the embedded default is for no file
+        // at all).
+        return Err(ConfigError::Invalid(vec![error::Problem {
+            file: origin.to_owned(),
+            line: 1,
+            column: 1,
+            message: "the config file is empty".to_owned(),
+        }]));
+    }
     let file: file::FileConfig = toml::from_str(text)
         .map_err(|e| ConfigError::Invalid(vec![error::from_toml(text, origin, &e)]))?;
     let (config, missing, files) = validate::validate(

@@ -388,3 +388,52 @@ fn grpc_codes_take_names_numbers_and_number_strings() {
         "{p:?}"
     );
 }
+
+#[test]
+fn log_levels_must_name_a_level() {
+    for ok_level in [
+        "info",
+        "WARN",
+        "fusebox=debug,info",
+        "off",
+        "hyper=warn,fusebox=trace",
+    ] {
+        let c = ok(&MINIMAL.replacen(
+            "[[routes]]",
+            &format!("[logging]\nlevel = \"{ok_level}\"\n\n[[routes]]"),
+            1,
+        ));
+        assert_eq!(c.logging.level, ok_level);
+    }
+    for bad in ["warning", "inf", "verbose!!", "fusebox=loud"] {
+        let p = refused(&MINIMAL.replacen(
+            "[[routes]]",
+            &format!("[logging]\nlevel = \"{bad}\"\n\n[[routes]]"),
+            1,
+        ));
+        assert!(
+            p.iter()
+                .any(|p| p.contains("logging.level") && p.contains("names no level")),
+            "{bad}: {p:?}"
+        );
+    }
+    // What `run` could not read either (it would fall back to `info` in silence).
+    let p = refused(&MINIMAL.replacen(
+        "[[routes]]",
+        "[logging]\nlevel = \"hyper=warn, fusebox=trace\"\n\n[[routes]]",
+        1,
+    ));
+    assert!(
+        p.iter().any(|p| p.contains("not a tracing filter")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn an_empty_file_is_refused() {
+    for text in ["", "  \n\n\t\n"] {
+        let p = refused(text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains(":1:1") && p[0].contains("empty"), "{p:?}");
+    }
+}

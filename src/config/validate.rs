@@ -64,11 +64,17 @@ pub fn validate(
             DEFAULT_LOG_FORMAT,
             &[("json", LogFormat::Json), ("text", LogFormat::Text)],
         ),
-        level: cx.nonempty(
-            &lp.key("level"),
-            file.logging.level.as_ref(),
-            DEFAULT_LOG_LEVEL,
-        ),
+        level: {
+            let level = cx.nonempty(
+                &lp.key("level"),
+                file.logging.level.as_ref(),
+                DEFAULT_LOG_LEVEL,
+            );
+            if let Err(m) = check_log_filter(&level) {
+                cx.problem(&lp.key("level"), m);
+            }
+            level
+        },
         access_log: file.logging.access_log.unwrap_or(DEFAULT_ACCESS_LOG),
     };
     let pp = root.key("correlation").key("propagate");
@@ -409,4 +415,30 @@ fn endpoints(cx: &mut Ctx, list: Option<&[EndpointFile]>, p: &Path) -> Vec<Endpo
         }
     }
     out
+}
+
+/// Level names of a tracing filter.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `logging.level` as a tracing filter whose every directive names a level: `info`,
+/// `fusebox=debug,info`. A bare word that is not a level (`warning`, `inf`) would be
+/// read as a target name and silence every line, the reload errors included.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    let is_level = |l: &str| LEVELS.iter().any(|n| n.eq_ignore_ascii_case(l.trim()));
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match d.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => d,
+            None => d,
+        };
+        if !is_level(level) {
+            return Err(format!(
+                "{d:?} names no level; expected one of {} or target=level (e.g. \"fusebox=debug,info\")",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("not a tracing filter: {e}"))
 }
