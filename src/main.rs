@@ -118,6 +118,7 @@ fn load_with_text(path: &std::path::Path) -> Result<(config::Config, String), St
 }
 
 fn exit(r: anyhow::Result<()>) -> ExitCode {
+    telemetry::shutdown();
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,18 +6,42 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig};
 
+/// The process-log writer thread's guard: dropping it writes what is queued.
+static GUARD: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+    std::sync::Mutex::new(None);
+
+/// Lines queued for the process-log writer thread before new ones are dropped.
+const QUEUED_LINES: usize = 4096;
+
+/// Writes the queued process-log lines (bounded by the writer's own flush timeout)
+/// and stops the writer; called once, as the process exits.
+pub fn shutdown() {
+    let guard = GUARD.lock().map(|mut g| g.take()).unwrap_or_default();
+    drop(guard);
+}
+
 /// Installs the global subscriber once; later calls (tests) are no-ops.
+///
+/// Lines go through a bounded queue to a thread of their own, as the access log
+/// does: a stdout that stops reading (a stalled log shipper) must not block a runtime
+/// thread at the first breaker change, admin action or reload line; lines that do not
+/// fit are dropped.
 pub fn init(cfg: &LoggingConfig) {
     let filter = std::env::var("FUSEBOX_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| cfg.level.clone());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("fusebox-log")
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_target(false);
-    let _ = match cfg.format {
+    let installed = match cfg.format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -26,4 +50,9 @@ pub fn init(cfg: &LoggingConfig) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    if installed.is_ok() {
+        if let Ok(mut g) = GUARD.lock() {
+            *g = Some(guard);
+        }
+    }
 }

@@ -165,3 +165,121 @@ async fn assert_stopped_drained(p: &mut FuseboxProcess) {
         .await;
     assert_eq!(stopped["drained"], true, "{stopped}");
 }
+
+/// A stdout nobody reads (a stalled log shipper) costs log lines, never service: with
+/// the pipe full of access lines, a breaker opening writes a process-log line, and the
+/// data port and `/health/live` still answer. Before, that line's write blocked a
+/// runtime thread on the stdout lock and froze the proxy, liveness probe included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stdout_freezes_nothing() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let dead = closed_port();
+    let text = format!(
+        "{}{}{}{}{}",
+        base_config("").replace("access_log = false", "access_log = true"),
+        upstream_toml("app", &[up.addr], ""),
+        upstream_toml("gone", &[dead], "")
+            .replace("failure_threshold = 1000", "failure_threshold = 1"),
+        route_toml("gone", "/gone", "gone", ""),
+        route_toml("all", "/", "app", "")
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fusebox.toml");
+    std::fs::write(&path, &text).expect("config");
+    let mut child = Command::new(crate::common::binary::binary_path())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .env("FUSEBOX_LOG", "info")
+        // One runtime thread: a write that blocks it stops everything, as in a
+        // one-core pod.
+        .env("FUSEBOX_WORKER_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fusebox");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let _child = Kill(child);
+    // Read until the listening line, then hold the pipe and never read again.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["message"] == "fusebox listening" {
+                    let _ = tx.send((v["address"].to_string(), v["admin"].to_string()));
+                    let _ = hold.recv();
+                    return;
+                }
+            }
+            line.clear();
+        }
+    });
+    let (data, admin) = within(WAIT * 3, "the listening line", async {
+        loop {
+            if let Ok(a) = rx.try_recv() {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let data = format!("http://{}", data.trim_matches('"'));
+    let admin = format!("http://{}", admin.trim_matches('"'));
+    let c = http1_client();
+    // Access lines until the pipe (64 KiB) and the logger's queue are full and lines
+    // drop: stdout is stalled (bounded: at most 40 rounds of 250).
+    let url = format!("{data}/fill/{}", "x".repeat(200));
+    let dropped = || async {
+        let m = within(WAIT, "metrics", get(&c, &format!("{admin}/metrics"))).await;
+        crate::common::prom::metric(&m.text(), "gateway_access_log_dropped_total", "")
+            .unwrap_or(0.0)
+    };
+    for _ in 0..40 {
+        for _ in 0..250 {
+            assert_eq!(get(&c, &url).await.status, 200);
+        }
+        if dropped().await > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        dropped().await > 0.0,
+        "stdout is stalled: access lines drop"
+    );
+    // The breaker of `gone` opens: a process-log line while stdout is stalled.
+    assert_eq!(get(&c, &format!("{data}/gone")).await.status, 502);
+    for _ in 0..3 {
+        let r = within(
+            WAIT,
+            "a request after the breaker line",
+            get(&c, &format!("{data}/gone")),
+        )
+        .await;
+        assert_eq!(r.status, 503, "the open breaker answers CIRCUIT_OPEN");
+        let r = within(
+            WAIT,
+            "the liveness probe",
+            get(&c, &format!("{admin}/health/live")),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            within(WAIT, "a data request", get(&c, &url)).await.status,
+            200
+        );
+    }
+    drop(release);
+}
