@@ -76,7 +76,7 @@ pub async fn reload_from_with(
     if !not_applied.is_empty() {
         tracing::warn!(
             event = "config_reload",
-            not_applied = ?not_applied,
+            not_applied = %not_applied.join(","),
             "these settings take effect only after a restart; the running values stay, everything else is applied now"
         );
     }

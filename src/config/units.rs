@@ -37,11 +37,30 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             "duration {text:?} has no unit; write \"{t}s\" or the number {t} without quotes"
         )));
     }
+    // humantime also reads weeks, months and years; the documented units stop at
+    // days (a month or a year has no single length).
+    for unit in t
+        .split(|c: char| !c.is_alphabetic() && c != 'µ')
+        .filter(|u| !u.is_empty())
+    {
+        if !DURATION_UNITS.contains(&unit) {
+            return Err(UnitError::Invalid(format!(
+                "invalid duration {text:?}: unknown unit {unit:?}; the units are ns, us, ms, s, m, h and d; {DURATION_HINT}"
+            )));
+        }
+    }
     humantime::parse_duration(t).map_err(|e| match e {
         humantime::DurationError::NumberOverflow => UnitError::TooLarge,
-        e => UnitError::Invalid(format!("invalid duration {text:?} ({e}); {DURATION_HINT}")),
+        _ => UnitError::Invalid(format!("invalid duration {text:?}; {DURATION_HINT}")),
     })
 }
+
+/// The duration units, short and long forms (humantime's spellings up to days).
+const DURATION_UNITS: &[&str] = &[
+    "ns", "nsec", "nanos", "us", "µs", "usec", "micros", "ms", "msec", "millis", "s", "sec",
+    "secs", "second", "seconds", "m", "min", "mins", "minute", "minutes", "h", "hr", "hrs",
+    "hour", "hours", "d", "day", "days",
+];
 
 /// A plain number of seconds (`30`, `0.25`).
 pub fn duration_from_secs(secs: f64) -> Result<Duration, UnitError> {
@@ -262,6 +281,11 @@ mod tests {
         assert!(invalid("30").contains("no unit"));
         assert!(invalid("soon").contains("invalid duration"));
         assert!(invalid("").contains("empty"));
+        for t in ["0.1w", "1week", "2months", "1y", "10x"] {
+            assert!(invalid(t).contains("unknown unit"), "{t}: {}", invalid(t));
+        }
+        assert_eq!(parse_duration("2days 1hour"), Ok(secs(2 * 86_400 + 3600)));
+        assert_eq!(parse_duration("5us"), Ok(Duration::from_micros(5)));
         assert_eq!(parse_duration("-1s"), Err(UnitError::Negative));
         assert_eq!(
             parse_duration("99999999999999999999999h"),
