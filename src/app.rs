@@ -44,6 +44,8 @@ pub struct Running {
     pub state: Arc<SnapshotCell>,
     logger: Arc<AccessLogger>,
     shutdown: watch::Sender<bool>,
+    /// Closes the connections still open when `shutdown_timeout` passed.
+    cut: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
     serve: JoinHandle<()>,
     admin: JoinHandle<()>,
@@ -71,7 +73,12 @@ impl Running {
             .is_ok();
         if !drained {
             tracing::warn!(timeout = ?shutdown_timeout, "shutdown timeout passed with requests in flight; closing them");
-            serve.abort();
+            // Each connection drops its requests (their access-log lines are written
+            // as they go) and returns its slot; bounded, then the rest is abandoned.
+            let _ = self.cut.send(true);
+            if tokio::time::timeout(CUT_GRACE, &mut serve).await.is_err() {
+                serve.abort();
+            }
         }
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin.await;
@@ -191,7 +198,8 @@ pub async fn start_with(
     if let Some(t) = &tls {
         t.spawn_watcher();
     }
-    let serve = tokio::spawn(listener::serve(listener, proxy, limits, tls, rx));
+    let (cut_tx, cut_rx) = watch::channel(false);
+    let serve = tokio::spawn(listener::serve(listener, proxy, limits, tls, rx, cut_rx));
     ctrl.set_ready(true);
     let shown = match &data_path {
         Some(p) => format!("unix:{}", p.display()),
@@ -206,6 +214,7 @@ pub async fn start_with(
         state,
         logger,
         shutdown: tx,
+        cut: cut_tx,
         admin_shutdown: admin_tx,
         serve,
         admin,
@@ -214,6 +223,10 @@ pub async fn start_with(
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+/// How long connections cut at `shutdown_timeout` get to end (their requests' log
+/// lines queued) before the rest is abandoned.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
 pub async fn run(config: Config, version: String, opts: StartOptions) -> anyhow::Result<()> {
     let running = start_with(config, version, opts).await?;
     wait_for_signal().await;

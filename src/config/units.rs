@@ -58,8 +58,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 /// The duration units, short and long forms (humantime's spellings up to days).
 const DURATION_UNITS: &[&str] = &[
     "ns", "nsec", "nanos", "us", "µs", "usec", "micros", "ms", "msec", "millis", "s", "sec",
-    "secs", "second", "seconds", "m", "min", "mins", "minute", "minutes", "h", "hr", "hrs",
-    "hour", "hours", "d", "day", "days",
+    "secs", "second", "seconds", "m", "min", "mins", "minute", "minutes", "h", "hr", "hrs", "hour",
+    "hours", "d", "day", "days",
 ];
 
 /// A plain number of seconds (`30`, `0.25`).

@@ -164,6 +164,9 @@ struct ConnCtx {
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnLimits,
     shutdown: watch::Receiver<bool>,
+    /// Turns true when `shutdown_timeout` passed: connections still open are dropped
+    /// here, each request's access-log line written as it goes.
+    cut: watch::Receiver<bool>,
 }
 
 /// Accepts until `shutdown` turns true, then waits for open connections to drain (the
@@ -174,6 +177,7 @@ pub async fn serve(
     limits: ConnLimits,
     tls: Option<Arc<ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
+    cut: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -195,6 +199,7 @@ pub async fn serve(
         builder: Arc::new(builder),
         limits: limits.clone(),
         shutdown: shutdown.clone(),
+        cut,
     };
     loop {
         let permit = tokio::select! {
@@ -243,6 +248,7 @@ async fn conn_task<S: Accepted>(
         builder,
         limits,
         shutdown,
+        mut cut,
     } = cx;
     // Nothing is allocated for a connection until its first bytes arrive (the TLS
     // state, hyper's 8 KiB read buffer and the connection's future are made after
@@ -264,7 +270,10 @@ async fn conn_task<S: Accepted>(
                 stream, acceptor, peer, proxy, builder, limits, shutdown,
             )),
         };
-        conn.await;
+        tokio::select! {
+            () = conn => {}
+            _ = cut.wait_for(|c| *c) => {}
+        }
     }
     drop(permit);
 }

@@ -283,3 +283,32 @@ async fn a_stalled_stdout_freezes_nothing() {
     }
     drop(release);
 }
+
+/// A request still in flight when `shutdown_timeout` passes is cut, and still logged:
+/// its access-log line (status 0, nothing answered) is written before the binary
+/// exits, after its `fusebox stopped` line says it did not drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_at_shutdown_timeout_is_logged() {
+    let up = TestUpstream::start(Behaviour::Hang).await;
+    let text = config(up.addr, "300ms").replace("access_log = false", "access_log = true");
+    let mut p = spawn_binary(&text).await;
+    let c = http1_client();
+    let url = p.url("/cut-at-shutdown");
+    let in_flight = tokio::spawn(async move {
+        try_send(&c, request(Method::GET, &url).body(empty()).unwrap()).await
+    });
+    up.wait_hits(1).await;
+    p.sigterm();
+    let stopped = p
+        .wait_json(WAIT, |v| v["message"] == "fusebox stopped")
+        .await;
+    assert_eq!(stopped["drained"], false, "{stopped}");
+    let status = p.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(0), "stderr: {}", p.stderr());
+    let line = p.wait_json(WAIT, |v| v["path"] == "/cut-at-shutdown").await;
+    assert_eq!(line["status"], 0, "{line}");
+    assert!(within(WAIT, "the cut request", in_flight)
+        .await
+        .unwrap()
+        .is_err());
+}
