@@ -21,6 +21,18 @@ impl Upstream {
     /// Starts the checks when the upstream has a `health_check` table.
     pub fn spawn_health_checks(self: &Arc<Self>) {
         let Some(hc) = self.cfg.health_check.clone() else {
+            // No checks (any more): no verdict holds an endpoint out of rotation. A
+            // reload that removed the table would otherwise leave the last
+            // "unhealthy" in force with nothing left to lift it.
+            for ep in self.endpoints().iter() {
+                let core = &*ep.core;
+                core.health_fails.store(0, Ordering::Relaxed);
+                core.health_streak.store(0, Ordering::Relaxed);
+                if !core.is_healthy() {
+                    core.set_healthy(true);
+                    tracing::info!(event = "health_change", upstream = %self.name, endpoint = %core.key, healthy = true, "endpoint healthy: no health checks are configured");
+                }
+            }
             return;
         };
         let weak: Weak<Upstream> = Arc::downgrade(self);

@@ -158,3 +158,41 @@ async fn a_reload_stops_the_replaced_builds_checks_while_its_requests_finish() {
         200
     );
 }
+
+/// A reload that removes the `health_check` table lifts the last verdict: with no
+/// checks configured an endpoint is healthy (operations.md), so one held out as
+/// unhealthy is back in the rotation at once; before, nothing was left to lift it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_health_checks_brings_an_unhealthy_endpoint_back() {
+    let a = Scripted::ok("a").await;
+    let b = Scripted::ok("b").await;
+    a.rule(Match::path("/health"), Behaviour::respond(503, "sick"));
+    let fb = proxy(&a, &b).await;
+    let ep_a = fb.endpoint("app", a.addr);
+    eventually("a to fail its checks", WAIT, || !ep_a.is_healthy()).await;
+    let c = http1_client();
+    assert_eq!(spread(&c, &fb, 10).await, (0, 10));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fusebox.toml");
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("app", &[a.addr, b.addr]).build(),
+        route_toml("work", "/work", "app", "")
+    );
+    std::fs::write(&path, format!("{}{tables}", base_config(""))).expect("write");
+    let out = fusebox::reload::reload_from(&fb.running.ctrl, &path).await;
+    assert!(
+        matches!(out, Ok(fusebox::reload::ReloadOutcome::Applied(_))),
+        "{out:?}"
+    );
+    assert!(
+        fb.endpoint("app", a.addr).is_healthy(),
+        "no checks: healthy"
+    );
+    assert_eq!(
+        spread(&c, &fb, 20).await,
+        (10, 10),
+        "a is back in the rotation"
+    );
+}
