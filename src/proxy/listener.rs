@@ -45,6 +45,8 @@ pub struct ConnState {
     /// Set by the watchdog when a head took longer than `header_read_timeout`: the
     /// socket's next read answers 408 and fails, so hyper closes the connection.
     head_timed_out: AtomicBool,
+    /// That 408, made (with the ids its access-log line names) by the watchdog.
+    timeout_reply: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl ConnState {
@@ -317,10 +319,12 @@ async fn serve_conn<S>(
         started: AtomicU64::new(0),
         head_since_ms: AtomicU64::new(0),
         head_timed_out: AtomicBool::new(false),
+        timeout_reply: std::sync::Mutex::new(None),
     });
     let svc_state = state.clone();
+    let svc_proxy = proxy.clone();
     let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
+        let proxy = svc_proxy.clone();
         let conn = svc_state.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, conn).await) }
     });
@@ -368,6 +372,13 @@ async fn serve_conn<S>(
                 let limit = u64::try_from(limits.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
                 if give_up.is_none() && head != 0 && now_ms().saturating_sub(head) >= limit {
                     tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; answering 408");
+                    let waited = Duration::from_millis(now_ms().saturating_sub(head));
+                    let id = super::correlate::new_uuid();
+                    let reply = timeout_reply(id.as_bytes());
+                    log_head_timeout(&proxy, id.as_bytes(), reply.len() as u64, waited);
+                    if let Ok(mut r) = state.timeout_reply.lock() {
+                        *r = Some(reply);
+                    }
                     // The next poll of the connection reads: ConnIo answers 408 there
                     // (hyper is between reads, writing nothing) and fails the read.
                     state.head_timed_out.store(true, Ordering::Relaxed);
@@ -408,9 +419,8 @@ const LINGER_READS_PER_POLL: usize = 64;
 
 /// The 408 of a request head that did not arrive within `header_read_timeout`, in the
 /// contract's error shape (the request had no ids yet: new ones are made).
-fn timeout_reply() -> Vec<u8> {
-    let id = super::correlate::new_uuid();
-    let id = id.to_str().unwrap_or("");
+fn timeout_reply(id: &[u8]) -> Vec<u8> {
+    let id = std::str::from_utf8(id).unwrap_or("");
     let body = format!(
         "{{\"error\": {{\"code\": \"REQUEST_TIMEOUT\", \"message\": \"request headers not received within header_read_timeout\", \"upstream\": null, \"request_id\": \"{id}\", \"correlation_id\": \"{id}\"}}}}"
     );
@@ -419,6 +429,44 @@ fn timeout_reply() -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// The 408 of a head that never completed is a request answered like any other: it
+/// gets its access-log line (no method or path was read) and counts in
+/// `gateway_proxy_requests_total{status="408"}` (route and service empty).
+fn log_head_timeout(proxy: &Proxy, id: &[u8], bytes_out: u64, waited: Duration) {
+    static NO_METHOD: std::sync::OnceLock<http::Method> = std::sync::OnceLock::new();
+    let snap = proxy.state.load();
+    let method =
+        NO_METHOD.get_or_init(|| http::Method::from_bytes(b"OTHER").unwrap_or(http::Method::GET));
+    snap.unrouted.observe(method, 408, waited.as_secs_f64());
+    let logging = &snap.config.logging;
+    if !logging.access_log {
+        return;
+    }
+    let entry = crate::access_log::Entry {
+        service: &snap.service,
+        route: None,
+        upstream: None,
+        endpoint: None,
+        method: "",
+        path: "",
+        status: 408,
+        duration: waited,
+        attempts: 0,
+        correlation_id: id,
+        request_id: id,
+        trace_id: None,
+        org_id: None,
+        camera_id: None,
+        priority: "normal",
+        error_code: Some("REQUEST_TIMEOUT"),
+        bytes_in: 0,
+        bytes_out,
+        body_error: false,
+        propagated: &[],
+    };
+    proxy.logger.write(&entry, logging.format);
 }
 
 /// Milliseconds since the process's time origin, never 0.
@@ -460,9 +508,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
                 "request head not received within header_read_timeout",
             )))
         };
-        let (reply, pos) = self
-            .timeout_reply
-            .get_or_insert_with(|| (timeout_reply(), 0));
+        let (reply, pos) = self.timeout_reply.get_or_insert_with(|| {
+            let made = self
+                .state
+                .timeout_reply
+                .lock()
+                .ok()
+                .and_then(|mut r| r.take());
+            let reply =
+                made.unwrap_or_else(|| timeout_reply(super::correlate::new_uuid().as_bytes()));
+            (reply, 0)
+        });
         while *pos < reply.len() {
             match std::pin::Pin::new(&mut self.inner).poll_write(cx, &reply[*pos..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return timed_out(),

@@ -137,3 +137,30 @@ async fn one_line_per_request() {
         );
     }
 }
+
+/// A head that did not arrive within `header_read_timeout` is answered 408 by fusebox
+/// and logged like any answer, under the ids its body names (no method or path read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_read_timeout_is_logged() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let text = config(up.addr).replace(
+        "[listener]\n",
+        "[listener]\nheader_read_timeout = \"300ms\"\n",
+    );
+    let mut p = spawn_binary(&text).await;
+    let mut conn = RawConn::connect(p.addr).await;
+    conn.write(b"GET /never-finished HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .expect("sent");
+    let Ending::Closed(data) = conn.wait_closed(WAIT).await else {
+        panic!("the connection stayed open");
+    };
+    let text = String::from_utf8_lossy(&data);
+    let body = text.split_once("\r\n\r\n").expect("a response").1;
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    let rid = v["error"]["request_id"].as_str().expect("request_id");
+    let line = access_line(&mut p, rid).await;
+    assert_eq!(line["status"], 408, "{line}");
+    assert_eq!(line["error_code"], "REQUEST_TIMEOUT", "{line}");
+    assert_eq!(line["correlation_id"], rid, "{line}");
+}

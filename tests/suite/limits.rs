@@ -194,6 +194,14 @@ async fn silent_partial_headers_are_cut_after_header_read_timeout() {
         Ending::Open => panic!("a connection with unfinished headers stayed open for {WAIT:?}"),
     }
     assert_eq!(up.hits(), 0);
+    // Answered like any request: counted (no route, no method read).
+    crate::common::prom::wait_metric(
+        fb.admin_addr,
+        "gateway_proxy_requests_total",
+        "method=\"OTHER\",route=\"\",service=\"\",status=\"408\"",
+        1.0,
+    )
+    .await;
 }
 
 /// With `max_connections = 1`, a second connection is not served while the first is
