@@ -502,6 +502,12 @@ shed_on_deadline = false
     #[test]
     fn values_from_environment_variables_are_redacted() {
         let text = r#"
+[service]
+name = "${SVC}"
+
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318"
+
 [upstreams.yolo]
 endpoints = ["${HOST}:9001", "127.0.0.1:9002"]
 [upstreams.yolo.fallback]
@@ -516,6 +522,7 @@ headers = { "X-Org-ID" = "${ORG}" }
             "HOST" => Some("10.0.0.9".to_owned()),
             "FB_SECRET" => Some("fb-s3cret".to_owned()),
             "ORG" => Some("org-s3cret".to_owned()),
+            "SVC" => Some("svc-s3cret".to_owned()),
             _ => None,
         };
         let cfg = crate::config::parse_with_env(text, "t.toml", None, &env).unwrap();
@@ -527,7 +534,8 @@ headers = { "X-Org-ID" = "${ORG}" }
             .collect();
         redact(&mut v, "", &secrets);
         let s = v.to_string();
-        for secret in ["10.0.0.9", "fb-s3cret", "org-s3cret"] {
+        // tracing.service_name defaults to service.name: redacted as its source is.
+        for secret in ["10.0.0.9", "fb-s3cret", "org-s3cret", "svc-s3cret"] {
             assert!(!s.contains(secret), "{secret} shown: {s}");
         }
         let up = &v["upstreams"]["yolo"];

@@ -83,6 +83,16 @@ pub fn tracing(
         f.service_name.as_ref(),
         service_name,
     );
+    if f.service_name.is_none() {
+        // Defaulted from `service.name`: a value from `${VAR}` stays redacted here too.
+        let from_env = cx
+            .interpolated
+            .iter()
+            .any(|i| i.to_string() == "service.name");
+        if from_env {
+            cx.interpolated.push(p.key("service_name"));
+        }
+    }
     let max_queue = cx.int(
         &p.key("max_queue"),
         f.max_queue,
