@@ -42,9 +42,10 @@ impl Ctx<'_> {
     /// Checks that `file` (the value of the key at `path`) can be read now: `run` and
     /// a reload read it right after validation, and a file they could not read would
     /// refuse the config without saying where in it the file was named.
-    pub fn readable_file(&mut self, path: &Path, file: &str) {
+    /// Whether it could.
+    pub fn readable_file(&mut self, path: &Path, file: &str) -> bool {
         if file.is_empty() {
-            return; // a required key that is absent: its own problem is recorded
+            return false; // a required key that is absent: its own problem is recorded
         }
         if let Err(e) = std::fs::read(file) {
             if self.allow_missing_files {
@@ -52,7 +53,9 @@ impl Ctx<'_> {
             } else {
                 self.problem(path, format!("cannot read {file}: {e}"));
             }
+            return false;
         }
+        true
     }
 
     /// A string value with `${VAR}` replaced; `None` (problem or missing variable

@@ -397,21 +397,32 @@ pub fn upstream_tls(
         cx.problem(&p.key("server_name"), "must not be empty");
     }
     let ca = cx.opt_string(&p.key("ca"), f.ca.as_ref());
+    let mut all_readable = true;
     for (k, v) in [
         ("ca", &ca),
         ("client_cert", &client_cert),
         ("client_key", &client_key),
     ] {
         if let Some(v) = v {
-            cx.readable_file(&p.key(k), v);
+            all_readable &= cx.readable_file(&p.key(k), v);
         }
     }
-    UpstreamTls {
+    let tls = UpstreamTls {
         ca: ca.map(Into::into),
         server_name,
         client_cert: client_cert.map(Into::into),
         client_key: client_key.map(Into::into),
+    };
+    // Read as `run` reads them: a file that is there but holds no usable certificate
+    // or key (or a certificate and key that do not match) is refused here, located.
+    let tls_protocol = matches!(protocol, Protocol::Https | Protocol::H2);
+    let pair = tls.client_cert.is_some() == tls.client_key.is_some();
+    if tls_protocol && pair && all_readable && (tls.ca.is_some() || tls.client_cert.is_some()) {
+        if let Err(e) = crate::tls::client_config(Some(&tls), protocol == Protocol::H2) {
+            cx.problem(p, e.to_string());
+        }
     }
+    tls
 }
 
 /// `unknown upstream "x"; expected one of: a, b`.

@@ -398,15 +398,20 @@ circuit_breaker = { recovery_timeout = "10s", error_threshold_percentage = 25 }
 
 #[test]
 fn tls_fallback_upstream_and_admin_token() {
-    // The files are read at validation (contents are checked when the listener and
-    // the upstream's client are built).
+    // The files are read, and their contents loaded, at validation.
     let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str| {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let file = |name: &str, text: &str| {
         let p = dir.path().join(name);
-        std::fs::write(&p, "pem").unwrap();
+        std::fs::write(&p, text).unwrap();
         p.display().to_string()
     };
-    let (cert, key, ca) = (file("c.crt"), file("c.key"), file("ca.crt"));
+    let pem = made.cert.pem();
+    let (cert, key, ca) = (
+        file("c.crt", &pem),
+        file("c.key", &made.key_pair.serialize_pem()),
+        file("ca.crt", &pem),
+    );
     let text = format!(
         r#"
 [listener]
@@ -493,4 +498,23 @@ fn unreadable_tls_files_and_a_bad_service_name_are_refused_with_a_location() {
             "/nonexistent/ca.pem (upstreams.a.tls.ca)"
         ]
     );
+}
+
+/// A TLS file that is there but unusable (no certificate in a CA file, a certificate
+/// that is not PEM) is refused by `validate` as `run` would refuse it, at the table
+/// that names it; before, `validate` said ok and `run` refused it with no location.
+#[test]
+fn unusable_tls_files_are_refused_with_a_location() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "garbage\n").expect("write");
+    let g = garbage.display();
+    let text = format!("[listener]\ntls = {{ cert = \"{g}\", key = \"{g}\" }}\n[upstreams.a]\nendpoints = [\"10.0.0.1:443\"]\nprotocol = \"https\"\ntls = {{ ca = \"{g}\" }}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n");
+    let err = parse(&text, "t.toml", None).unwrap_err().to_string();
+    for want in [
+        "t.toml:2:7: listener.tls: ",
+        "t.toml:6:7: upstreams.a.tls: no certificate in CA file",
+    ] {
+        assert!(err.contains(want), "{want:?} in:\n{err}");
+    }
 }

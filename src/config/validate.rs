@@ -193,16 +193,24 @@ fn listener(cx: &mut Ctx, f: &ListenerFile, p: &Path) -> ListenerConfig {
         let cert = cx.required_string(&tp, "cert", t.cert.as_ref());
         let key = cx.required_string(&tp, "key", t.key.as_ref());
         let client_ca = cx.opt_string(&tp.key("client_ca"), t.client_ca.as_ref());
+        let mut all_readable = true;
         for (k, v) in [("cert", &cert), ("key", &key), ("client_ca", &client_ca)] {
             if let Some(v) = v {
-                cx.readable_file(&tp.key(k), v);
+                all_readable &= cx.readable_file(&tp.key(k), v);
             }
         }
-        ListenerTls {
+        let tls = ListenerTls {
             cert: cert.unwrap_or_default().into(),
             key: key.unwrap_or_default().into(),
             client_ca: client_ca.map(PathBuf::from),
+        };
+        // Loaded as `run` loads it: unusable contents are refused here, located.
+        if all_readable && !tls.cert.as_os_str().is_empty() && !tls.key.as_os_str().is_empty() {
+            if let Err(e) = crate::tls::ServerTls::load(&tls) {
+                cx.problem(&tp, e.to_string());
+            }
         }
+        tls
     });
     let max_header_bytes = cx.size(
         &p.key("max_header_bytes"),
