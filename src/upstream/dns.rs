@@ -24,6 +24,7 @@ impl Upstream {
         }
         let old = self.endpoints();
         let ramp = !old.is_empty();
+        let mut failed = false;
         let mut eps: Vec<Arc<Endpoint>> = Vec::new();
         for e in &self.cfg.endpoints {
             match &e.address {
@@ -66,6 +67,7 @@ impl Upstream {
                             }
                         }
                         Err(err) => {
+                            failed = true;
                             tracing::warn!(upstream = %self.name, host = %host, error = %err, "DNS lookup failed; keeping previous answers");
                             for x in old.iter().filter(same_origin) {
                                 if !eps.iter().any(|y| y.addr == x.addr) {
@@ -83,6 +85,9 @@ impl Upstream {
             let list: Vec<SocketAddr> = eps.iter().map(|e| e.addr).collect();
             tracing::info!(upstream = %self.name, endpoints = ?list, "endpoints updated from DNS");
             self.set_endpoints(eps);
+        }
+        if !failed {
+            self.release_held();
         }
     }
 

@@ -65,6 +65,11 @@ pub struct Upstream {
     /// so a build kept alive by a long request does not write its settings or verdicts
     /// into the endpoint cores the running build shares.
     retired: std::sync::atomic::AtomicBool,
+    /// The previous build's endpoints, held until this build's first DNS answers: an
+    /// endpoint re-spelled (an IP literal now written as a name that resolves to it)
+    /// keeps its core and breakers (a forced open included) instead of losing them in
+    /// the gap before the name is resolved.
+    held: std::sync::Mutex<Vec<Arc<Endpoint>>>,
 }
 
 /// `own` and then every code of `more` not in it yet, in order.
@@ -143,6 +148,7 @@ impl Upstream {
                 expiry: cfg.load_report_expiry,
             }),
             retired: std::sync::atomic::AtomicBool::new(false),
+            held: std::sync::Mutex::new(Vec::new()),
         };
         // A new address of a running upstream ramps in; at first start nothing does.
         let ramp = previous.is_some_and(|p| !p.endpoints().is_empty());
@@ -171,7 +177,19 @@ impl Upstream {
             }
         }
         up.set_endpoints(eps);
+        if up.has_dns() {
+            if let (Some(old), Ok(mut held)) = (old, up.held.lock()) {
+                *held = old.iter().cloned().collect();
+            }
+        }
         up
+    }
+
+    /// This build's DNS answers are in: what the previous build held may go.
+    pub(crate) fn release_held(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.clear();
+        }
     }
 
     /// The endpoint at `addr` for this upstream's policies: its live core and breaker

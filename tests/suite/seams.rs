@@ -611,3 +611,44 @@ async fn the_limit_gauge_is_exported_only_with_an_adaptive_limit() {
     assert_eq!(sample(&p.metrics().await, gauge, &labels), None);
     assert!(p.proxy.shutdown().await);
 }
+
+/// An endpoint re-spelled by a reload (an IP literal now written as a name that
+/// resolves to it) is the same endpoint: its forced open holds through the reload and
+/// the name's first DNS answers, and nothing reaches it. Before, the gap before the
+/// name was resolved let its core and breakers go, and the maintenance block lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_respelled_endpoint_keeps_its_forced_open() {
+    let up = Scripted::ok("ok").await;
+    let port = up.addr.port();
+    let tables = |ep: &str| {
+        format!(
+            "{}{}",
+            UpstreamToml::new("yolo", &[])
+                .extra("dns_refresh = \"100ms\"")
+                .build()
+                .replace("endpoints = []", &format!("endpoints = [\"{ep}\"]")),
+            route_toml("all", "/", "yolo", "")
+        )
+    };
+    let p = start(&tables(&format!("127.0.0.1:{port}"))).await;
+    let ep = up.addr.to_string();
+    let r = p
+        .admin_post(&format!("/circuit_breakers/yolo/{ep}/open"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    p.reload(&tables(&format!("localhost:{port}"))).await;
+    // The name's answers are in once the endpoint list holds the address again.
+    eventually("localhost resolved", WAIT, || {
+        p.proxy.running.snapshot().upstreams["yolo"]
+            .endpoints()
+            .iter()
+            .any(|e| e.addr == up.addr)
+    })
+    .await;
+    let cb = p.breakers().await;
+    assert_eq!(cb["yolo"]["endpoints"][&ep]["state"], "open", "{cb:#}");
+    for _ in 0..4 {
+        let _ = get(&p.client, &p.proxy.url("/x")).await;
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the forced-open endpoint");
+}
