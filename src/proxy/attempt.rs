@@ -284,8 +284,12 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        // Many errors print their cause in their own message already: said once.
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
@@ -294,6 +298,24 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner failure")]
+        struct Inner;
+        #[derive(Debug, thiserror::Error)]
+        #[error("handshake failed: {0}")]
+        struct Embeds(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect failed")]
+        struct Plain(#[source] Inner);
+        assert_eq!(
+            error_chain(&Embeds(Inner)),
+            "handshake failed: inner failure"
+        );
+        assert_eq!(error_chain(&Plain(Inner)), "connect failed: inner failure");
+    }
 
     #[test]
     fn strip_prefix_rewrites_path_and_keeps_query() {

@@ -58,7 +58,18 @@ pub(super) fn all_open(
         })
         .min()
         .unwrap_or(Duration::ZERO);
-    let msg = format!("all endpoints of upstream '{}' are open", up.name);
+    // With `partition_by`, the endpoints may be open only for this request's key.
+    let for_key = eps
+        .iter()
+        .any(|ep| ep.breakers(slot).main().rejection(now).is_none());
+    let msg = if for_key {
+        format!(
+            "all endpoints of upstream '{}' are open for this request's partition key",
+            up.name
+        )
+    } else {
+        format!("all endpoints of upstream '{}' are open", up.name)
+    };
     LoopEnd::Error {
         err: ProxyError::new(ErrorCode::CircuitOpen, msg)
             .upstream(&up.name)

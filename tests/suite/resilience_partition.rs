@@ -44,7 +44,13 @@ async fn one_cameras_failures_do_not_cut_off_the_others() {
     }
     for _ in 0..3 {
         let r = call(&c, Method::POST, &url, &cam("A"), "frame").await;
-        assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+        let body = assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("partition key")),
+            "the message says it is the key's breaker: {body}"
+        );
         assert!(retry_after_secs(&r) >= 1);
     }
     assert_eq!(up.seen_with("x-camera-id", "A"), 3, "A is failed fast");
