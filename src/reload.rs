@@ -227,6 +227,9 @@ pub async fn reload_and_report(ctrl: &Control, path: &Path, rebuild: bool) {
     }
 }
 
+/// How long an empty config file is given to be written before it is judged.
+const EMPTY_GRACE: Duration = Duration::from_secs(1);
+
 /// Watches the directory of `path` (when fusebox serves a file) and listens for SIGHUP
 /// until `ctrl` is dropped. Without a file, SIGHUP is logged and ignored (there is
 /// nothing to reload), never fatal. Returns the watcher, which must be kept alive.
@@ -285,6 +288,22 @@ pub fn spawn(
                             break;
                         }
                     }
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            // An empty file is most often a write in progress (truncated, not yet
+            // written): the write's own event is awaited (a few times at most) before
+            // it is judged, and refused.
+            for _ in 0..3 {
+                let empty = tokio::fs::read(&path)
+                    .await
+                    .is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace));
+                if !empty {
+                    break;
+                }
+                match tokio::time::timeout(EMPTY_GRACE, rx.recv()).await {
+                    Ok(Some(hup)) => rebuild |= hup,
                     Ok(None) => return,
                     Err(_) => break,
                 }

@@ -509,6 +509,8 @@ async fn a_steady_stream_of_edits_still_reloads() {
     let mut during = 0.0;
     for i in 1..=MAX_EDITS {
         tick.tick().await;
+        // In place (truncate, then write): an empty read in between waits for the
+        // write's own event instead of counting as a refused file.
         std::fs::write(&w.path, text(i)).expect("write config");
         last = i;
         during = w.metric(success).await.expect("the success series");
@@ -516,9 +518,12 @@ async fn a_steady_stream_of_edits_still_reloads() {
             break;
         }
     }
+    let failed = w
+        .metric(r#"gateway_config_reloads_total{result="failure"}"#)
+        .await;
     assert!(
         during >= 4.0,
-        "only {during} reloads while the file changed every 100 ms, {last} times"
+        "only {during} reloads while the file changed every 100 ms, {last} times ({failed:?} refused)"
     );
     w.wait_version(&text(last)).await;
     assert!(w.running.shutdown().await);
@@ -562,5 +567,26 @@ async fn restart_only_settings_are_named_in_not_applied() {
     );
     assert_eq!(cfg["config"]["logging"]["level"], "info", "in force");
     assert_eq!(w.data_get("/r").await.text(), "B", "the rest is applied");
+    assert!(w.running.shutdown().await);
+}
+
+/// A config file emptied (a copy that truncated it and failed, a template that
+/// rendered nothing) is refused once no write completes it: the old config keeps
+/// serving, and the failure says the file is empty. An empty read followed by the
+/// rest of the write is no failure at all (the loops above write in place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_file_is_refused_and_the_old_config_serves() {
+    let a = TestUpstream::start(Behaviour::ok("A")).await;
+    let b = TestUpstream::start(Behaviour::ok("B")).await;
+    let w = start_file(&config(&a, &b, "a", "", "")).await;
+    std::fs::write(&w.path, "").expect("empty the config");
+    let cfg = w
+        .wait_config("the empty file refused", |v| {
+            v["last_reload"]["result"] == "failure"
+        })
+        .await;
+    let error = cfg["last_reload"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("empty"), "{cfg:#}");
+    assert_eq!(w.data_get("/r").await.text(), "A", "the old config serves");
     assert!(w.running.shutdown().await);
 }
