@@ -177,12 +177,38 @@ impl Upstream {
             }
         }
         up.set_endpoints(eps);
+        up.wake_waiters();
         if up.has_dns() {
             if let (Some(old), Ok(mut held)) = (old, up.held.lock()) {
                 *held = old.iter().cloned().collect();
             }
         }
         up
+    }
+
+    /// Requests waiting for an endpoint's adaptive limit get the room this build made
+    /// (a limit raised, or the table removed): a finished request wakes one waiter,
+    /// and a reload that frees capacity finishes none.
+    fn wake_waiters(&self) {
+        let q = &self.waiting;
+        if q.is_empty() {
+            return;
+        }
+        let mut free = 0usize;
+        for ep in self.endpoints().iter() {
+            match ep.core.limit() {
+                None => {
+                    free = usize::MAX;
+                    break;
+                }
+                Some(l) => free = free.saturating_add(l.saturating_sub(ep.core.in_flight())),
+            }
+        }
+        for _ in 0..free.min(q.len()) {
+            if !q.release() {
+                break;
+            }
+        }
     }
 
     /// This build's DNS answers are in: what the previous build held may go.

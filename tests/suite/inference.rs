@@ -785,3 +785,61 @@ async fn a_stalled_replica_gets_nothing_while_another_can_take_it() {
     assert_eq!(within(WAIT, "the held request", first).await.unwrap(), 200);
     assert!(p.shutdown().await);
 }
+
+/// Requests waiting for an endpoint's adaptive limit are woken by a reload that makes
+/// room (here: the table removed): before, only a finished request woke one waiter,
+/// so they waited out their queue timeout and were shed with capacity free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_makes_room_wakes_the_waiters() {
+    let gate = Gate::new();
+    let up = Scripted::start(Behaviour::gated(&gate, Behaviour::ok("ok"))).await;
+    let tables = |adaptive: bool| {
+        let u = UpstreamToml::new("gpu", &[up.addr]);
+        let u = if adaptive {
+            u.table(
+                "adaptive_concurrency",
+                "min_limit = 1\nmax_limit = 1\ninitial_limit = 1",
+            )
+        } else {
+            u
+        };
+        format!(
+            "{}{}",
+            u.build(),
+            route_toml(
+                "infer",
+                "/",
+                "gpu",
+                "timeout = \"60s\"\nconcurrency = { max_in_flight = 100, max_queue = 10, queue_timeout = \"30s\" }"
+            )
+        )
+    };
+    let p = spawn_proxy(&tables(true)).await;
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let (c, url) = (http1_client(), p.url(&format!("/x/{i}")));
+        calls.push(tokio::spawn(
+            async move { get(&c, &url).await.status.as_u16() },
+        ));
+    }
+    up.wait_hits(1).await;
+    eventually("two requests waiting for the limit", WAIT, || {
+        p.running.snapshot().upstreams["gpu"].waiting.len() == 2
+    })
+    .await;
+    assert_eq!(up.hits(), 1, "the limit of 1 holds the others");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fusebox.toml");
+    std::fs::write(&path, format!("{}{}", base_config(""), tables(false))).expect("write");
+    let out = fusebox::reload::reload_from(&p.running.ctrl, &path).await;
+    assert!(
+        matches!(out, Ok(fusebox::reload::ReloadOutcome::Applied(_))),
+        "{out:?}"
+    );
+    // Woken at once: all three reach the upstream while the first still holds its slot.
+    up.wait_hits(3).await;
+    gate.open();
+    for c in calls {
+        assert_eq!(within(WAIT, "a call", c).await.expect("task"), 200);
+    }
+}
