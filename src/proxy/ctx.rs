@@ -160,7 +160,13 @@ fn propagated(headers: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, Hea
 impl Drop for RequestCtx {
     fn drop(&mut self) {
         if let Some(span) = self.span.take() {
-            span.end(Some(self.status), self.error_code.map(ErrorCode::as_str));
+            if self.status == 0 {
+                // No answer was sent: the caller gave up (or the connection was cut).
+                // Dropped unended, the span is marked cancelled, an error.
+                drop(span);
+            } else {
+                span.end(Some(self.status), self.error_code.map(ErrorCode::as_str));
+            }
         }
         let Some((logger, format)) = &self.logger else {
             return;

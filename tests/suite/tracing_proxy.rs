@@ -134,3 +134,49 @@ async fn without_a_collector_requests_succeed_and_drops_are_counted() {
         "{total} dropped: at most the 2,000 spans made"
     );
 }
+
+/// A caller that gives up before the answer leaves a server span marked cancelled (an
+/// error, no status code), as docs/tracing.md says, not a span with status code 0 and
+/// no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_is_a_cancelled_server_span() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let rx = Receiver::start(Mode::Answer).await;
+    let up = Scripted::start(Behaviour::Hang).await;
+    let p = spawn_proxy(&config(up.addr, &rx.endpoint())).await;
+    let tp = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let (c, url) = (http1_client(), p.url("/detect/x"));
+    let call = tokio::spawn(async move {
+        send(
+            &c,
+            request(Method::GET, &url)
+                .header("traceparent", tp.as_str())
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+    });
+    up.wait_hits(1).await;
+    call.abort(); // the caller goes away: its connection closes
+    let _ = call.await;
+    eventually("the request to end", WAIT, || {
+        p.running.snapshot().routes[0].metrics.in_flight.get() == 0
+    })
+    .await;
+    assert!(p.shutdown().await);
+    let spans = rx.spans();
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("a server span");
+    assert_eq!(
+        attr(server, "fusebox.cancelled"),
+        Some(&Value::BoolValue(true))
+    );
+    assert_eq!(attr(server, "http.response.status_code"), None);
+    assert_eq!(
+        server.status.as_ref().map(|s| s.code),
+        Some(2),
+        "STATUS_CODE_ERROR"
+    );
+}
