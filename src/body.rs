@@ -67,6 +67,13 @@ pub struct TooLarge(pub u64);
 #[error("no body bytes for {0:?}")]
 pub struct IdleTimeout(pub Duration);
 
+#[derive(Debug, thiserror::Error)]
+#[error("request body ended after {read} of its {declared} declared bytes")]
+pub struct EndedShort {
+    pub declared: u64,
+    pub read: u64,
+}
+
 /// The process-wide budget of request-body bytes held for replay
 /// (`[limits] max_buffered_body_bytes`). Reservations are lock-free; a body that does
 /// not fit streams through unkept. The cap follows reloads (`set_cap`).
@@ -169,6 +176,9 @@ pub struct LimitedIncoming {
     shared: Arc<BodyShared>,
     /// The upstream's `timeouts.idle`: a caller silent this long mid-body is cut.
     stall: StallTimer,
+    /// The declared `Content-Length`: a body that ends short of it was cut by the
+    /// caller (an HTTP/2 caller's `RST_STREAM(NO_ERROR)` ends the stream cleanly).
+    declared: Option<u64>,
 }
 
 impl LimitedIncoming {
@@ -179,7 +189,14 @@ impl LimitedIncoming {
             read: 0,
             shared,
             stall: StallTimer::new(idle),
+            declared: None,
         }
+    }
+
+    /// The caller declared this many bytes (`Content-Length`).
+    pub fn declared(mut self, n: Option<u64>) -> Self {
+        self.declared = n;
+        self
     }
 
     pub fn is_end_stream(&self) -> bool {
@@ -214,6 +231,13 @@ impl LimitedIncoming {
             Some(Err(e)) => {
                 self.shared.broken.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(Box::new(e))))
+            }
+            None if self.declared.is_some_and(|n| self.read < n) => {
+                self.shared.broken.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(EndedShort {
+                    declared: self.declared.unwrap_or_default(),
+                    read: self.read,
+                }))))
             }
             None => Poll::Ready(None),
         }

@@ -148,7 +148,8 @@ async fn serve(
     admit(route, &parts, ctx).await?;
     // forward: attempts, breakers, timeouts, retries, fallback
     let idle = route.upstream.cfg.timeouts.idle;
-    let body = LimitedIncoming::new(body, max_body, idle, ctx.body.clone());
+    let body =
+        LimitedIncoming::new(body, max_body, idle, ctx.body.clone()).declared(ctx.declared_length);
     forward::send(route, parts, body, ctx).await
 }
 

@@ -198,3 +198,52 @@ async fn a_refused_stream_is_retried_for_any_method() {
     );
     assert_eq!(up.hits(), 4);
 }
+
+/// An HTTP/2 caller that resets its stream with `NO_ERROR` mid-body (the stream ends
+/// cleanly, short of its `content-length`) broke the request itself, as an HTTP/1.1
+/// caller closing mid-body does: the endpoint's breaker records nothing and nothing
+/// is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_reset_mid_body_is_the_callers_fault() {
+    use crate::common::scripted::*;
+    let up = Scripted::start(Behaviour::Echo).await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[up.addr])
+            .breaker("failure_threshold = 1")
+            .retry("max_retries = 2\nbase_delay = \"0s\"\nmax_delay = \"1ms\"")
+            .build(),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(fb.addr)
+        .await
+        .expect("connect");
+    let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    for i in 0..6 {
+        let req = http::Request::post(format!("http://{}/upload/{i}", fb.addr))
+            .header("content-length", "100000")
+            .body(())
+            .unwrap();
+        let (_resp, mut stream) = client.send_request(req, false).expect("send");
+        stream
+            .send_data(bytes::Bytes::from(vec![b'x'; 1000]), false)
+            .expect("data");
+        up.wait_hits(i + 1).await;
+        stream.send_reset(h2::Reason::NO_ERROR);
+        // The request is over (answered 400, or dropped with the stream) before the
+        // next; the breaker is read after the last.
+        crate::common::prom::wait_in_flight(fb.admin(), "all", 0.0).await;
+    }
+    let stats = fb
+        .endpoint("app", up.addr)
+        .own_breakers()
+        .stats(tokio::time::Instant::now());
+    assert_eq!(
+        (stats.failure_count, stats.consecutive_failures),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(up.hits(), 6, "nothing retried");
+}
