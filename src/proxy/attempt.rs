@@ -171,6 +171,8 @@ pub async fn send_once(
             let msg = format!("{}: {}", ep.key, error_chain(&e));
             let (outcome, code) = if e.is_pool_exhausted() {
                 (Outcome::PoolExhausted, ErrorCode::UpstreamConnectFailed)
+            } else if e.is_draining() {
+                (Outcome::Draining, ErrorCode::UpstreamConnectFailed)
             } else if e.is_connect() {
                 (Outcome::ConnectFailed, ErrorCode::UpstreamConnectFailed)
             } else {

@@ -30,6 +30,9 @@ pub enum Outcome {
     /// No pooled connection came free within the connect timeout: fusebox's own
     /// `max_connections_per_host` cap, not the endpoint's fault. Nothing was sent.
     PoolExhausted,
+    /// An HTTP/2 upstream shutting down gracefully (`GOAWAY` with `NO_ERROR`) did not
+    /// process the request: retried, and no fault of the endpoint.
+    Draining,
     /// The request was sent (at least in part) and the connection reset or broke the
     /// protocol before a response.
     Reset,
@@ -173,7 +176,7 @@ pub fn classify(
             v.endpoint = Record::Failure;
             v.retry = Some(RetryReason::ConnectFailure);
         }
-        Outcome::PoolExhausted => {
+        Outcome::PoolExhausted | Outcome::Draining => {
             v.retry = Some(RetryReason::ConnectFailure);
         }
         Outcome::Reset => {

@@ -121,15 +121,31 @@ pub enum SendError {
     /// RFC 9113 8.7): as safe to retry as a connect failure.
     #[error("the stream was refused before it was processed: {0}")]
     Refused(#[source] hyper::Error),
+    /// An HTTP/2 upstream that is shutting down gracefully (`GOAWAY` with `NO_ERROR`,
+    /// RFC 9113 6.8) did not process the stream: safe to retry, and no fault of the
+    /// endpoint (a rolling restart sends it).
+    #[error("the upstream is shutting down (GOAWAY) and did not process the stream: {0}")]
+    Draining(#[source] hyper::Error),
 }
 
-/// `Sent`, or `Refused` when the upstream's HTTP/2 layer says the request was not
-/// processed.
+/// `Sent`, or `Refused` / `Draining` when the upstream's HTTP/2 layer says the request
+/// was not processed: a `REFUSED_STREAM` reset, or the upstream's `GOAWAY` with
+/// `NO_ERROR` (a graceful shutdown, as a rolling restart sends). The h2 crate fails a stream with
+/// the remote's `NO_ERROR` GOAWAY only when the stream is above the frame's last
+/// stream id, which the upstream promises it never processed; streams at or below it
+/// run to their end (or fail as resets or I/O errors, which stay `Sent`). A GOAWAY with
+/// an error code may also end streams the upstream did process, so it stays `Sent`.
 pub fn sent_error(e: hyper::Error) -> SendError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
     while let Some(c) = cause {
         if let Some(h2e) = c.downcast_ref::<::h2::Error>() {
-            if h2e.reason() == Some(::h2::Reason::REFUSED_STREAM) {
+            let reason = h2e.reason();
+            let graceful_go_away =
+                h2e.is_go_away() && h2e.is_remote() && reason == Some(::h2::Reason::NO_ERROR);
+            if graceful_go_away {
+                return SendError::Draining(e);
+            }
+            if reason == Some(::h2::Reason::REFUSED_STREAM) {
                 return SendError::Refused(e);
             }
         }
@@ -147,6 +163,11 @@ impl SendError {
     /// The pool's own cap, not the endpoint, refused the request.
     pub fn is_pool_exhausted(&self) -> bool {
         matches!(self, SendError::PoolExhausted(..))
+    }
+
+    /// The upstream is going away gracefully and did not process the request.
+    pub fn is_draining(&self) -> bool {
+        matches!(self, SendError::Draining(..))
     }
 }
 

@@ -247,3 +247,136 @@ async fn an_h2_reset_mid_body_is_the_callers_fault() {
     );
     assert_eq!(up.hits(), 6, "nothing retried");
 }
+
+/// A raw HTTP/2 upstream that shuts down gracefully on its first connection: it answers
+/// that connection's first request with `GOAWAY(last_stream_id = 0, NO_ERROR)`, so that
+/// stream was promised unprocessed, and keeps the socket open. Every later connection
+/// answers each request `200`. Counts connections and the requests it refused.
+async fn going_away_h2_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let (c, r) = (conns.clone(), refused.clone());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+            let refused = r.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                if tcp.write_all(&frame(4, 0, 0, &[])).await.is_err() {
+                    return;
+                }
+                let mut gone_away = false;
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = (usize::from(head[0]) << 16)
+                        | (usize::from(head[1]) << 8)
+                        | usize::from(head[2]);
+                    let (kind, flags) = (head[3], head[4]);
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                    let mut payload = vec![0u8; len];
+                    if tcp.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    let reply = match kind {
+                        // SETTINGS (not an ACK): acknowledge it.
+                        4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
+                        // PING (not an ACK): answer it.
+                        6 if flags & 1 == 0 => frame(6, 1, 0, &payload),
+                        // HEADERS: the first connection goes away; the others answer
+                        // `:status 200` (HPACK static index 8) and end the stream.
+                        1 if first => {
+                            if gone_away {
+                                continue;
+                            }
+                            gone_away = true;
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            frame(7, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0])
+                        }
+                        1 => frame(1, 0x4 | 0x1, stream, &[0x88]),
+                        _ => continue,
+                    };
+                    if tcp.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, refused)
+}
+
+/// RFC 9113 6.8: streams above a `GOAWAY`'s last stream id were not processed. An
+/// upstream restarting gracefully (one endpoint, a rolling restart) sends one; the
+/// request it left unprocessed is retried on a new connection, for any method, and the
+/// endpoint's breaker records no failure. The connection that went away is not reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_a_graceful_goaway_left_unprocessed_is_retried() {
+    use crate::common::scripted::*;
+    let (addr, conns, refused) = going_away_h2_upstream().await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[addr])
+            .extra("protocol = \"h2c\"")
+            .breaker("failure_threshold = 1")
+            .retry("max_retries = 1\nbase_delay = \"0s\"\nmax_delay = \"1ms\"")
+            .build(),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let c = http1_client();
+    for i in 0..4 {
+        let r = send(
+            &c,
+            request(Method::POST, &fb.url(&format!("/infer/{i}")))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status.as_u16(), 200, "POST {i}: {}", r.text());
+    }
+    let sa = std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(refused.load(sa), 1, "the first connection went away once");
+    assert_eq!(
+        conns.load(sa),
+        2,
+        "one new connection, the gone one not reused"
+    );
+    assert_eq!(
+        crate::common::prom::retries_by_reason(fb.admin(), "app").await,
+        [("connect_failure".to_owned(), 1.0)].into_iter().collect(),
+        "the one refused request was retried once"
+    );
+    let stats = fb
+        .endpoint("app", addr)
+        .own_breakers()
+        .stats(tokio::time::Instant::now());
+    assert_eq!(stats.failure_count, 0, "{stats:?}");
+    assert_eq!(
+        fb.breaker_state("app", addr),
+        fusebox::upstream::breaker::BreakerState::Closed
+    );
+}

@@ -187,6 +187,14 @@ fn every_design_sentence() {
             Ignore,
             Some(R::ConnectFailure),
         ),
+        case(
+            "Draining: a graceful GOAWAY left the stream unprocessed; retried for any method, no fault of the endpoint",
+            Outcome::Draining,
+            POST,
+            Ignore,
+            Ignore,
+            Some(R::ConnectFailure),
+        ),
         // Breaker, partitions: "Faults of the endpoint itself (connect refused or timed
         // out, TLS failure, reset before a response) count on the endpoint's shared
         // breaker and eject it for every key; failure statuses and slow calls count per
