@@ -189,6 +189,13 @@ pub(super) async fn attempts(
         };
         let ep = &eps[i];
         tried.add(i);
+        // The slot under the adaptive limit is taken before the breaker's permit (a
+        // lost race has nothing to give back): the pick read the count, and another
+        // request may have taken the last slot since.
+        let Some((in_flight, in_flight_at_send)) = ep.try_start_request() else {
+            now = Instant::now();
+            continue;
+        };
         let set = ep.breakers(slot);
         let key = set.key_breaker(out.headers);
         let span = ctx.span.as_ref();
@@ -213,8 +220,6 @@ pub(super) async fn attempts(
             let why = reason.map(|r| r.label());
             s.attempt(ctx.attempts, &ep.key, why.as_deref(), state)
         });
-        let in_flight_at_send = ep.in_flight();
-        let in_flight = ep.start_request();
         let left = ctx.deadline.saturating_duration_since(now);
         let per_attempt = up.cfg.timeouts.request.min(left);
         let capped = per_attempt < up.cfg.timeouts.request;

@@ -270,10 +270,22 @@ impl Endpoint {
         self.core.is_healthy()
     }
 
-    /// Counts a request in flight until the guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.core.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+    /// Counts one more request in flight, until the guard drops, if it fits the
+    /// adaptive limit (always, without one); with the count before it. The check and the count are one step, so two
+    /// requests racing for the last slot under the limit cannot both take it.
+    pub fn try_start_request(self: &Arc<Self>) -> Option<(InFlight, usize)> {
+        let guard = self.core.adaptive.load();
+        let Some(limit) = guard.as_ref().map(|l| l.limit()) else {
+            let before = self.core.in_flight.fetch_add(1, Ordering::Relaxed);
+            return Some((InFlight(self.clone()), before));
+        };
+        self.core
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|before| (InFlight(self.clone()), before))
     }
 
     /// Logs and counts a state change of the set in `slot` (for `key`, a partition);

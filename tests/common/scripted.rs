@@ -85,6 +85,26 @@ struct ScriptState {
     rules: Mutex<Vec<(Match, Behaviour)>>,
     seen: Mutex<Vec<Seen>>,
     hits: AtomicUsize,
+    /// Requests being handled now, and the most at once.
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts a request in `ScriptState::in_flight` while it is handled.
+struct Handling(Arc<ScriptState>);
+
+impl Handling {
+    fn new(st: &Arc<ScriptState>) -> Handling {
+        let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        st.peak.fetch_max(now, Ordering::SeqCst);
+        Handling(st.clone())
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// An upstream on 127.0.0.1:0 that answers by script. For each request, in order: the
@@ -115,6 +135,8 @@ impl Scripted {
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             hits: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -158,6 +180,11 @@ impl Scripted {
     /// Requests whose head arrived, all paths.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// The most requests this upstream handled at once (until its answer was sent).
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
     }
 
     /// Requests recorded (bodies read), in arrival order.
@@ -218,6 +245,7 @@ async fn handle(
 ) -> Result<Response<TestBody>, Infallible> {
     let at = Instant::now();
     st.hits.fetch_add(1, Ordering::SeqCst);
+    let _handling = Handling::new(&st);
     let (parts, mut body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let behaviour = choose(&st, &path, &parts.headers);

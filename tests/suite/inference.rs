@@ -208,6 +208,54 @@ async fn the_adaptive_limit_falls_under_queueing_and_recovers() {
     assert!(p.shutdown().await);
 }
 
+/// Proves: an adaptive limit is a bound, not a hint. With the limit pinned at 2
+/// (`min_limit = max_limit = 2`), 16 concurrent clients and 160 requests, the upstream
+/// never holds more than 2 at once: the requests over it wait in the route's queue and
+/// every one is answered. (The check against the limit and the count in flight are one
+/// step; two requests racing for the last slot cannot both take it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_limit_is_never_exceeded() {
+    let up = Scripted::start(Behaviour::delayed(ms(2), Behaviour::ok("ok"))).await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("gpu", &[up.addr])
+            .table(
+                "adaptive_concurrency",
+                "min_limit = 2\nmax_limit = 2\ninitial_limit = 2"
+            )
+            .build(),
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 1000, max_queue = 64, queue_timeout = \"30s\" }"
+        )
+    );
+    let p = spawn_proxy(&tables).await;
+    let statuses = drive(&p.url("/infer"), 16, 160, &[]).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(up.hits(), 160);
+    assert_eq!(
+        up.peak_in_flight(),
+        2,
+        "at most the limit at once, and all of it used"
+    );
+    // The slot is taken in one step with the check: the third of three takers at a
+    // limit of 2 gets none, and a slot given back can be taken again.
+    let ep = p.endpoint("gpu", up.addr);
+    let first = ep.try_start_request().expect("a first slot");
+    let second = ep.try_start_request().expect("a second slot");
+    assert_eq!((first.1, second.1), (0, 1), "the counts before each");
+    assert!(
+        ep.try_start_request().is_none(),
+        "no third slot at a limit of 2"
+    );
+    drop(second);
+    assert!(ep.try_start_request().is_some(), "the freed slot");
+    drop(first);
+    assert!(p.shutdown().await);
+}
+
 /// Proves: a request with 50 ms left, where the endpoint's answers take ~200 ms, is
 /// answered `503 OVERLOADED` (with `Retry-After`) at once and never reaches the
 /// upstream, counted as `reason="deadline"`; one with time enough goes through; a
