@@ -128,9 +128,25 @@ impl AdaptiveLimit {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// Whether the settings are `cfg` (a reload keeps the learned limit only then).
+    /// Whether the settings are `cfg` (a reload then keeps this limit as it is).
     pub fn same_settings(&self, cfg: &AdaptiveConcurrencyConfig) -> bool {
         &self.cfg == cfg
+    }
+
+    /// A limit with the settings `cfg` that goes on from what this one learned (its
+    /// latency averages and queue mode), its limit clamped into the new
+    /// `min_limit..=max_limit`: a reload that retunes the table must not throw away
+    /// what the endpoint taught (nor send a cut-back GPU its `initial_limit` again).
+    pub fn carried(&self, cfg: &AdaptiveConcurrencyConfig) -> AdaptiveLimit {
+        let mut state = *self.lock();
+        let carried = AdaptiveLimit {
+            limit: AtomicUsize::new(0),
+            state: Mutex::new(state),
+            cfg: cfg.clone(),
+        };
+        carried.store(&mut state);
+        *carried.lock() = state;
+        carried
     }
 
     /// Feeds one completed attempt's latency, with the requests that were in flight at
@@ -419,5 +435,52 @@ mod tests {
         l.sample(100 * MS, 16, Some(0.0));
         let now = l.limit();
         assert_eq!(l.sample_censored(300 * MS, now), Some(now / 2));
+    }
+
+    /// Proves a limit carried into new settings keeps what it learned, clamped into the
+    /// new bounds, and goes on learning from there (its latency averages came along:
+    /// the next steady sample grows it rather than starting from nothing).
+    #[test]
+    fn a_carried_limit_keeps_what_it_learned_within_the_new_bounds() {
+        let l = AdaptiveLimit::new(&cfg());
+        for _ in 0..200 {
+            let lim = l.limit();
+            l.sample(10 * MS, lim, None);
+        }
+        let learned = l.limit();
+        assert!(learned > 20, "grew: {learned}");
+        let wider = AdaptiveConcurrencyConfig {
+            smoothing: 0.3,
+            ..cfg()
+        };
+        assert_eq!(
+            l.carried(&wider).limit(),
+            learned,
+            "within bounds: as learned"
+        );
+        let capped = AdaptiveConcurrencyConfig {
+            max_limit: 12,
+            ..cfg()
+        };
+        let c = l.carried(&capped);
+        assert_eq!(c.limit(), 12, "clamped to the new max_limit");
+        assert!(c.same_settings(&capped));
+        let raised = AdaptiveConcurrencyConfig {
+            min_limit: 40,
+            max_limit: 100,
+            ..cfg()
+        };
+        let r = l.carried(&raised);
+        assert_eq!(
+            r.limit(),
+            learned.max(40),
+            "clamped up to the new min_limit"
+        );
+        let before = r.limit();
+        r.sample(10 * MS, before, None);
+        assert!(
+            r.limit() >= before,
+            "steady latency: no fall from a known RTT"
+        );
     }
 }

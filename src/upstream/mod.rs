@@ -265,7 +265,8 @@ impl Upstream {
     }
 
     /// Gives the core this upstream's adaptive limit: the learned one is kept while the
-    /// settings stay, a changed table starts afresh, none removes it.
+    /// settings stay, a changed table goes on from it (clamped into its new bounds),
+    /// none removes it.
     fn set_adaptive(&self, core: &EndpointCore) {
         match &self.cfg.adaptive_concurrency {
             None => {
@@ -273,14 +274,13 @@ impl Upstream {
                 core.metrics.clear_limit();
             }
             Some(cfg) => {
-                let keep = core
-                    .adaptive
-                    .load()
-                    .as_ref()
-                    .is_some_and(|l| l.same_settings(cfg));
-                if !keep {
-                    core.adaptive
-                        .store(Some(Arc::new(crate::admission::AdaptiveLimit::new(cfg))));
+                let next = match core.adaptive.load().as_ref() {
+                    Some(l) if l.same_settings(cfg) => None,
+                    Some(l) => Some(l.carried(cfg)),
+                    None => Some(crate::admission::AdaptiveLimit::new(cfg)),
+                };
+                if let Some(next) = next {
+                    core.adaptive.store(Some(Arc::new(next)));
                 }
                 let limit = core.limit().unwrap_or(cfg.initial_limit);
                 core.metrics.set_limit(limit);

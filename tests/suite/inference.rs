@@ -524,10 +524,11 @@ async fn an_endpoint_slower_than_the_time_left_is_not_picked() {
 }
 
 /// Proves a reload keeps what an endpoint's adaptive limit learned when its settings
-/// stay (a route added: the limit cut to 1 by a reported queue is still 1), and starts
-/// it again at `initial_limit` when they change (`max_limit` 64 -> 32); a reload that
-/// is refused while building (a CA file that holds no certificate) changes nothing,
-/// even when it would have changed the settings.
+/// stay (a route added: the limit cut to 1 by a reported queue is still 1), and goes on
+/// from it when they change, clamped into the new bounds (`max_limit` 64 -> 32: still
+/// 1, not `initial_limit`; `min_limit` 1 -> 4: 4); a reload that is refused while
+/// building (a CA file that holds no certificate) changes nothing, even when it would
+/// have changed the settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
     let up = Scripted::start(Behaviour::delayed(
@@ -535,14 +536,14 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
         Behaviour::ok("ok").with_header("x-queue-depth", "200"),
     ))
     .await;
-    let tables = |max_limit: u32, extra_route: bool| {
+    let tables = |min_limit: u32, max_limit: u32, extra_route: bool| {
         let mut t = format!(
             "{}{}",
             UpstreamToml::new("gpu", &[up.addr])
                 .extra("load_report_header = \"x-queue-depth\"")
                 .table(
                     "adaptive_concurrency",
-                    &format!("min_limit = 1\nmax_limit = {max_limit}\ninitial_limit = 16")
+                    &format!("min_limit = {min_limit}\nmax_limit = {max_limit}\ninitial_limit = 16")
                 )
                 .build(),
             route_toml(
@@ -557,7 +558,7 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
         }
         t
     };
-    let p = spawn_proxy(&tables(64, false)).await;
+    let p = spawn_proxy(&tables(1, 64, false)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let reload = |text: String| {
         let path = dir.path().join("fusebox.toml");
@@ -574,7 +575,7 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
     let statuses = drive(&p.url("/infer"), 8, 64, &[]).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(p.endpoint("gpu", up.addr).core.limit(), Some(1), "learned");
-    reload(tables(64, true)).await;
+    reload(tables(1, 64, true)).await;
     assert_eq!(
         p.endpoint("gpu", up.addr).core.limit(),
         Some(1),
@@ -589,7 +590,7 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
     std::fs::write(&bad_ca, "this is no PEM certificate\n").expect("write CA");
     let refused = format!(
         "{}{}",
-        tables(32, true),
+        tables(1, 32, true),
         UpstreamToml::new("zz-tls", &[up.addr])
             .extra(&format!(
                 "protocol = \"https\"\ntls = {{ ca = \"{}\" }}",
@@ -609,13 +610,19 @@ async fn a_reload_keeps_a_learned_limit_unless_its_settings_change() {
         Some(1),
         "a refused reload keeps the learned limit"
     );
-    reload(tables(32, true)).await;
+    reload(tables(1, 32, true)).await;
     assert_eq!(
         p.endpoint("gpu", up.addr).core.limit(),
-        Some(16),
-        "new settings: initial_limit again"
+        Some(1),
+        "new settings: the learned limit goes on, not initial_limit"
     );
-    assert_eq!(limit(&p, up.addr).await, 16.0, "and its gauge");
+    reload(tables(4, 32, true)).await;
+    assert_eq!(
+        p.endpoint("gpu", up.addr).core.limit(),
+        Some(4),
+        "clamped into the new min_limit"
+    );
+    assert_eq!(limit(&p, up.addr).await, 4.0, "and its gauge");
     assert!(p.shutdown().await);
 }
 
