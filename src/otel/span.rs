@@ -172,12 +172,13 @@ impl RequestSpan {
         self.with_span(|s| s.add_event(name, attrs));
     }
 
-    /// Ends the server span with the answer's status (`None`: no answer was sent) and,
-    /// when fusebox answered itself, its error code (`CIRCUIT_OPEN`, ...).
-    pub fn end(mut self, status: Option<u16>, error_code: Option<&str>) {
+    /// Ends the server span with the answer's status (`None`: no answer was sent),
+    /// when fusebox answered itself its error code (`CIRCUIT_OPEN`, ...), and for a gRPC
+    /// call the `grpc-status` the caller got.
+    pub fn end(mut self, status: Option<u16>, error_code: Option<&str>, grpc: Option<u8>) {
         self.ended = true;
         let s = self.span.get_mut().unwrap_or_else(PoisonError::into_inner);
-        record_outcome(s, status, error_code, 500);
+        record_outcome(s, status, error_code, grpc, SpanKind::Server);
         s.end();
     }
 
@@ -210,10 +211,11 @@ impl AttemptSpan {
     }
 
     /// Ends the attempt with the upstream's status, or without one (connect failure,
-    /// timeout, reset) and the error code fusebox turned the failure into.
-    pub fn end(mut self, status: Option<u16>, error_code: Option<&str>) {
+    /// timeout, reset) and the error code fusebox turned the failure into; for a gRPC
+    /// call, with the upstream's `grpc-status` (from its headers or its trailers).
+    pub fn end(mut self, status: Option<u16>, error_code: Option<&str>, grpc: Option<u8>) {
         self.ended = true;
-        record_outcome(&mut self.span, status, error_code, 400);
+        record_outcome(&mut self.span, status, error_code, grpc, SpanKind::Client);
         self.span.end();
     }
 }
@@ -226,22 +228,45 @@ impl Drop for AttemptSpan {
     }
 }
 
-/// Status and error attributes; statuses from `error_from` up (500 for the server
-/// span, 400 for a client span, as the semantic conventions say) and a missing status
-/// are errors, `error.type` being fusebox's code or else the status.
-fn record_outcome(s: &mut Span, status: Option<u16>, error_code: Option<&str>, error_from: u16) {
+/// gRPC codes that make a server span an error (the RPC semantic conventions: the
+/// server's own faults, not the caller's): UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
+/// INTERNAL, UNAVAILABLE, DATA_LOSS. On a client span every code but OK is an error.
+const GRPC_SERVER_ERRORS: [u8; 6] = [2, 4, 12, 13, 14, 15];
+
+/// Status and error attributes, as the semantic conventions say. HTTP: statuses from
+/// 500 up on the server span, from 400 up on a client span, and a missing status are
+/// errors. gRPC (`grpc` is the call's status): `rpc.grpc.status_code`, and the error
+/// follows the code (an HTTP 200 carrying UNAVAILABLE is a failed call). `error.type`
+/// is fusebox's code, else the gRPC code, else the HTTP status.
+fn record_outcome(
+    s: &mut Span,
+    status: Option<u16>,
+    error_code: Option<&str>,
+    grpc: Option<u8>,
+    kind: SpanKind,
+) {
     if let Some(st) = status {
         s.set_attribute(KeyValue::new("http.response.status_code", i64::from(st)));
+    }
+    if let Some(g) = grpc {
+        s.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(g)));
     }
     if let Some(code) = error_code {
         s.set_attribute(KeyValue::new("fusebox.error_code", code.to_owned()));
     }
-    let failed = status.is_none_or(|st| st >= error_from);
+    let client = kind == SpanKind::Client;
+    let failed = match (grpc, status) {
+        (_, None) => true,
+        (Some(g), Some(_)) if client => g != 0,
+        (Some(g), Some(_)) => GRPC_SERVER_ERRORS.contains(&g),
+        (None, Some(st)) => st >= if client { 400 } else { 500 },
+    };
     if failed {
-        let kind: Cow<'static, str> = match (error_code, status) {
-            (Some(code), _) => code.to_owned().into(),
-            (None, Some(st)) => st.to_string().into(),
-            (None, None) => "_OTHER".into(),
+        let kind: Cow<'static, str> = match (error_code, grpc, status) {
+            (Some(code), ..) => code.to_owned().into(),
+            (None, Some(g), _) => g.to_string().into(),
+            (None, None, Some(st)) => st.to_string().into(),
+            (None, None, None) => "_OTHER".into(),
         };
         s.set_attribute(KeyValue::new("error.type", kind.clone()));
         s.set_status(Status::error(kind));

@@ -73,6 +73,12 @@ pub struct RequestCtx {
     logger: Option<(Arc<AccessLogger>, LogFormat)>,
     /// The server span, when tracing is on and the request is sampled.
     pub span: Option<crate::otel::RequestSpan>,
+    /// A gRPC call's `grpc-status` from the upstream (its headers, or its trailers once
+    /// the body is done).
+    pub grpc_status: Option<u8>,
+    /// The client span of the attempt whose gRPC answer is being streamed, with its
+    /// HTTP status: its outcome is in the trailers, so it ends with the body.
+    pub attempt_span: Option<(crate::otel::AttemptSpan, u16)>,
     // Guards, released when the context drops (after the log line is written).
     conn: ConnGuard,
     /// The route's `gateway_proxy_in_flight_requests`, while the request lives.
@@ -126,6 +132,8 @@ impl RequestCtx {
             body_error: false,
             logger,
             span: None,
+            grpc_status: None,
+            attempt_span: None,
             conn: ConnGuard::new(conn),
             route_in_flight: None,
             admission: None,
@@ -159,13 +167,32 @@ fn propagated(headers: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, Hea
 
 impl Drop for RequestCtx {
     fn drop(&mut self) {
+        if let Some((attempt, status)) = self.attempt_span.take() {
+            if self.body_error || self.status == 0 {
+                // The answer broke off (or the caller left): dropped unended, the
+                // attempt is marked cancelled, an error.
+                drop(attempt);
+            } else {
+                attempt.end(Some(status), None, self.grpc_status);
+            }
+        }
         if let Some(span) = self.span.take() {
             if self.status == 0 {
                 // No answer was sent: the caller gave up (or the connection was cut).
                 // Dropped unended, the span is marked cancelled, an error.
                 drop(span);
             } else {
-                span.end(Some(self.status), self.error_code.map(ErrorCode::as_str));
+                // A gRPC caller got the status of the answer forwarded to it, or else
+                // fusebox's own error's.
+                let grpc = self.grpc.then(|| {
+                    self.grpc_status
+                        .or(self.error_code.map(ErrorCode::grpc_status))
+                });
+                span.end(
+                    Some(self.status),
+                    self.error_code.map(ErrorCode::as_str),
+                    grpc.flatten(),
+                );
             }
         }
         let Some((logger, format)) = &self.logger else {

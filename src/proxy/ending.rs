@@ -87,6 +87,10 @@ pub(super) fn finish(
     match sent {
         Sent::Response(r, lease) => {
             let (p, b) = r.into_parts();
+            if ctx.grpc {
+                // A trailers-only answer's status; a streamed one's comes with its trailers.
+                ctx.grpc_status = super::attempt::grpc_status_of(&p.headers);
+            }
             ctx.in_flight = Some(in_flight);
             LoopEnd::Response(Response::from_parts(
                 p,

@@ -211,7 +211,7 @@ pub(super) async fn attempts(
         ctx.attempts += 1;
         ctx.endpoint = Some(ep.key.clone());
 
-        let attempt_span = ctx.span.as_ref().map(|s| {
+        let mut attempt_span = ctx.span.as_ref().map(|s| {
             let state = if main.is_probe() {
                 "half_open"
             } else {
@@ -252,12 +252,6 @@ pub(super) async fn attempts(
             done,
             ctx.span.as_ref(),
         );
-        if let Some(a) = attempt_span {
-            match &sent {
-                Sent::Response(r, _) => a.end(Some(r.status().as_u16()), None),
-                Sent::Failed(_, e) => a.end(None, Some(e.code.as_str())),
-            }
-        }
         let response = match &mut sent {
             Sent::Response(r, _) => Some(r),
             Sent::Failed(..) => None,
@@ -274,6 +268,9 @@ pub(super) async fn attempts(
         );
 
         if let Outcome::CallerBody(fault) = outcome {
+            if let Some(a) = attempt_span.take() {
+                end_attempt(a, &sent, out.grpc);
+            }
             return LoopEnd::Error {
                 err: caller_fault(fault, up),
                 fallback: false,
@@ -295,7 +292,22 @@ pub(super) async fn attempts(
             None => false,
         };
         if !go {
+            if let Some(a) = attempt_span {
+                match &sent {
+                    // A streamed gRPC answer: its status is in the trailers, so the
+                    // attempt ends with the body.
+                    Sent::Response(r, _)
+                        if out.grpc && attempt::grpc_status_of(r.headers()).is_none() =>
+                    {
+                        ctx.attempt_span = Some((a, r.status().as_u16()));
+                    }
+                    _ => end_attempt(a, &sent, out.grpc),
+                }
+            }
             return finish(sent, in_flight, up, ctx);
+        }
+        if let Some(a) = attempt_span {
+            end_attempt(a, &sent, out.grpc);
         }
         if let Some(r) = verdict.retry {
             count_retry(up, r);
@@ -346,6 +358,18 @@ fn pick(
             .then(|| up.pick(eps, tried, now, admits))
             .flatten()
     })
+}
+
+/// Ends an attempt's span with what its headers said (for gRPC, a trailers-only
+/// answer's status).
+fn end_attempt(a: crate::otel::AttemptSpan, sent: &Sent, grpc: bool) {
+    match sent {
+        Sent::Response(r, _) => {
+            let g = grpc.then(|| attempt::grpc_status_of(r.headers())).flatten();
+            a.end(Some(r.status().as_u16()), None, g);
+        }
+        Sent::Failed(_, e) => a.end(None, Some(e.code.as_str()), None),
+    }
 }
 
 /// The wait before retry `n`, or `None` when it would not fit: a `Retry-After` past

@@ -122,10 +122,15 @@ impl Body for RespBody {
                 Poll::Ready(Some(Ok(mut frame))) => {
                     stall.progress();
                     if let Some(t) = frame.trailers_mut() {
-                        // A load report in the trailers (gRPC servers report per call
-                        // there) goes to the endpoint that answered.
-                        if let Some(ep) = this.ctx.as_deref().and_then(|c| c.in_flight.as_ref()) {
-                            ep.endpoint().trailer_report(t);
+                        if let Some(c) = this.ctx.as_deref_mut() {
+                            // A load report in the trailers (gRPC servers report per
+                            // call there) goes to the endpoint that answered.
+                            if let Some(ep) = c.in_flight.as_ref() {
+                                ep.endpoint().trailer_report(t);
+                            }
+                            if c.grpc {
+                                c.grpc_status = super::attempt::grpc_status_of(t);
+                            }
                         }
                     }
                     // hyper stops polling once a sized body is complete, so the

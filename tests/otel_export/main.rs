@@ -41,12 +41,12 @@ async fn a_request_with_two_attempts_is_one_trace() {
     req.routed("detect", "/detect", "yolo");
     let first = req.attempt(1, "127.0.0.1:9001", None, "closed");
     let first_tp = first.traceparent();
-    first.end(Some(503), None);
+    first.end(Some(503), None, None);
     req.breaker_transition("127.0.0.1:9001", "closed", "open");
     let second = req.attempt(2, "127.0.0.1:9002", Some("status_503"), "half_open");
     let second_tp = second.traceparent();
-    second.end(Some(200), None);
-    req.end(Some(200), None);
+    second.end(Some(200), None, None);
+    req.end(Some(200), None, None);
     assert!(tracing.shutdown().await, "flushed within the bound");
 
     let spans = rx.spans();
@@ -143,7 +143,7 @@ async fn sampling_follows_the_caller_then_the_ratio() {
     never
         .start_request(Some(&sampled), &Method::GET, "d", "d")
         .expect("sampled caller")
-        .end(Some(200), None);
+        .end(Some(200), None, None);
     assert!(never.shutdown().await);
     let spans = rx.spans();
     assert_eq!(spans.len(), 1, "only the sampled caller's request");
@@ -157,7 +157,7 @@ async fn sampling_follows_the_caller_then_the_ratio() {
     always
         .start_request(None, &Method::GET, "f", "f")
         .expect("ratio 1 samples every request without a traceparent")
-        .end(Some(204), None);
+        .end(Some(204), None, None);
     assert!(always.shutdown().await);
     let spans = rx.spans();
     assert_eq!(spans.len(), 1);

@@ -172,8 +172,8 @@ pub fn end_requests(tracing: &Tracing, n: usize) -> Duration {
         let id = i.to_string();
         let req = tracing.start_request(None, &Method::GET, &id, &id).unwrap();
         req.attempt(1, "127.0.0.1:9001", None, "closed")
-            .end(Some(200), None);
-        req.end(Some(200), None);
+            .end(Some(200), None, None);
+        req.end(Some(200), None, None);
     }
     started.elapsed()
 }

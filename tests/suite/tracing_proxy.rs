@@ -180,3 +180,133 @@ async fn an_abandoned_request_is_a_cancelled_server_span() {
         "STATUS_CODE_ERROR"
     );
 }
+
+/// An h2c gRPC upstream: `/g/ok` answers OK in its trailers, `/g/stream14` a message
+/// then UNAVAILABLE (14) in its trailers, `/g/only14` UNAVAILABLE trailers-only.
+async fn grpc_status_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let path = req.uri().path().to_owned();
+                    let head = |status: Option<&str>| {
+                        let mut b = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc");
+                        if let Some(g) = status {
+                            b = b.header("grpc-status", g);
+                        }
+                        b.body(()).unwrap()
+                    };
+                    if path == "/g/only14" {
+                        let _ = respond.send_response(head(Some("14")), true);
+                        continue;
+                    }
+                    let Ok(mut body) = respond.send_response(head(None), false) else {
+                        continue;
+                    };
+                    let code = if path == "/g/ok" { "0" } else { "14" };
+                    let _ = body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", code.parse().unwrap());
+                    let _ = body.send_trailers(trailers);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Proves: gRPC calls' spans follow the gRPC status, not the HTTP 200 that carries it
+/// (the RPC semantic conventions). A call answered UNAVAILABLE in its trailers, or
+/// trailers-only, gives an error server span and an error attempt span, both with
+/// `rpc.grpc.status_code = 14` and `error.type = "14"`; a call answered OK gives
+/// neither an error, with `rpc.grpc.status_code = 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_spans_follow_the_grpc_status() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let rx = Receiver::start(Mode::Answer).await;
+    let up = grpc_status_upstream().await;
+    let p = spawn_proxy(&format!(
+        "[tracing]\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\nexport_timeout = \"2s\"\n\n{}{}",
+        rx.endpoint(),
+        UpstreamToml::new("g", &[up])
+            .extra("protocol = \"h2c\"")
+            .retry("max_retries = 0")
+            .build(),
+        route_toml("grpc", "/g", "g", "")
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(p.addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let calls = [("ok", "0"), ("stream14", "14"), ("only14", "14")];
+    for (i, (path, want)) in calls.iter().enumerate() {
+        let req = http::Request::post(format!("http://{}/g/{path}", p.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("traceparent", format!("00-{:032x}-{CALLER_SPAN}-01", i + 1))
+            .body(())
+            .unwrap();
+        let mut c = client.clone().ready().await.expect("ready");
+        let (resp, mut stream) = c.send_request(req, false).expect("send");
+        stream
+            .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .expect("data");
+        let resp = resp.await.expect("response");
+        let (head, mut body) = resp.into_parts();
+        let mut got = head
+            .headers
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned());
+        while let Some(d) = body.data().await {
+            let d = d.expect("data");
+            let _ = body.flow_control().release_capacity(d.len());
+        }
+        if let Some(t) = body.trailers().await.expect("trailers") {
+            got = t.get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+        }
+        assert_eq!(
+            got.as_deref(),
+            Some(*want),
+            "{path}: the caller's grpc-status"
+        );
+    }
+    assert!(p.shutdown().await, "drained (and the spans flushed)");
+    let spans = rx.spans();
+    for (i, (path, want)) in calls.iter().enumerate() {
+        let trace = format!("{:032x}", i + 1);
+        let of_call: Vec<&Span> = spans.iter().filter(|s| hex(&s.trace_id) == trace).collect();
+        assert_eq!(of_call.len(), 2, "{path}: a server and an attempt span");
+        let code: i64 = want.parse().unwrap();
+        for span in of_call {
+            let kind = if span.kind == SpanKind::Server as i32 {
+                "server"
+            } else {
+                "attempt"
+            };
+            assert_eq!(
+                attr(span, "rpc.grpc.status_code"),
+                Some(&Value::IntValue(code)),
+                "{path} {kind}"
+            );
+            let status = span.status.as_ref().map_or(0, |s| s.code);
+            if code == 0 {
+                assert_eq!(status, 0, "{path} {kind}: no error");
+                assert_eq!(attr(span, "error.type"), None, "{path} {kind}");
+            } else {
+                assert_eq!(status, 2, "{path} {kind}: STATUS_CODE_ERROR");
+                assert_eq!(attr(span, "error.type"), Some(&s(want)), "{path} {kind}");
+            }
+        }
+    }
+}
