@@ -30,8 +30,12 @@ pub struct Outbound<'a> {
     pub headers: &'a HeaderMap,
     pub pq: &'a PathAndQuery,
     pub body: Option<&'a Arc<ReplaySource>>,
-    /// A gRPC call: `grpc-timeout` carries the time left.
+    /// A gRPC call (gRPC-shaped answers, `grpc-status`).
     pub grpc: bool,
+    /// The caller's own deadline, sent on as the time left in `grpc-timeout` (gRPC).
+    /// The route's `timeout` bounds the wait for response headers, not the call, so
+    /// it is not sent: a streaming call would be cut mid-stream by the upstream.
+    pub caller_deadline: Option<tokio::time::Instant>,
     /// Send the time left as `x-request-timeout-ms` (route `propagate_deadline`, or
     /// the caller sent one: it is rewritten to what is left).
     pub propagate_deadline: bool,
@@ -239,7 +243,8 @@ fn build(
             req.headers_mut().insert(HOST, v);
         }
     }
-    if out.grpc {
+    if let Some(at) = out.caller_deadline.filter(|_| out.grpc) {
+        let left = at.saturating_duration_since(tokio::time::Instant::now());
         req.headers_mut()
             .insert(GRPC_TIMEOUT.clone(), millis_value(left, "m"));
     }

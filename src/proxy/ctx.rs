@@ -46,6 +46,9 @@ pub struct RequestCtx {
     /// The deadline is the caller's own, shorter than the route's: a timeout it causes
     /// says nothing about the upstream.
     pub caller_deadline: bool,
+    /// When the caller's own deadline (`grpc-timeout`, `x-request-timeout-ms`) ends,
+    /// if it gave one: a whole-call deadline, unlike the route's (to response headers).
+    pub caller_deadline_at: Option<Instant>,
     pub attempts: u32,
     /// `rejected_total{reason="circuit_open"}` counted this request already (a
     /// fallback upstream that is all open too does not count it twice).
@@ -116,6 +119,7 @@ impl RequestCtx {
             endpoint: None,
             deadline: started,
             caller_deadline: false,
+            caller_deadline_at: None,
             attempts: 0,
             circuit_open_counted: false,
             status: 0,

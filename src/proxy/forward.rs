@@ -60,6 +60,7 @@ pub async fn send(
         pq: &pq,
         body: source.as_ref(),
         grpc: ctx.grpc,
+        caller_deadline: ctx.caller_deadline_at,
         propagate_deadline: route.cfg.propagate_deadline || ctx.caller_timeout_ms,
     };
     route.retry.budget(&up.budget).record_request(ctx.started);

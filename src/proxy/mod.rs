@@ -264,8 +264,10 @@ fn set_deadline(route: &Route, scan: &scan::Scan, ctx: &mut RequestCtx) {
     let mut deadline = at(route.cfg.timeout);
     let mut caller = false;
     let asked = [scan.grpc_timeout, scan.request_timeout];
+    let mut caller_at: Option<Instant> = None;
     for d in asked.into_iter().flatten() {
         let d = at(d);
+        caller_at = Some(caller_at.map_or(d, |c| c.min(d)));
         if d <= deadline {
             deadline = d;
             caller = true;
@@ -273,6 +275,7 @@ fn set_deadline(route: &Route, scan: &scan::Scan, ctx: &mut RequestCtx) {
     }
     ctx.deadline = deadline;
     ctx.caller_deadline = caller;
+    ctx.caller_deadline_at = caller_at;
     ctx.caller_timeout_ms = scan.request_timeout.is_some();
 }
 

@@ -418,6 +418,40 @@ async fn grpc_timeout_is_enforced_and_propagated() {
     assert!((1..=200).contains(&ms), "time left sent upstream: {ms}m");
 }
 
+/// The route's `timeout` bounds the wait for response headers, not the call, so it is
+/// never sent upstream as `grpc-timeout` (the upstream would cut a long stream at it):
+/// a call without a deadline reaches the upstream without one, and a caller's deadline
+/// longer than the route's (60 s against 2 s) is sent on as the caller's time left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_callers_deadline_is_sent_upstream() {
+    let up = EchoUpstream::start("a").await;
+    let fb = fusebox(&[up.addr], ONE_ATTEMPT, r#"timeout = "2s""#).await;
+    let mut client = EchoClient::plain(fb.data_addr);
+    within("a call without a deadline", client.unary(hello("free")))
+        .await
+        .expect("answered");
+    assert_eq!(
+        up.seen_header("grpc-timeout"),
+        [""],
+        "no deadline from the caller: none upstream"
+    );
+    let mut req = hello("patient");
+    req.set_timeout(Duration::from_secs(60));
+    within("a call with a long deadline", client.unary(req))
+        .await
+        .expect("answered");
+    let sent = up.seen_header("grpc-timeout");
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let ms: u64 = sent[1]
+        .strip_suffix('m')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("grpc-timeout {:?} is not <ms>m", sent[1]));
+    assert!(
+        (2_001..=60_000).contains(&ms),
+        "the caller's time left, not the route's: {ms}m"
+    );
+}
+
 /// A caller's own short `grpc-timeout` says nothing about the upstream: timeouts it
 /// causes do not count on the breaker, so one impatient caller cannot cut the upstream
 /// off for everybody.
