@@ -32,6 +32,13 @@ pub struct BodyShared {
     /// Set when the caller's body could not be read: the caller closed or reset before
     /// its declared end, or sent malformed chunked framing.
     pub broken: AtomicBool,
+    /// When the caller's body ended (its last frame was read): the wait for response
+    /// headers counts from then (a long upload or client stream is not cut while the
+    /// caller is still sending).
+    pub ended_at: std::sync::OnceLock<tokio::time::Instant>,
+    /// Response body bytes sent to the caller: progress for the request body's stall
+    /// timer ("no body bytes either way" for `timeouts.idle`).
+    pub bytes_out: AtomicU64,
 }
 
 impl BodyShared {
@@ -129,6 +136,8 @@ pub struct StallTimer {
     sleep: Option<Pin<Box<Sleep>>>,
     /// When the latest frame since the sleep was (re)armed arrived.
     last: Option<Instant>,
+    /// The other direction's byte count at the last look (see `poll_stalled_both`).
+    other_seen: u64,
 }
 
 impl StallTimer {
@@ -137,6 +146,7 @@ impl StallTimer {
             idle,
             sleep: None,
             last: None,
+            other_seen: 0,
         }
     }
 
@@ -153,15 +163,41 @@ impl StallTimer {
 
     /// The body is pending: ready when it has been silent for `idle`.
     pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_stalled_both(cx, None)
+    }
+
+    /// As [`StallTimer::poll_stalled`], with `other` the byte count of the other
+    /// direction of the same exchange: bytes moving there are progress too ("no body
+    /// bytes either way"), so a caller still streaming its request is not cut because
+    /// the upstream answers only at the end, nor a bidirectional stream whose caller
+    /// only listens.
+    pub fn poll_stalled_both(
+        &mut self,
+        cx: &mut Context<'_>,
+        other: Option<&AtomicU64>,
+    ) -> Poll<()> {
         let idle = self.idle;
+        if self.sleep.is_none() {
+            self.other_seen = other.map_or(0, |o| o.load(Ordering::Relaxed));
+        }
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
         loop {
             ready!(sleep.as_mut().poll(cx));
+            let now = Instant::now();
             match self.last.take() {
-                Some(t) if t + idle > Instant::now() => sleep.as_mut().reset(t + idle),
-                _ => return Poll::Ready(()),
+                Some(t) if t + idle > now => sleep.as_mut().reset(t + idle),
+                _ => {
+                    let moved = other.map(|o| o.load(Ordering::Relaxed));
+                    match moved {
+                        Some(n) if n != self.other_seen => {
+                            self.other_seen = n;
+                            sleep.as_mut().reset(now + idle);
+                        }
+                        _ => return Poll::Ready(()),
+                    }
+                }
             }
         }
     }
@@ -210,7 +246,9 @@ impl LimitedIncoming {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let Poll::Ready(next) = polled else {
-            ready!(self.stall.poll_stalled(cx));
+            ready!(self
+                .stall
+                .poll_stalled_both(cx, Some(&self.shared.bytes_out)));
             self.shared.stalled.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.stall.idle())))));
         };
@@ -226,6 +264,11 @@ impl LimitedIncoming {
                         return Poll::Ready(Some(Err(Box::new(TooLarge(self.limit)))));
                     }
                 }
+                if self.inner.is_end_stream() {
+                    // The last frame (a declared length reached): the sender of a sized
+                    // body may not poll again for the end.
+                    let _ = self.shared.ended_at.set(tokio::time::Instant::now());
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
@@ -239,7 +282,10 @@ impl LimitedIncoming {
                     read: self.read,
                 }))))
             }
-            None => Poll::Ready(None),
+            None => {
+                let _ = self.shared.ended_at.set(tokio::time::Instant::now());
+                Poll::Ready(None)
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! it over the endpoint's pool within the per-attempt timeout, and say how it ended as
 //! an [`Outcome`] for the classifier, with the typed error fusebox would answer.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,11 +14,12 @@ use hyper::body::Incoming;
 
 use super::classify::Outcome;
 use super::error::{ErrorCode, ProxyError};
-use crate::body::{ReplaySource, ReqBody};
+use crate::body::{BodyShared, ReplaySource, ReqBody};
 use crate::config::Protocol;
 use crate::upstream::pool::Lease;
 use crate::upstream::retry::parse_retry_after;
 use crate::upstream::{Endpoint, Upstream};
+use tokio::time::Instant;
 
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -121,23 +123,91 @@ pub fn grpc_status_of(h: &HeaderMap) -> Option<u8> {
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
 }
 
+/// The clocks of the wait for response headers while the caller may still be sending
+/// its body. The attempt's `timeouts.request` and the route's `timeout` count from the
+/// end of the caller's body, as Envoy's route timeout does: an upload or a
+/// client-streaming call longer than them is not cut (nor charged to the endpoint,
+/// which cannot answer before it has the stream) while bytes keep arriving. A body
+/// silent for `timeouts.idle` stops holding them; the caller's own deadline is never
+/// moved.
+pub struct BodyClock<'a> {
+    pub body: &'a BodyShared,
+    /// The upstream's `timeouts.request`, `timeouts.idle`, and the route's `timeout`.
+    pub request: Duration,
+    pub idle: Duration,
+    pub route: Duration,
+    /// The caller's own deadline, if it gave one.
+    pub caller: Option<Instant>,
+}
+
+impl BodyClock<'_> {
+    /// When the wait that first ends at `t` really ends, asked at `now` when `t` came:
+    /// `None` when it is over; with `true` when the deadline, not the attempt's own
+    /// timeout, ends it. `seen` is the body's byte count at the last look.
+    fn extend(&self, now: Instant, seen: &mut u64) -> Option<(Instant, bool)> {
+        let (next, capped) = match self.body.ended_at.get() {
+            Some(&end) => {
+                let capped = self.route < self.request;
+                (end + self.request.min(self.route), capped)
+            }
+            None => {
+                let bytes = self.body.bytes_in.load(Ordering::Relaxed);
+                if bytes == *seen {
+                    return None; // silent (or not read by the upstream): time is up
+                }
+                *seen = bytes;
+                (now + self.idle, false)
+            }
+        };
+        let (next, capped) = match self.caller {
+            Some(c) if c <= next => (c, true),
+            _ => (next, capped),
+        };
+        (next > now).then_some((next, capped))
+    }
+}
+
 /// Sends one attempt to `ep` with `timeout` for its response headers; `capped` says
-/// the timeout was cut short by the deadline (`left` is the time before it).
+/// the timeout was cut short by the deadline (`left` is the time before it). With
+/// `clock`, a caller's body still arriving holds the timeout (see [`BodyClock`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn send_once(
     up: &Upstream,
     ep: &Endpoint,
     out: &Outbound<'_>,
     timeout: Duration,
-    capped: bool,
+    mut capped: bool,
     left: Duration,
     traceparent: Option<HeaderValue>,
+    clock: Option<&BodyClock<'_>>,
 ) -> Sent {
     let req = match build(up, ep, out, left, traceparent) {
         Ok(r) => r,
         Err(e) => return Sent::Failed(Outcome::Unsendable, e),
     };
     let pool = ep.core.pool.load_full();
-    match tokio::time::timeout(timeout, pool.send(req)).await {
+    let answer = match clock.filter(|c| c.body.ended_at.get().is_none()) {
+        None => tokio::time::timeout(timeout, pool.send(req)).await.ok(),
+        Some(clock) => {
+            let send = pool.send(req);
+            tokio::pin!(send);
+            let mut until = Instant::now() + timeout;
+            let mut seen = clock.body.bytes_in.load(Ordering::Relaxed);
+            loop {
+                if let Ok(r) = tokio::time::timeout_at(until, &mut send).await {
+                    break Some(r);
+                }
+                match clock.extend(Instant::now(), &mut seen) {
+                    Some((next, c)) => {
+                        until = next;
+                        capped = c;
+                    }
+                    None => break None,
+                }
+            }
+        }
+    };
+    match answer.ok_or(()) {
         Ok(Ok((resp, _))) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
             // The caller's `Upgrade` was removed as hop-by-hop, so nothing asked for a
             // new protocol: relaying the 101 would leave the caller on a connection

@@ -226,9 +226,24 @@ pub(super) async fn attempts(
         let capped = per_attempt < up.cfg.timeouts.request;
         let tp = attempt_span.as_ref().map(|a| a.traceparent());
         let watch = inference::CancelWatch::new(up, ep, now, in_flight_at_send + 1);
-        let mut sent = attempt::send_once(up, ep, out, per_attempt, capped, left, tp).await;
+        let clock = out.body.map(|_| attempt::BodyClock {
+            body: &ctx.body,
+            request: up.cfg.timeouts.request,
+            idle: up.cfg.timeouts.idle,
+            route: route.cfg.timeout,
+            caller: ctx.caller_deadline_at,
+        });
+        let mut sent =
+            attempt::send_once(up, ep, out, per_attempt, capped, left, tp, clock.as_ref()).await;
         watch.done();
         let done = Instant::now();
+        // The route's timeout counts from the end of the caller's body (see
+        // `BodyClock`): what is left for retries too.
+        if let Some(&end) = ctx.body.ended_at.get() {
+            let from_end = end + route.cfg.timeout;
+            let from_end = ctx.caller_deadline_at.map_or(from_end, |c| from_end.min(c));
+            ctx.deadline = ctx.deadline.max(from_end);
+        }
         let elapsed = done.saturating_duration_since(now);
         let outcome = match ctx.body.caller_fault() {
             Some(fault) => Outcome::CallerBody(fault),

@@ -86,6 +86,9 @@ impl RespBody {
     fn count(&mut self, n: usize) {
         if let Some(c) = self.ctx.as_deref_mut() {
             c.bytes_out += n as u64;
+            c.body
+                .bytes_out
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -149,7 +152,9 @@ impl Body for RespBody {
                     }
                     Poll::Ready(None)
                 }
-                Poll::Pending => match stall.poll_stalled(cx) {
+                Poll::Pending => match stall
+                    .poll_stalled_both(cx, this.ctx.as_deref().map(|c| &c.body.bytes_in))
+                {
                     Poll::Ready(()) => {
                         Poll::Ready(Some(Err(Box::new(IdleTimeout(stall.idle())) as BoxError)))
                     }

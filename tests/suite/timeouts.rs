@@ -254,3 +254,122 @@ async fn a_body_the_caller_broke_is_not_an_upstream_failure() {
     let r = get(&http1_client(), &fb.url("/ok")).await;
     assert_eq!(r.status.as_u16(), 200);
 }
+
+/// Sends `chunks` chunks of `b"0123456789"` through `tx`, `gap` apart, then ends the
+/// body (the sender is dropped).
+async fn trickle(tx: tokio::sync::mpsc::Sender<bytes::Bytes>, chunks: usize, gap: Duration) {
+    let mut tick = tokio::time::interval(gap);
+    for _ in 0..chunks {
+        tick.tick().await;
+        if tx
+            .send(bytes::Bytes::from_static(b"0123456789"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A caller still sending its body holds the clocks of the wait for response headers:
+/// `timeouts.request` (200 ms) and the route `timeout` (300 ms) count from the body's
+/// end, as Envoy's route timeout does. An upload trickling in for ~800 ms to an
+/// upstream that answers only once it has it all (as a client-streaming gRPC server
+/// does) gets its answer, and the endpoint's breaker records a success, not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_arriving_holds_the_timeouts() {
+    use crate::common::scripted::*;
+    let up = Scripted::start(Behaviour::Echo).await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[up.addr])
+            .table("timeouts", "request = \"200ms\"\nidle = \"2s\"")
+            .retry("max_retries = 0")
+            .build(),
+        route_toml("all", "/", "app", "timeout = \"300ms\"")
+    ))
+    .await;
+    let (tx, body) = channel_body(4);
+    let c = http1_client();
+    let req = request(Method::POST, &fb.url("/upload"))
+        .body(body)
+        .expect("request");
+    let pending = tokio::spawn(async move { send(&c, req).await });
+    trickle(tx, 16, Duration::from_millis(50)).await;
+    let r = within(WAIT, "the answer", pending).await.expect("task");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "0123456789".repeat(16), "the whole body, echoed");
+    let stats = fb
+        .endpoint("app", up.addr)
+        .own_breakers()
+        .stats(tokio::time::Instant::now());
+    assert_eq!(
+        (stats.failure_count, stats.success_count),
+        (0, 1),
+        "{stats:?}"
+    );
+    assert!(fb.shutdown().await);
+}
+
+/// An upstream that answers headers at once and the rest of its body only once it has
+/// the caller's whole body (a bidirectional stream). While the caller's bytes keep
+/// flowing the exchange is not idle: "no body bytes either way" for `timeouts.idle`
+/// (400 ms here) resets it, bytes one way do not. The caller trickles its body for ~1 s
+/// and gets the whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_one_way_keep_an_exchange_alive() {
+    use crate::common::scripted::*;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let (tx, body) = channel_body(4);
+                tokio::spawn(async move {
+                    let _ = tx.send(bytes::Bytes::from_static(b"start;")).await;
+                    let mut n = 0;
+                    let mut b = req.into_body();
+                    while let Some(Ok(f)) = b.frame().await {
+                        n += f.data_ref().map_or(0, |d| d.len());
+                    }
+                    let _ = tx.send(bytes::Bytes::from(format!("end:{n}"))).await;
+                });
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[addr])
+            .table("timeouts", "request = \"10s\"\nidle = \"400ms\"")
+            .retry("max_retries = 0")
+            .build(),
+        route_toml("all", "/", "app", "timeout = \"20s\"")
+    ))
+    .await;
+    let (tx, body) = channel_body(4);
+    let c = http1_client();
+    let req = request(Method::POST, &fb.url("/duplex"))
+        .body(body)
+        .expect("request");
+    let pending = tokio::spawn(async move {
+        let resp = c.request(req).await.expect("response head");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        (status, body)
+    });
+    trickle(tx, 20, Duration::from_millis(50)).await;
+    let (status, body) = within(WAIT, "the answer", pending).await.expect("task");
+    assert_eq!(status, 200);
+    let body = body.expect("the whole answer, not a reset");
+    assert_eq!(&body[..], b"start;end:200");
+    assert!(fb.shutdown().await);
+}
