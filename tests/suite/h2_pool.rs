@@ -1,7 +1,8 @@
 //! HTTP/2 upstreams get more connections as their stream limits fill: fusebox learns
 //! each connection's `SETTINGS_MAX_CONCURRENT_STREAMS`, puts a request on the least
 //! loaded connection below its limit, opens another one when all are full (up to
-//! `max_connections_per_host`), and at the cap shares the connections it has. The
+//! `max_connections_per_host`), and at the cap waits for a stream to free (pool
+//! exhaustion past the connect timeout). The
 //! upstreams here hold every request until the test releases them, so the counts are
 //! exact, not a matter of timing.
 
@@ -46,7 +47,7 @@ fn conns_labels(up: SocketAddr, state: &str) -> String {
 
 /// Proves: with a peer limit of 4 streams and `max_connections_per_host = 3`, 16
 /// concurrent requests open exactly 3 connections (not 1, not 16): 12 requests are
-/// served 4 per connection and the other 4 wait inside fusebox on those connections;
+/// served 4 per connection and the other 4 wait inside fusebox for a stream to free;
 /// once released, all 16 are answered without a fourth connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_grow_with_the_peer_stream_limit_up_to_the_cap() {
@@ -187,4 +188,57 @@ async fn idle_connections_are_closed_and_replaced() {
     let r = get(&h2c_client(), &fb.url("/again")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.connections(), 3, "a fresh connection");
+}
+
+/// Proves: at the cap (one connection, a peer limit of 2) a request finding every
+/// stream taken waits in fusebox for one to free, within the connect timeout, and past
+/// it fails as pool exhaustion (502 `UPSTREAM_CONNECT_FAILED`, "max_connections_per_host
+/// reached"): it was never sent, so the endpoint's breaker (threshold 1) records
+/// nothing and stays closed, and the upstream holds only the two streams it allows.
+/// A waiter whose stream frees in time is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_a_request_waits_for_a_stream_then_is_pool_exhaustion() {
+    use crate::common::scripted::{spawn_proxy, UpstreamToml};
+    let up = H2Upstream::h2c(Some(2)).await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[up.addr])
+            .extra("protocol = \"h2c\"")
+            .table("pool", "max_connections_per_host = 1")
+            .table("timeouts", "connect = \"300ms\"\nrequest = \"30s\"")
+            .breaker("failure_threshold = 1")
+            .retry("max_retries = 0")
+            .build(),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let c = h2c_client();
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let (c, url) = (c.clone(), fb.url(&format!("/held/{i}")));
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    eventually("2 streams held at the upstream", WAIT, || up.held() == 2).await;
+    let r = get(&c, &fb.url("/third")).await;
+    assert_fusebox_error(&r, 502, "UPSTREAM_CONNECT_FAILED", Some("app"));
+    assert!(
+        r.text().contains("max_connections_per_host"),
+        "says why: {}",
+        r.text()
+    );
+    assert_eq!(up.held(), 2, "the third was never sent");
+    assert_eq!(up.connections(), 1);
+    let stats = fb
+        .endpoint("app", up.addr)
+        .own_breakers()
+        .stats(tokio::time::Instant::now());
+    assert_eq!(stats.failure_count, 0, "{stats:?}");
+    assert_eq!(
+        fb.breaker_state("app", up.addr),
+        fusebox::upstream::breaker::BreakerState::Closed
+    );
+    up.release();
+    all_ok(held).await;
+    assert_eq!(get(&c, &fb.url("/after")).await.status, 200);
 }

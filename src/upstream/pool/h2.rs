@@ -4,10 +4,14 @@
 //!
 //! A request takes a stream on the open connection with the fewest streams in flight
 //! that is below its peer's `SETTINGS_MAX_CONCURRENT_STREAMS`; when every connection is
-//! at its limit it opens another one while under the cap, and at the cap it crowds onto
-//! the least loaded one (h2 queues the stream until one frees there). A stream counts
-//! until its response body has ended or been dropped ([`Stream`], carried in the
-//! request's [`Lease`]).
+//! at its limit it opens another one while under the cap, and at the cap it waits for a
+//! stream to free, within the connect timeout, as a request waits for an HTTP/1.1
+//! connection: past it the attempt fails as pool exhaustion, fusebox's own cap, which
+//! is retried and counts on no breaker. (Crowding onto a full connection would queue
+//! the stream inside h2 until the attempt's timeout, then charge the endpoint for a
+//! request it was never sent.) A stream counts until its response body has ended or
+//! been dropped ([`Stream`], carried in the request's [`Lease`]); giving one back wakes
+//! the waiters.
 //!
 //! The limit comes from [`peer_limit`], which reads the peer's SETTINGS frames off
 //! the connection's byte stream. A new connection is *published* to other requests only
@@ -54,6 +58,19 @@ pub(super) struct H2Conn {
     streams: AtomicU32,
     /// The peer's current stream limit (it may change it at any time).
     peer: Arc<PeerLimit>,
+    /// The pool's waiters, woken when a stream is given back.
+    wake: Arc<Wake>,
+}
+
+/// Requests waiting for a connection or a stream of one endpoint, and their signal.
+#[derive(Default)]
+pub(super) struct Wake {
+    /// Signalled when a connection is published, fails to open, or closes, and when a
+    /// stream is given back while someone waits: waiting requests look again.
+    changed: Notify,
+    /// Requests waiting now (the lock-free twin of [`State::waiting`], read when a
+    /// stream is given back).
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl H2Conn {
@@ -71,7 +88,13 @@ pub struct Stream(Arc<H2Conn>);
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst with the waiter's count and its re-check (`pick_h2`): either it sees
+        // this stream free, or this sees it waiting.
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+        let wake = &self.0.wake;
+        if wake.waiting.load(Ordering::SeqCst) > 0 {
+            wake.changed.notify_waiters();
+        }
     }
 }
 
@@ -79,9 +102,7 @@ impl Drop for Stream {
 #[derive(Default)]
 pub(super) struct H2Conns {
     state: Mutex<State>,
-    /// Signalled when a connection is published, fails to open, or closes: requests
-    /// waiting on a connect look again.
-    changed: Notify,
+    wake: Arc<Wake>,
 }
 
 #[derive(Default)]
@@ -126,13 +147,9 @@ fn choose(
     open: impl FnOnce() -> bool,
 ) -> Choice {
     let mut free: Option<(usize, u32)> = None;
-    let mut least: Option<(usize, u32)> = None;
     for (i, load, limit) in conns {
         if load < limit && free.is_none_or(|(_, l)| load < l) {
             free = Some((i, load));
-        }
-        if least.is_none_or(|(_, l)| load < l) {
-            least = Some((i, load));
         }
     }
     if let Some((i, _)) = free {
@@ -147,11 +164,8 @@ fn choose(
     if open() {
         return Choice::Open;
     }
-    // At the cap: a connection still connecting has fresh room, else crowd.
-    match least {
-        Some((i, _)) if connecting == 0 => Choice::Use(i),
-        _ => Choice::Wait,
-    }
+    // At the cap: wait for a stream to free (or a connection still connecting).
+    Choice::Wait
 }
 
 enum Pick {
@@ -182,7 +196,7 @@ impl Connecting {
                     idle_since: None,
                 });
             }
-            pool.h2.changed.notify_waiters();
+            pool.h2.wake.changed.notify_waiters();
         }
     }
 }
@@ -194,7 +208,7 @@ impl Drop for Connecting {
         }
         if let Some(pool) = self.pool.upgrade() {
             pool.h2.lock().connecting -= 1;
-            pool.h2.changed.notify_waiters();
+            pool.h2.wake.changed.notify_waiters();
         }
     }
 }
@@ -205,6 +219,7 @@ struct Waiting<'a>(&'a H2Conns);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.lock().waiting -= 1;
+        self.0.wake.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -277,7 +292,7 @@ impl Pool {
     ) -> Result<(http2::SendRequest<ReqBody>, Stream), SendError> {
         let mut started: Option<Instant> = None;
         loop {
-            let notified = self.h2.changed.notified();
+            let notified = self.h2.wake.changed.notified();
             tokio::pin!(notified);
             match self.pick_h2(notified.as_mut()) {
                 Pick::Ready(tx, stream) => {
@@ -353,6 +368,20 @@ impl Pool {
             _ => {
                 notified.enable();
                 st.waiting += 1;
+                self.h2.wake.waiting.fetch_add(1, Ordering::SeqCst);
+                // A stream given back between the scan and the count above did not
+                // see this waiter: look once more (see `Stream`'s drop).
+                let free = st.conns.iter().position(|s| {
+                    !s.conn.tx.is_closed() && s.conn.streams.load(Ordering::SeqCst) < s.conn.limit()
+                });
+                if let Some(i) = free {
+                    st.waiting -= 1;
+                    self.h2.wake.waiting.fetch_sub(1, Ordering::SeqCst);
+                    let slot = &mut st.conns[i];
+                    slot.picks += 1;
+                    slot.conn.streams.fetch_add(1, Ordering::Relaxed);
+                    return Pick::Ready(slot.conn.tx.clone(), Stream(slot.conn.clone()));
+                }
                 Pick::Wait
             }
         }
@@ -396,6 +425,7 @@ impl Pool {
             tx: tx.clone(),
             streams: AtomicU32::new(1),
             peer,
+            wake: self.h2.wake.clone(),
         });
         self.spawn_h2(permit, connecting, conn, h2.clone());
         Ok((tx, Stream(h2)))
@@ -439,7 +469,7 @@ impl Pool {
             drop(permit);
             if let Some(p) = pool.upgrade() {
                 p.h2.remove(&id);
-                p.h2.changed.notify_waiters();
+                p.h2.wake.changed.notify_waiters();
             }
         });
     }
@@ -492,8 +522,11 @@ mod tests {
     }
 
     #[test]
-    fn at_the_cap_requests_crowd_the_least_loaded_or_wait_for_a_connect() {
-        assert_eq!(pick(&[(6, 4), (5, 4), (7, 4)], 0, 0, false), Choice::Use(1));
+    fn at_the_cap_requests_wait_for_a_stream_or_a_connect() {
+        // Every connection full and no room to open one: wait for a stream to free
+        // (crowding would queue inside h2 until the attempt timed out).
+        assert_eq!(pick(&[(6, 4), (5, 4), (7, 4)], 0, 0, false), Choice::Wait);
+        assert_eq!(pick(&[(4, 4)], 0, 3, false), Choice::Wait);
         // A connection still connecting will have room: wait for it.
         assert_eq!(pick(&[(4, 4), (4, 4)], 1, 9, false), Choice::Wait);
         // Nothing open, nothing to open: wait for one to close.
