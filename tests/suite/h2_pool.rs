@@ -242,3 +242,56 @@ async fn at_the_cap_a_request_waits_for_a_stream_then_is_pool_exhaustion() {
     all_ok(held).await;
     assert_eq!(get(&c, &fb.url("/after")).await.status, 200);
 }
+
+/// Proves: an "h2c" endpoint that accepts connections and never speaks (no SETTINGS:
+/// a hung process, or no HTTP/2 server) fails each attempt on it within the connect
+/// timeout as a connect failure, retried on the healthy endpoint for any method; its
+/// connections are closed, not kept and shared (each request on a kept one would wait
+/// out the 30 s request timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_endpoint_that_sends_no_settings_is_a_connect_failure() {
+    use crate::common::scripted::{call, spawn_proxy, UpstreamToml};
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mute_addr = mute.local_addr().expect("address");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = mute.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(tcp); // open, silent
+        }
+    });
+    let good = H2Upstream::h2c(Some(100)).await;
+    good.release();
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[mute_addr, good.addr])
+            .extra("protocol = \"h2c\"")
+            .table("timeouts", "connect = \"200ms\"\nrequest = \"30s\"")
+            .retry("max_retries = 1\nbase_delay = \"0s\"\nmax_delay = \"1ms\"")
+            .build(),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let c = h2c_client();
+    for i in 0..4 {
+        let r = within(
+            WAIT,
+            "an answer",
+            call(&c, Method::POST, &fb.url(&format!("/infer/{i}")), &[], "x"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "POST {i}: {}", r.text());
+    }
+    let tried = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tried >= 1, "round robin tried the mute endpoint");
+    assert_eq!(good.served(), 4);
+    assert_eq!(
+        fb.running.snapshot().upstreams["app"].open_connections(mute_addr),
+        0,
+        "no connection to the mute endpoint is kept"
+    );
+}

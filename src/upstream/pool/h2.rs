@@ -17,8 +17,9 @@
 //! the connection's byte stream. A new connection is *published* to other requests only
 //! once its first SETTINGS frame is in: before it, nothing says how many streams it may
 //! carry, and a burst piled onto it would stay queued inside h2 while other connections
-//! could have served it. Until then the request that opened it has its stream (h2 sends
-//! it at once), and requests that find every published connection full wait for the
+//! could have served it. Its opener waits for that frame too, within the connect
+//! timeout (a peer that sends none is no HTTP/2 server: a connect failure, and the
+//! connection is closed), and requests that find every published connection full wait for the
 //! connects in progress, as many as those connections are expected to carry (the
 //! endpoint's known limit, [`DEFAULT_MAX_STREAMS`] before any), rather than each
 //! opening a connection of its own.
@@ -395,22 +396,25 @@ impl Pool {
     ) -> Result<(http2::SendRequest<ReqBody>, Stream), SendError> {
         let tcp = self.tcp(deadline).await?;
         match &self.settings.tls {
-            None => self.h2_over(permit, connecting, tcp).await,
+            None => self.h2_over(permit, connecting, tcp, deadline).await,
             Some(tls) => {
                 let stream = self.tls(tls, tcp, deadline).await?;
-                self.h2_over(permit, connecting, stream).await
+                self.h2_over(permit, connecting, stream, deadline).await
             }
         }
     }
 
-    /// The HTTP/2 handshake over `io` (TCP for h2c, TLS for h2); the new connection
-    /// carries its opener's stream at once and is published once its peer's SETTINGS
-    /// are in.
+    /// The HTTP/2 handshake over `io` (TCP for h2c, TLS for h2): the connection is
+    /// usable, for its opener and then for others, once its peer's SETTINGS are in, by
+    /// `deadline` (the connect timeout). A peer that sends none by then is no HTTP/2
+    /// server (or a hung one): the connection is closed and the opener's attempt fails
+    /// as a connect failure, retried elsewhere, since nothing was sent on it.
     async fn h2_over<I>(
         self: &Arc<Self>,
         permit: OwnedSemaphorePermit,
         connecting: Connecting,
         io: I,
+        deadline: Instant,
     ) -> Result<(http2::SendRequest<ReqBody>, Stream), SendError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -427,19 +431,36 @@ impl Pool {
             peer,
             wake: self.h2.wake.clone(),
         });
-        self.spawn_h2(permit, connecting, conn, h2.clone());
-        Ok((tx, Stream(h2)))
+        self.spawn_h2(permit, connecting, conn, h2.clone(), deadline);
+        let stream = Stream(h2);
+        if tokio::time::timeout_at(deadline, stream.0.peer.settled())
+            .await
+            .is_err()
+        {
+            return Err(SendError::Connect(
+                self.addr,
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no HTTP/2 SETTINGS from the upstream within {:?}",
+                        self.settings.connect_timeout
+                    ),
+                ),
+            ));
+        }
+        Ok((tx, stream))
     }
 
-    /// Drives the connection; publishes it once its peer's first SETTINGS are in (or
-    /// after the connect timeout, with the default limit), and takes it out of the
-    /// list when it ends.
+    /// Drives the connection; publishes it once its peer's first SETTINGS are in (by
+    /// `deadline`, else it is closed unpublished), and takes it out of the list when it
+    /// ends.
     fn spawn_h2<I>(
         self: &Arc<Self>,
         permit: OwnedSemaphorePermit,
         connecting: Connecting,
         conn: http2::Connection<TokioIo<Sniffed<I>>, ReqBody, TokioExecutor>,
         h2: Arc<H2Conn>,
+        deadline: Instant,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -447,23 +468,23 @@ impl Pool {
         open.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::downgrade(self);
         let id = Arc::downgrade(&h2);
-        let publish_by = self.settings.connect_timeout;
         tokio::spawn(async move {
             tokio::pin!(conn);
             let peer = h2.peer.clone();
-            let settled = tokio::time::timeout(publish_by, peer.settled());
-            let ended = tokio::select! {
+            let settled = tokio::time::timeout_at(deadline, peer.settled());
+            let settled = tokio::select! {
                 biased;
-                _ = &mut conn => true,
-                _ = settled => false,
+                _ = &mut conn => false,
+                r = settled => r.is_ok(),
             };
             // The task keeps no sender once the connection is published: the sweeper
-            // closes an idle connection by dropping the pool's.
-            if ended {
-                drop((connecting, h2));
-            } else {
+            // closes an idle connection by dropping the pool's. A connection that
+            // ended, or sent no SETTINGS in time, is dropped (closed) unpublished.
+            if settled {
                 connecting.publish(h2);
                 let _ = conn.await;
+            } else {
+                drop((connecting, h2));
             }
             open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
