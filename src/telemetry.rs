@@ -27,10 +27,33 @@ pub fn shutdown() {
 /// thread at the first breaker change, admin action or reload line; lines that do not
 /// fit are dropped.
 pub fn init(cfg: &LoggingConfig) {
-    let filter = std::env::var("FUSEBOX_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| cfg.level.clone());
+    // The environment's filter is judged as `logging.level` is: one naming no level
+    // (`warning`, or empty) would silence every line, the errors included. It is
+    // refused on stderr and the config's level applies.
+    let mut refused = None;
+    let from_env = ["FUSEBOX_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().map(|v| (name, v)));
+    let filter = match from_env {
+        Some((name, v)) => match crate::config::check_log_filter(&v) {
+            Ok(()) if !v.trim().is_empty() => v,
+            Ok(()) => {
+                refused = Some(format!("{name} is empty"));
+                cfg.level.clone()
+            }
+            Err(why) => {
+                refused = Some(format!("{name}={v:?}: {why}"));
+                cfg.level.clone()
+            }
+        },
+        None => cfg.level.clone(),
+    };
+    if let Some(why) = &refused {
+        eprintln!(
+            "fusebox: ignoring {why}; using logging.level {:?}",
+            cfg.level
+        );
+    }
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
@@ -53,6 +76,9 @@ pub fn init(cfg: &LoggingConfig) {
     if installed.is_ok() {
         if let Ok(mut g) = GUARD.lock() {
             *g = Some(guard);
+        }
+        if let Some(why) = refused {
+            tracing::warn!("ignoring {why}; using logging.level {:?}", cfg.level);
         }
     }
 }

@@ -75,7 +75,7 @@ pub fn fault(cx: &mut Ctx, f: &FaultFile, p: &Path) -> FaultConfig {
     let status_path = p.key("abort_status");
     let abort_status = f
         .abort_status
-        .and_then(|s| cx.status(&status_path, s))
+        .and_then(|s| cx.answer_status(&status_path, s))
         .or_else(|| http::StatusCode::from_u16(DEFAULT_FAULT_ABORT_STATUS).ok())
         .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
     FaultConfig {

@@ -281,6 +281,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// A status fusebox answers with itself (a fallback, an injected abort): a final
+    /// one, 200..=599. A 1xx is no answer (hyper would send a bare 500, a 101 would
+    /// leave the caller on a dead connection).
+    pub fn answer_status(&mut self, path: &Path, v: i64) -> Option<StatusCode> {
+        match u16::try_from(v).ok().filter(|c| (200..=599).contains(c)) {
+            Some(code) => StatusCode::from_u16(code).ok(),
+            None => {
+                self.problem(
+                    path,
+                    format!("{v} is not a final HTTP status code an answer can carry (200..=599)"),
+                );
+                None
+            }
+        }
+    }
+
     pub fn status_codes(&mut self, path: &Path, v: Option<&Vec<i64>>, default: &[u16]) -> Vec<u16> {
         let Some(list) = v else {
             return default.to_vec();

@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 pub use defaults::*;
 pub use error::{ConfigError, Problem};
 pub use types::*;
+pub(crate) use validate::check_log_filter;
 
 /// The documented example config, served when fusebox runs without a config file.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/fusebox.toml");

@@ -358,7 +358,7 @@ pub fn fallback(
         return Some(FallbackConfig::Upstream(name));
     }
     let status = match f.status {
-        Some(s) => cx.status(&p.key("status"), s)?,
+        Some(s) => cx.answer_status(&p.key("status"), s)?,
         None => http::StatusCode::from_u16(DEFAULT_FALLBACK_STATUS).ok()?,
     };
     let content_type = match &f.content_type {

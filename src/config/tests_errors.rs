@@ -240,7 +240,13 @@ fn bad_route_values_are_refused() {
     );
     route_problem(
         "fault = { abort_status = 42 }",
-        "42 is not an HTTP status code",
+        "42 is not a final HTTP status code",
+    );
+    // A 1xx is no answer: hyper sends a bare 500 for it, and a 101 leaves the caller
+    // on a connection that carries nothing.
+    route_problem(
+        "fault = { abort_status = 101 }",
+        "101 is not a final HTTP status code an answer can carry (200..=599)",
     );
     route_problem(
         "rate_limit = { requests_per_second = 0 }",
@@ -317,6 +323,10 @@ fn bad_upstream_values_are_refused() {
         "cannot be its own fallback",
     );
     upstream_problem("fallback = { upstream = \"a\", body = \"{}\" }", "not both");
+    upstream_problem(
+        "fallback = { status = 100 }",
+        "100 is not a final HTTP status code",
+    );
     upstream_problem("tls = { ca = \"Cargo.toml\" }", "needs protocol");
     upstream_problem(
         "protocol = \"h2\"\ntls = { client_cert = \"Cargo.toml\" }",

@@ -431,7 +431,7 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// `logging.level` as a tracing filter whose every directive names a level: `info`,
 /// `fusebox=debug,info`. A bare word that is not a level (`warning`, `inf`) would be
 /// read as a target name and silence every line, the reload errors included.
-fn check_log_filter(filter: &str) -> Result<(), String> {
+pub(crate) fn check_log_filter(filter: &str) -> Result<(), String> {
     let is_level = |l: &str| LEVELS.iter().any(|n| n.eq_ignore_ascii_case(l.trim()));
     for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let level = match d.rsplit_once('=') {

@@ -40,6 +40,16 @@ pub async fn spawn_binary(config_text: &str) -> FuseboxProcess {
 /// Starts the binary with `args` (plus `--config PATH` when `config_text` is given,
 /// written to a temp dir) and waits (bounded) for its "fusebox listening" line.
 pub async fn spawn_binary_with(args: &[&str], config_text: Option<&str>) -> FuseboxProcess {
+    spawn_binary_env(args, config_text, &[("FUSEBOX_LOG", "info")]).await
+}
+
+/// As [`spawn_binary_with`], with these environment variables (`FUSEBOX_LOG` among
+/// them, or none set).
+pub async fn spawn_binary_env(
+    args: &[&str],
+    config_text: Option<&str>,
+    envs: &[(&str, &str)],
+) -> FuseboxProcess {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("fusebox.toml");
     let mut cmd = Command::new(binary_path());
@@ -51,7 +61,8 @@ pub async fn spawn_binary_with(args: &[&str], config_text: Option<&str>) -> Fuse
     let mut child = cmd
         .env_remove("RUST_LOG")
         .env_remove("FUSEBOX_CONFIG")
-        .env("FUSEBOX_LOG", "info")
+        .env_remove("FUSEBOX_LOG")
+        .envs(envs.iter().copied())
         .env("FUSEBOX_WORKER_THREADS", "2")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

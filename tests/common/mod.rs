@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use binary::{run_binary, spawn_binary, spawn_binary_with, FuseboxProcess};
+pub use binary::{run_binary, spawn_binary, spawn_binary_env, spawn_binary_with, FuseboxProcess};
 pub use body::{channel_body, empty, full, pattern, pattern_byte, random_bytes, TestBody};
 pub use bytes::Bytes;
 pub use client::{

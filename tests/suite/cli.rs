@@ -374,3 +374,39 @@ async fn demo_serves_detections() {
     p.sigterm();
     assert_eq!(p.wait_exit(WAIT).await.code(), Some(0));
 }
+
+/// `FUSEBOX_LOG` (or `RUST_LOG`) that names no level (`warning`, or empty) is judged
+/// as `logging.level` is: it would silence every line, the errors included, so it is
+/// refused with a warning (on stderr, and as a log line) and the config's level
+/// applies: the "fusebox listening" line still comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_filter_from_the_environment_that_names_no_level_is_refused() {
+    let config = format!(
+        "{}{}{}",
+        base_config(""),
+        upstream_toml("app", &[closed_port()], ""),
+        route_toml("all", "/", "app", "")
+    );
+    for (name, value) in [("FUSEBOX_LOG", "warning"), ("RUST_LOG", "")] {
+        let mut p = spawn_binary_env(&["run"], Some(&config), &[(name, value)]).await;
+        let warned = p
+            .wait_json(WAIT, |v| {
+                v["level"] == "WARN"
+                    && v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(&format!("ignoring {name}")))
+            })
+            .await;
+        assert!(warned["message"]
+            .as_str()
+            .unwrap()
+            .contains("logging.level"));
+        let needle = format!("ignoring {name}");
+        eventually("the warning on stderr", WAIT, || {
+            p.stderr().contains(&needle)
+        })
+        .await;
+        p.sigterm();
+        p.wait_exit(WAIT).await;
+    }
+}
