@@ -30,9 +30,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(mut a) => {
-            // No --config / FUSEBOX_CONFIG: the default file when it exists, else the
+            // No --config / FUSEBOX_CONFIG: the default file when anything is there (a
+            // dangling link or a directory is refused as unreadable, not skipped: a
+            // broken ConfigMap mount must not serve the embedded default), else the
             // embedded default.
-            if a.config.is_none() && std::path::Path::new(DEFAULT_CONFIG_PATH).is_file() {
+            if a.config.is_none() && std::fs::symlink_metadata(DEFAULT_CONFIG_PATH).is_ok() {
                 a.config = Some(DEFAULT_CONFIG_PATH.into());
             }
             let (cfg, text) = match &a.config {

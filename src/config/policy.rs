@@ -395,6 +395,15 @@ pub fn upstream_tls(
     let server_name = cx.opt_string(&p.key("server_name"), f.server_name.as_ref());
     if server_name.as_ref().is_some_and(|s| s.trim().is_empty()) {
         cx.problem(&p.key("server_name"), "must not be empty");
+    } else if let Some(s) = server_name.as_deref() {
+        // rustls takes a DNS name or an IP address; anything else would be dropped at
+        // run time (no SNI, the certificate checked against the endpoint's address).
+        if rustls::pki_types::ServerName::try_from(s).is_err() {
+            cx.problem(
+                &p.key("server_name"),
+                format!("{s:?} is not a DNS name or an IP address"),
+            );
+        }
     }
     let ca = cx.opt_string(&p.key("ca"), f.ca.as_ref());
     let mut all_readable = true;

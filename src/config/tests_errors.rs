@@ -198,6 +198,38 @@ fn unset_variable_is_named_and_located() {
 }
 
 #[test]
+fn listener_and_admin_cannot_share_a_port() {
+    one(
+        "[listener]\naddress = \"0.0.0.0:32204\"\n[admin]\naddress = \"127.0.0.1:32204\"\n",
+        "cannot be bound beside the listener's address 0.0.0.0:32204: same port",
+    );
+    one(
+        "[listener]\naddress = \"127.0.0.1:32204\"\n[admin]\naddress = \"127.0.0.1:32204\"\n",
+        "same port",
+    );
+    // Different addresses, both specific: both can be bound.
+    assert!(parse_env(
+        "[listener]\naddress = \"127.0.0.1:32204\"\n[admin]\naddress = \"127.0.0.2:32204\"\n",
+        &[]
+    )
+    .is_ok());
+}
+
+#[test]
+fn an_upstream_tls_server_name_must_be_a_dns_name_or_an_ip() {
+    upstream_problem(
+        "protocol = \"https\"\ntls = { server_name = \"bad name!\" }",
+        "\"bad name!\" is not a DNS name or an IP address",
+    );
+    let good = MINIMAL.replacen(
+        "\n\n[[routes]]",
+        "\nprotocol = \"https\"\ntls = { server_name = \"models.internal\" }\n\n[[routes]]",
+        1,
+    );
+    assert!(parse_env(&good, &[]).is_ok());
+}
+
+#[test]
 fn admin_token_rules() {
     one("[admin]\naddress = \"0.0.0.0:9901\"\n", "token_env");
     let p = one("[admin]\ntoken_env = \"TOK\"\n", "TOK is not set");
@@ -207,7 +239,7 @@ fn admin_token_rules() {
     assert!(parse_env("[admin]\naddress = \"[::1]:9901\"\n", &[]).is_ok());
     one(
         "[listener]\naddress = \"127.0.0.1:9901\"\n",
-        "also the listener's address",
+        "cannot be bound beside the listener's address",
     );
 }
 

@@ -51,8 +51,20 @@ pub fn validate(
     let service = ServiceConfig { name };
     let listener = listener(&mut cx, &file.listener, &root.key("listener"));
     let admin = admin(&mut cx, &file.admin, &root.key("admin"));
-    if listener.address.tcp() == Some(admin.address) && admin.address.port() != 0 {
-        let msg = format!("{} is also the listener's address", admin.address);
+    // The same port on the same address, or on any address beside one that takes
+    // them all (0.0.0.0, ::): the second bind would fail at run time.
+    let clash = listener.address.tcp().is_some_and(|l| {
+        l.port() == admin.address.port()
+            && admin.address.port() != 0
+            && (l.ip() == admin.address.ip()
+                || l.ip().is_unspecified()
+                || admin.address.ip().is_unspecified())
+    });
+    if clash {
+        let msg = format!(
+            "{} cannot be bound beside the listener's address {}: same port",
+            admin.address, listener.address
+        );
         cx.problem(&root.key("admin").key("address"), msg);
     }
     let lp = root.key("logging");

@@ -410,3 +410,35 @@ async fn a_log_filter_from_the_environment_that_names_no_level_is_refused() {
         p.wait_exit(WAIT).await;
     }
 }
+
+/// Without `--config`, fusebox reads `config/fusebox.toml` when anything is there: a
+/// dangling link (a broken ConfigMap mount) or a directory is refused as unreadable,
+/// exit 1, rather than skipped for the embedded default on 0.0.0.0:8080.
+#[test]
+fn a_default_config_path_that_cannot_be_read_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("config")).expect("config dir");
+    std::os::unix::fs::symlink(
+        dir.path().join("nowhere.toml"),
+        dir.path().join("config/fusebox.toml"),
+    )
+    .expect("symlink");
+    let mut child = std::process::Command::new(crate::common::binary::binary_path())
+        .current_dir(dir.path())
+        .env_remove("FUSEBOX_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fusebox");
+    // Bounded: a fusebox that serves instead of refusing is killed, and fails below.
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("config/fusebox.toml"), "{stderr}");
+}
