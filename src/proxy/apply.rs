@@ -55,6 +55,9 @@ fn changed(
 }
 
 /// Carries the verdict out on the breakers (an ignored permit is dropped: cancelled).
+/// A success of an answer whose body still `streaming` is provisional on the
+/// endpoint's breaker: the generation returned is for settling it when the body ends
+/// (`Breaker::confirm`, `Breaker::late_failure`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record(
     ep: &Endpoint,
@@ -66,15 +69,25 @@ pub(super) fn record(
     elapsed: Duration,
     now: Instant,
     span: Option<&RequestSpan>,
-) {
+    streaming: bool,
+) -> Option<u64> {
     let outcome = |r: Record, slow: bool| BreakerOutcome {
         failure: r == Record::Failure,
         duration: if slow { elapsed } else { Duration::ZERO },
         retry_after: v.breaker_retry_after,
     };
+    let mut pending = None;
     if v.endpoint != Record::Ignore {
         let o = outcome(v.endpoint, v.endpoint_counts_slow);
-        if let Some(t) = ep.breakers(slot).main().record(main, o, now) {
+        let breaker = ep.breakers(slot).main();
+        let t = if streaming && !o.failure {
+            let (t, generation) = breaker.record_streaming(main, o, now);
+            pending = Some(generation);
+            t
+        } else {
+            breaker.record(main, o, now)
+        };
+        if let Some(t) = t {
             changed(ep, slot, t, None, span);
         }
     }
@@ -85,6 +98,7 @@ pub(super) fn record(
             }
         }
     }
+    pending
 }
 
 pub(super) fn count_retry(up: &Upstream, reason: RetryReason) {

@@ -82,6 +82,9 @@ pub struct RequestCtx {
     /// The client span of the attempt whose gRPC answer is being streamed, with its
     /// HTTP status: its outcome is in the trailers, so it ends with the body.
     pub attempt_span: Option<(crate::otel::AttemptSpan, u16)>,
+    /// The policy slot and breaker generation of the forwarded answer's provisional
+    /// success on its endpoint's breaker, settled when its body ends.
+    pub breaker_pending: Option<(usize, u64)>,
     // Guards, released when the context drops (after the log line is written).
     conn: ConnGuard,
     /// The route's `gateway_proxy_in_flight_requests`, while the request lives.
@@ -138,6 +141,7 @@ impl RequestCtx {
             span: None,
             grpc_status: None,
             attempt_span: None,
+            breaker_pending: None,
             conn: ConnGuard::new(conn),
             route_in_flight: None,
             admission: None,

@@ -257,7 +257,9 @@ pub(super) async fn attempts(
             ..facts
         };
         let verdict = classify(outcome, facts, breaker_cfg, retry);
-        record(
+        let streaming =
+            matches!(&sent, Sent::Response(r, _) if !http_body::Body::is_end_stream(r.body()));
+        let pending = record(
             ep,
             slot,
             main,
@@ -267,6 +269,7 @@ pub(super) async fn attempts(
             elapsed,
             done,
             ctx.span.as_ref(),
+            streaming,
         );
         let response = match &mut sent {
             Sent::Response(r, _) => Some(r),
@@ -308,6 +311,8 @@ pub(super) async fn attempts(
             None => false,
         };
         if !go {
+            // The answer goes to the caller: its body's end settles the success.
+            ctx.breaker_pending = pending.map(|g| (slot, g));
             if let Some(a) = attempt_span {
                 match &sent {
                     // A streamed gRPC answer: its status is in the trailers, so the
@@ -324,6 +329,10 @@ pub(super) async fn attempts(
         }
         if let Some(a) = attempt_span {
             end_attempt(a, &sent, out.grpc);
+        }
+        if let Some(g) = pending {
+            // Retried: this answer's body is never read; its headers' success stands.
+            ep.breakers(slot).main().confirm(g);
         }
         if let Some(r) = verdict.retry {
             count_retry(up, r);

@@ -83,6 +83,26 @@ impl RespBody {
         self.ctx = Some(ctx);
     }
 
+    /// The upstream's body ended (`failed`: it broke off, reset or stalled): settles
+    /// the provisional success its headers recorded on the endpoint's breaker.
+    fn settle(&mut self, failed: bool) {
+        let Some(c) = self.ctx.as_deref_mut() else {
+            return;
+        };
+        let (Some((slot, generation)), Some(f)) = (c.breaker_pending.take(), &c.in_flight) else {
+            return;
+        };
+        let ep = f.endpoint();
+        let breaker = ep.breakers(slot).main();
+        if failed {
+            if let Some(t) = breaker.late_failure(generation, tokio::time::Instant::now()) {
+                ep.on_transition(slot, t, None);
+            }
+        } else {
+            breaker.confirm(generation);
+        }
+    }
+
     fn count(&mut self, n: usize) {
         if let Some(c) = self.ctx.as_deref_mut() {
             c.bytes_out += n as u64;
@@ -114,6 +134,8 @@ impl Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        // The upstream's body is over: cleanly (`Some(false)`) or not.
+        let mut ended: Option<bool> = None;
         let res = match &mut this.kind {
             RespKind::Empty => Poll::Ready(None),
             RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -142,20 +164,26 @@ impl Body for RespBody {
                         if let Some(l) = lease.take() {
                             l.release();
                         }
+                        ended = Some(false);
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(Some(Err(e))) => {
+                    ended = Some(true);
+                    Poll::Ready(Some(Err(Box::new(e) as BoxError)))
+                }
                 Poll::Ready(None) => {
                     if let Some(l) = lease.take() {
                         l.release();
                     }
+                    ended = Some(false);
                     Poll::Ready(None)
                 }
                 Poll::Pending => match stall
                     .poll_stalled_both(cx, this.ctx.as_deref().map(|c| &c.body.bytes_in))
                 {
                     Poll::Ready(()) => {
+                        ended = Some(true);
                         Poll::Ready(Some(Err(Box::new(IdleTimeout(stall.idle())) as BoxError)))
                     }
                     Poll::Pending => Poll::Pending,
@@ -175,6 +203,9 @@ impl Body for RespBody {
                 }
             }
             _ => {}
+        }
+        if let Some(failed) = ended {
+            this.settle(failed);
         }
         res
     }

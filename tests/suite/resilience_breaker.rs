@@ -467,3 +467,86 @@ async fn route_circuit_breaker_table_overrides_the_upstreams() {
         0.0
     );
 }
+
+/// An HTTP/1.1 upstream that answers every request `200` with `Content-Length: 1000`,
+/// sends 10 bytes of it and closes: a replica that crashes mid-answer. Counts requests.
+async fn breaks_mid_body() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+                    .await;
+                // Dropped: the connection closes 990 bytes short.
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// Proves: an answer that fails mid-body (the upstream closes 990 bytes short) is a
+/// failure of the endpoint, though its headers looked fine: with `failure_threshold =
+/// 3`, three such answers open the breaker (the success its headers counted was
+/// provisional, and it does not reset the consecutive failures), and the fourth
+/// request gets `CIRCUIT_OPEN` without reaching the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_break_mid_body_open_the_breaker() {
+    let (addr, hits) = breaks_mid_body().await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[addr])
+            .breaker("failure_threshold = 3\nrecovery_timeout = \"60s\"")
+            .retry("max_retries = 0")
+            .build(),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let c = http1_client();
+    for i in 0..3 {
+        let resp = c
+            .request(
+                request(Method::GET, &fb.url(&format!("/stream/{i}")))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .expect("response head");
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+        assert!(body.is_err(), "answer {i} breaks off");
+        crate::common::prom::wait_in_flight(fb.admin(), "all", 0.0).await;
+    }
+    let stats = fb
+        .endpoint("app", addr)
+        .own_breakers()
+        .stats(Instant::now());
+    assert_eq!(
+        (stats.failure_count, stats.success_count, stats.times_opened),
+        (3, 0, 1),
+        "{stats:?}"
+    );
+    assert_eq!(fb.breaker_state("app", addr), BreakerState::Open);
+    let r = get(&c, &fb.url("/after")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+}

@@ -262,12 +262,54 @@ impl Inner {
         }
     }
 
+    /// The consecutive-failure count (mirrored outside the lock as a hint).
+    pub(super) fn consecutive(&self) -> u32 {
+        self.consecutive
+    }
+
     pub(super) fn record(
         &mut self,
         generation: u64,
         probe: bool,
         o: Outcome,
         now: Instant,
+    ) -> Option<Transition> {
+        self.record_as(generation, probe, o, now, false)
+    }
+
+    /// A streamed answer's body ended cleanly: its success at the headers was
+    /// provisional (see `record_as`) and now resets the consecutive failures.
+    pub(super) fn confirm(&mut self, generation: u64) {
+        if generation == self.generation && matches!(self.phase, Phase::Closed) {
+            self.consecutive = 0;
+        }
+    }
+
+    /// A streamed answer whose headers counted as a (provisional) success failed
+    /// mid-body (the upstream reset, or stalled past its idle timeout): it counts as
+    /// the failure it was, consecutive and in the window, and may open the breaker.
+    pub(super) fn late_failure(&mut self, generation: u64, now: Instant) -> Option<Transition> {
+        self.successes = self.successes.saturating_sub(1);
+        self.failures += 1;
+        if generation != self.generation || !matches!(self.phase, Phase::Closed) {
+            return None;
+        }
+        self.consecutive = self.consecutive.saturating_add(1);
+        self.window.record(now, true, false);
+        let tripped = self.consecutive >= self.settings.failure_threshold || self.rate_tripped(now);
+        tripped.then(|| self.open(now, None))
+    }
+
+    /// As `record`; a `provisional` success (an answer whose body still streams) does
+    /// not reset the consecutive failures: only its clean end does (`confirm`), so an
+    /// upstream that fails every answer mid-body still trips the breaker.
+    pub(super) fn record_as(
+        &mut self,
+        generation: u64,
+        probe: bool,
+        o: Outcome,
+        now: Instant,
+        provisional: bool,
     ) -> Option<Transition> {
         let slow = self.settings.is_slow(o.duration);
         let failure = o.failure || slow;
@@ -281,6 +323,8 @@ impl Inner {
         }
         self.consecutive = if failure {
             self.consecutive.saturating_add(1)
+        } else if provisional {
+            self.consecutive
         } else {
             0
         };
@@ -289,8 +333,10 @@ impl Inner {
                 self.window.record(now, failure, slow);
                 // The rate is checked after successes too: the attempt that brings the
                 // window up to the volume may be a success.
-                let tripped =
-                    self.consecutive >= self.settings.failure_threshold || self.rate_tripped(now);
+                // Consecutive failures trip on a failure only (a provisional success
+                // leaves the count as it was).
+                let tripped = (failure && self.consecutive >= self.settings.failure_threshold)
+                    || self.rate_tripped(now);
                 tripped.then(|| self.open(now, o.retry_after))
             }
             Phase::HalfOpen {
@@ -307,6 +353,7 @@ impl Inner {
                     return None;
                 }
                 self.reopens = 0;
+                self.consecutive = 0;
                 self.window.clear();
                 Some(self.enter(Phase::Closed))
             }

@@ -425,3 +425,39 @@ fn stats_serialise_as_the_admin_json() {
     );
     assert_eq!((OPEN.as_str(), HALF_OPEN.gauge()), ("open", 2));
 }
+
+/// Proves: a streamed answer's success is provisional. It does not reset the
+/// consecutive failures; a clean end (`confirm`) does; a failure mid-body
+/// (`late_failure`) counts as the failure it was and trips the breaker at the
+/// threshold, with a state change reported; a late outcome of an older generation
+/// moves only the totals.
+#[test]
+fn streamed_successes_are_settled_when_the_body_ends() {
+    let now = Instant::now();
+    let b = Breaker::new(&cfg());
+    calls(&b, 2, fail(), now);
+    let permit = b.try_acquire(now).expect("admitted");
+    let (t, g) = b.record_streaming(permit, ok(), now);
+    assert_eq!(t, None);
+    assert_eq!(
+        b.stats(now).consecutive_failures,
+        2,
+        "provisional: no reset"
+    );
+    b.confirm(g);
+    assert_eq!(b.stats(now).consecutive_failures, 0, "a clean end resets");
+
+    calls(&b, 2, fail(), now);
+    let permit = b.try_acquire(now).expect("admitted");
+    let (_, g) = b.record_streaming(permit, ok(), now);
+    assert_eq!(
+        b.late_failure(g, now),
+        tr(CLOSED, OPEN),
+        "third failure opens"
+    );
+    let s = b.stats(now);
+    assert_eq!((s.failure_count, s.success_count), (5, 1), "{s:?}");
+    // The same generation is gone (it opened): a second late failure moves totals only.
+    assert_eq!(b.late_failure(g, now), None);
+    assert_eq!(b.state(now), OPEN);
+}
