@@ -305,6 +305,12 @@ pub fn health_check(cx: &mut Ctx, f: &HealthCheckFile, p: &Path) -> HealthCheckC
     let path = cx.nonempty(&p.key("path"), f.path.as_ref(), DEFAULT_HEALTH_CHECK_PATH);
     if !path.starts_with('/') {
         cx.problem(&p.key("path"), format!("{path:?} must start with `/`"));
+    } else if http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+        // Every probe would fail to build, and the endpoint be marked unhealthy.
+        cx.problem(
+            &p.key("path"),
+            format!("{path:?} is not a valid request path (spaces and controls must be percent-encoded)"),
+        );
     }
     HealthCheckConfig {
         path,

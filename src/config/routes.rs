@@ -73,6 +73,14 @@ fn route(
     let path_prefix = cx.nonempty(&pp, f.path_prefix.as_ref(), "/");
     if !path_prefix.starts_with('/') {
         cx.problem(&pp, format!("{path_prefix:?} must start with `/`"));
+    } else if path_prefix.contains(['?', '#']) {
+        // Matched against the path alone: it could never match.
+        cx.problem(
+            &pp,
+            format!(
+                "{path_prefix:?} is matched against the request path, which holds no `?` or `#`"
+            ),
+        );
     }
     let sp = p.key("strip_prefix");
     let strip_prefix = cx.opt_string(&sp, f.strip_prefix.as_ref());
@@ -91,6 +99,15 @@ fn route(
         let name = cx.header_name(&hp.key(key), key);
         let value = cx.header_value(&hp.key(key), value);
         if let (Some(n), Some(v)) = (name, value) {
+            if headers.iter().any(|(h, _): &(http::HeaderName, _)| *h == n) {
+                // Header names are case-insensitive: `X-A` and `x-a` are one header,
+                // which cannot hold both values, so the route could never match.
+                cx.problem(
+                    &hp.key(key),
+                    format!("header {n} is listed twice (header names are case-insensitive)"),
+                );
+                continue;
+            }
             headers.push((n, v));
         }
     }

@@ -230,6 +230,14 @@ fn an_upstream_tls_server_name_must_be_a_dns_name_or_an_ip() {
 }
 
 #[test]
+fn a_health_check_path_must_be_a_valid_request_path() {
+    upstream_problem(
+        "health_check = { path = \"/a b\" }",
+        "\"/a b\" is not a valid request path",
+    );
+}
+
+#[test]
 fn admin_token_rules() {
     one("[admin]\naddress = \"0.0.0.0:9901\"\n", "token_env");
     let p = one("[admin]\ntoken_env = \"TOK\"\n", "TOK is not set");
@@ -258,6 +266,10 @@ fn bad_route_values_are_refused() {
         "invalid header value",
     );
     route_problem("strip_prefix = \"detect\"", "must start with `/`");
+    route_problem(
+        "headers = { \"X-A\" = \"1\", \"x-a\" = \"2\" }",
+        "header x-a is listed twice",
+    );
     route_problem("host = \"a.*.com\"", "wildcard");
     route_problem("host = \"a.local:8080\"", "must not include a port");
     route_problem(
@@ -384,6 +396,15 @@ fn an_empty_upstream_name_is_unknown() {
         "upstream = \"a\"",
         "upstream = \"\"",
         "unknown upstream \"\"",
+    );
+}
+
+#[test]
+fn a_path_prefix_with_a_query_or_fragment_is_refused() {
+    route_problem_replacing(
+        "path_prefix = \"/\"",
+        "path_prefix = \"/detect?v=2\"",
+        "holds no `?` or `#`",
     );
 }
 

@@ -74,10 +74,12 @@ async fn probe(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
             .ok(),
     };
     let Some(uri) = uri else { return false };
-    let req = Request::get(uri)
-        .header(http::header::HOST, ep.authority.as_str())
-        .header(http::header::USER_AGENT, "fusebox-health-check")
-        .body(ReqBody::Empty);
+    let mut req = Request::get(uri).header(http::header::USER_AGENT, "fusebox-health-check");
+    if matches!(up.cfg.protocol, Protocol::Http1 | Protocol::Https) {
+        // HTTP/2 carries it as `:authority` (RFC 9113 8.3.1), as proxied requests do.
+        req = req.header(http::header::HOST, ep.authority.as_str());
+    }
+    let req = req.body(ReqBody::Empty);
     let Ok(req) = req else { return false };
     let pool = ep.core.probe_pool.load_full();
     let check = async move {

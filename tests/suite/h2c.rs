@@ -380,3 +380,51 @@ async fn a_stream_a_graceful_goaway_left_unprocessed_is_retried() {
         fusebox::upstream::breaker::BreakerState::Closed
     );
 }
+
+/// Proves: health probes to an HTTP/2 upstream carry the endpoint as `:authority` and
+/// no `host` header (RFC 9113 8.3.1), as proxied requests do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_health_probes_carry_authority_and_no_host() {
+    use crate::common::scripted::*;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let _ = tx.send((
+                        req.uri().path().to_owned(),
+                        req.uri().authority().map(|a| a.to_string()),
+                        req.headers().get("host").cloned(),
+                    ));
+                    let _ = respond.send_response(http::Response::new(()), true);
+                }
+            });
+        }
+    });
+    let _fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[addr])
+            .extra("protocol = \"h2c\"")
+            .table(
+                "health_check",
+                "path = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"1s\""
+            )
+            .build(),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let (path, authority, host) = within(WAIT, "a health probe", rx.recv())
+        .await
+        .expect("a probe");
+    assert_eq!(path, "/healthz");
+    assert_eq!(authority, Some(addr.to_string()));
+    assert_eq!(host, None, "no host beside :authority");
+}
