@@ -345,7 +345,9 @@ async fn serve_conn<S>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last_started = 0u64;
-    let mut idle_for = Duration::ZERO;
+    // When a tick first found the connection idle: it closes `idle_timeout` after that,
+    // never sooner (it went idle at most one period before).
+    let mut idle_since: Option<tokio::time::Instant> = None;
     // After a 408, how long the caller gets to read it before the socket is dropped.
     let mut give_up: Option<tokio::time::Instant> = None;
     let mut closing = *shutdown.borrow();
@@ -390,13 +392,14 @@ async fn serve_conn<S>(
                 }
                 let started = state.started.load(Ordering::Relaxed);
                 if started == last_started && state.active.load(Ordering::Relaxed) == 0 && head == 0 {
-                    idle_for += period;
-                    if idle_for >= limits.idle_timeout {
+                    let now = tokio::time::Instant::now();
+                    let since = *idle_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= limits.idle_timeout {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
                 } else {
-                    idle_for = Duration::ZERO;
+                    idle_since = None;
                 }
                 last_started = started;
             }

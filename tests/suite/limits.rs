@@ -248,8 +248,8 @@ async fn second_connection_waits_while_max_connections_is_reached() {
 }
 
 /// A keep-alive connection serves several requests, then is closed once idle for
-/// `idle_timeout` (header_read_timeout is long here, so only idle_timeout can close it
-/// within the wait).
+/// `idle_timeout`, and not sooner (header_read_timeout is long here, so only
+/// idle_timeout can close it within the wait).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connection_is_closed() {
     let up = TestUpstream::start(Behaviour::ok("ok")).await;
@@ -265,10 +265,18 @@ async fn idle_keep_alive_connection_is_closed() {
             .unwrap();
         assert_eq!(conn.read_response().await.status, 200);
     }
+    let idle_from = std::time::Instant::now();
     assert_eq!(
         conn.wait_closed(WAIT).await,
         Ending::Closed(Vec::new()),
         "an idle keep-alive connection must be closed after idle_timeout"
+    );
+    // Never before it: a client whose own keep-alive timeout is just under fusebox's
+    // must not send on a connection fusebox is already closing.
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= std::time::Duration::from_millis(300),
+        "closed after {idle:?} idle, before idle_timeout"
     );
 }
 
