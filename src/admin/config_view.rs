@@ -84,12 +84,21 @@ fn redact(v: &mut Value, at: &str, secrets: &std::collections::HashSet<String>) 
     }
 }
 
+/// A value from `${VAR}`: a scalar whole; in a table (an endpoint written as a plain
+/// string, shown as `{address, weight}`) its strings only: the numbers beside them
+/// (the default weight) did not come from the variable.
 fn redact_all(v: &mut Value) {
     match v {
-        Value::String(s) => *s = REDACTED.to_string(),
-        Value::Object(m) => m.values_mut().for_each(redact_all),
-        Value::Array(a) => a.iter_mut().for_each(redact_all),
         Value::Number(_) => *v = json!(REDACTED),
+        other => redact_strings(other),
+    }
+}
+
+fn redact_strings(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = REDACTED.to_string(),
+        Value::Object(m) => m.values_mut().for_each(redact_strings),
+        Value::Array(a) => a.iter_mut().for_each(redact_strings),
         _ => {}
     }
 }
@@ -540,6 +549,10 @@ headers = { "X-Org-ID" = "${ORG}" }
         }
         let up = &v["upstreams"]["yolo"];
         assert_eq!(up["endpoints"][0]["address"], REDACTED);
+        assert_eq!(
+            up["endpoints"][0]["weight"], 1,
+            "the default weight beside a redacted address is no secret (and an integer)"
+        );
         assert_eq!(up["endpoints"][1]["address"], "127.0.0.1:9002");
         assert_eq!(up["fallback"]["body"], REDACTED);
         assert_eq!(v["routes"][0]["path_prefix"], "/");
