@@ -32,9 +32,30 @@ pub struct Ctx<'a> {
     pub allow_missing_files: bool,
     /// Files that could not be read, with the key naming them.
     pub missing_files: Vec<(String, Path)>,
+    /// Values that came from `${VAR}` (each variable's, and each interpolated
+    /// string's): kept out of problem messages ([`Ctx::scrubbed`]), which reach the
+    /// log and `/config`'s `last_reload.error`, as `/config` keeps them out of its view.
+    pub secret_values: Vec<String>,
 }
 
 impl Ctx<'_> {
+    /// The problems, with every value that came from `${VAR}` replaced by
+    /// `<redacted>` in their messages (longest first; values under 3 characters are
+    /// left: they would blank out unrelated text, and hide little).
+    pub fn scrubbed(mut self) -> Vec<(Path, String)> {
+        let mut secrets: Vec<&String> =
+            self.secret_values.iter().filter(|v| v.len() >= 3).collect();
+        secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for (_, msg) in &mut self.problems {
+            for s in &secrets {
+                if msg.contains(s.as_str()) {
+                    *msg = msg.replace(s.as_str(), "<redacted>");
+                }
+            }
+        }
+        self.problems
+    }
+
     pub fn problem(&mut self, path: &Path, message: impl Into<String>) {
         self.problems.push((path.clone(), message.into()));
     }
@@ -61,10 +82,22 @@ impl Ctx<'_> {
     /// A string value with `${VAR}` replaced; `None` (problem or missing variable
     /// recorded) if that fails.
     pub fn string(&mut self, path: &Path, raw: &str) -> Option<String> {
-        match interpolate(raw, self.env) {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let env = self.env;
+        let recording = |name: &str| {
+            let v = env(name);
+            if let Some(v) = &v {
+                seen.borrow_mut().push(v.clone());
+            }
+            v
+        };
+        let result = interpolate(raw, &recording);
+        self.secret_values.extend(seen.into_inner());
+        match result {
             Ok(s) => {
                 if raw.contains("${") {
                     self.interpolated.push(path.clone());
+                    self.secret_values.push(s.clone());
                 }
                 Some(s)
             }

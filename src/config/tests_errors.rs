@@ -237,6 +237,37 @@ fn a_health_check_path_must_be_a_valid_request_path() {
     );
 }
 
+/// Values from `${VAR}` are secrets: a problem message that would quote one (an
+/// invalid header value, a URL holding credentials) shows `<redacted>` instead, since
+/// messages reach the log and `/config`'s `last_reload.error`.
+#[test]
+fn problem_messages_do_not_quote_values_from_the_environment() {
+    let text = format!(
+        "{}\n[tracing]\notlp_endpoint = \"http://user:${{OTLP_TOKEN}}@127.0.0.1:4318\"\n",
+        MINIMAL.replacen(
+            "upstream = \"a\"",
+            "upstream = \"a\"\nheaders = { \"X-A\" = \"${ROUTE_SECRET}\\u0001\" }",
+            1
+        )
+    );
+    let ps = problems_env(
+        &text,
+        &[
+            ("OTLP_TOKEN", "otlp-t0ken"),
+            ("ROUTE_SECRET", "r0ute-secret"),
+        ],
+    );
+    assert_eq!(ps.len(), 2, "{ps:#?}");
+    for p in &ps {
+        assert!(
+            !p.message.contains("otlp-t0ken") && !p.message.contains("r0ute-secret"),
+            "a secret in {:?}",
+            p.message
+        );
+        assert!(p.message.contains("<redacted>"), "{:?}", p.message);
+    }
+}
+
 #[test]
 fn admin_token_rules() {
     one("[admin]\naddress = \"0.0.0.0:9901\"\n", "token_env");

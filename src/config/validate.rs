@@ -37,6 +37,7 @@ pub fn validate(
         interpolated: Vec::new(),
         allow_missing_files,
         missing_files: Vec::new(),
+        secret_values: Vec::new(),
     };
     let root = Path::default();
     let name_path = root.key("service").key("name");
@@ -129,7 +130,7 @@ pub fn validate(
     );
 
     if !cx.problems.is_empty() {
-        return Err(cx.problems);
+        return Err(cx.scrubbed());
     }
     let config = Config {
         service,
