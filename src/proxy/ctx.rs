@@ -85,6 +85,9 @@ pub struct RequestCtx {
     /// The policy slot and breaker generation of the forwarded answer's provisional
     /// success on its endpoint's breaker, settled when its body ends.
     pub breaker_pending: Option<(usize, u64)>,
+    /// A gRPC call: its breaker policy's `failure_grpc_codes` as a bit set (codes are
+    /// 0..=16), for a status that arrives in the trailers of a streamed answer.
+    pub grpc_failure_mask: u32,
     // Guards, released when the context drops (after the log line is written).
     conn: ConnGuard,
     /// The route's `gateway_proxy_in_flight_requests`, while the request lives.
@@ -142,6 +145,7 @@ impl RequestCtx {
             grpc_status: None,
             attempt_span: None,
             breaker_pending: None,
+            grpc_failure_mask: 0,
             conn: ConnGuard::new(conn),
             route_in_flight: None,
             admission: None,

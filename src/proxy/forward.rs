@@ -313,6 +313,13 @@ pub(super) async fn attempts(
         if !go {
             // The answer goes to the caller: its body's end settles the success.
             ctx.breaker_pending = pending.map(|g| (slot, g));
+            if ctx.grpc && pending.is_some() {
+                ctx.grpc_failure_mask = breaker_cfg
+                    .failure_grpc_codes
+                    .iter()
+                    .filter(|c| **c < 32)
+                    .fold(0, |m, c| m | 1u32 << c);
+            }
             if let Some(a) = attempt_span {
                 match &sent {
                     // A streamed gRPC answer: its status is in the trailers, so the

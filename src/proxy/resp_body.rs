@@ -155,6 +155,17 @@ impl Body for RespBody {
                             }
                             if c.grpc {
                                 c.grpc_status = super::attempt::grpc_status_of(t);
+                                // A failure code in the trailers fails the answer, as
+                                // in a trailers-only answer's headers (DEADLINE_EXCEEDED
+                                // of the caller's own deadline aside).
+                                let failed = c.grpc_status.is_some_and(|g| {
+                                    g < 32
+                                        && c.grpc_failure_mask & (1u32 << g) != 0
+                                        && !(c.caller_deadline && g == 4)
+                                });
+                                if failed {
+                                    ended = Some(true);
+                                }
                             }
                         }
                     }
@@ -164,7 +175,7 @@ impl Body for RespBody {
                         if let Some(l) = lease.take() {
                             l.release();
                         }
-                        ended = Some(false);
+                        ended.get_or_insert(false);
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }

@@ -210,6 +210,47 @@ async fn status_in_stream_trailers_passes_through() {
     assert_eq!(err.metadata().get("x-detail").unwrap(), "after-stream");
 }
 
+/// A streamed answer whose trailers carry a `failure_grpc_codes` status (UNAVAILABLE
+/// after a message) fails its endpoint as a trailers-only one does: two such calls open
+/// a breaker of threshold 2 (the success the headers counted was provisional), and the
+/// third call is refused `CIRCUIT_OPEN` without reaching the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_status_in_stream_trailers_counts_on_the_breaker() {
+    let up = EchoUpstream::start("a").await;
+    let breaker = r#"
+[upstreams.echo.retry]
+max_retries = 0
+
+[upstreams.echo.circuit_breaker]
+failure_threshold = 2
+recovery_timeout = "60s"
+"#;
+    let fb = fusebox(&[up.addr], breaker, "").await;
+    let mut client = EchoClient::connect(fb.data_addr).await;
+    for _ in 0..2 {
+        let req = Request::new(EchoRequest {
+            message: "m".into(),
+            count: 1,
+            end_with: Code::Unavailable as i32,
+        });
+        let mut stream = within("stream", client.server_stream(req))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = within("message", stream.message()).await.unwrap();
+        assert_eq!(first.map(|m| m.seq), Some(0));
+        let err = within("trailers", stream.message()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert_eq!(fusebox_error(&err), None, "the upstream's own status");
+    }
+    assert_eq!(up.calls(), 2);
+    let err = within("rejected call", client.unary(hello("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(fusebox_error(&err), Some("CIRCUIT_OPEN"), "{err:?}");
+    assert_eq!(up.calls(), 2, "an open breaker sends nothing upstream");
+}
+
 /// Bidirectional streaming: each reply comes back before the caller sends the next
 /// message, so neither direction is buffered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
