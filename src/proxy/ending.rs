@@ -49,15 +49,19 @@ pub(super) fn all_open(
     if !std::mem::replace(&mut ctx.circuit_open_counted, true) {
         route.metrics.rejected_circuit_open.inc();
     }
-    let wait = eps
-        .iter()
-        .map(|ep| {
-            ep.breakers(slot)
-                .rejection(headers, now)
-                .map_or(Duration::ZERO, |r| r.retry_after)
-        })
-        .min()
-        .unwrap_or(Duration::ZERO);
+    // The first half-open among the breakers that will half-open: a forced-open one
+    // never does, so it counts only when every one is forced (then its
+    // `recovery_timeout`, a pace for retries while an operator holds them open).
+    let (mut will_half_open, mut forced) = (None::<Duration>, None::<Duration>);
+    for ep in eps {
+        let (w, f) = ep
+            .breakers(slot)
+            .rejection(headers, now)
+            .map_or((Duration::ZERO, false), |r| (r.retry_after, r.forced));
+        let slot_min = if f { &mut forced } else { &mut will_half_open };
+        *slot_min = Some(slot_min.map_or(w, |m| m.min(w)));
+    }
+    let wait = will_half_open.or(forced).unwrap_or(Duration::ZERO);
     // With `partition_by`, the endpoints may be open only for this request's key.
     let for_key = eps
         .iter()

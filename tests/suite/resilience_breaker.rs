@@ -550,3 +550,39 @@ async fn answers_that_break_mid_body_open_the_breaker() {
     assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+/// Proves: `Retry-After` of a `CIRCUIT_OPEN` answer is the time until the first
+/// breaker that will half-open does; a force-opened one never does, so it does not
+/// shorten it. Endpoint A forced open (recovery 2 s), B opened by a 503 asking for
+/// 30 s: the answer says about 30 s, not 2. With every endpoint forced, it is their
+/// `recovery_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_skips_force_opened_endpoints() {
+    let a = Scripted::ok("a").await;
+    let b = Scripted::start(fail().with_header("retry-after", "30")).await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[a.addr, b.addr])
+            .breaker(
+                "failure_threshold = 1\nrecovery_timeout = \"2s\"\nmax_recovery_timeout = \"60s\"\njitter = false"
+            )
+            .retry("max_retries = 0")
+            .build(),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    fb.endpoint("app", a.addr).force_open();
+    let c = http1_client();
+    let r = get(&c, &fb.url("/x")).await;
+    assert_eq!(r.status, 503, "B's own 503 opens it");
+    assert_eq!(fb.breaker_state("app", b.addr), BreakerState::Open);
+    let r = get(&c, &fb.url("/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    let ra = retry_after_secs(&r);
+    assert!((25..=30).contains(&ra), "B's 30 s, not A's 2 s: {ra}");
+    fb.endpoint("app", b.addr).force_open();
+    let r = get(&c, &fb.url("/x")).await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("app"));
+    assert_eq!(retry_after_secs(&r), 2, "all forced: recovery_timeout");
+    assert_eq!((a.hits(), b.hits()), (0, 1));
+}
