@@ -36,12 +36,21 @@ pub struct BodyShared {
     /// headers counts from then (a long upload or client stream is not cut while the
     /// caller is still sending).
     pub ended_at: std::sync::OnceLock<tokio::time::Instant>,
+    /// Signalled when `ended_at` is set: the wait for headers re-arms from the end.
+    pub end_signal: tokio::sync::Notify,
     /// Response body bytes sent to the caller: progress for the request body's stall
     /// timer ("no body bytes either way" for `timeouts.idle`).
     pub bytes_out: AtomicU64,
 }
 
 impl BodyShared {
+    /// The caller's body ended now.
+    fn end(&self, now: tokio::time::Instant) {
+        if self.ended_at.set(now).is_ok() {
+            self.end_signal.notify_waiters();
+        }
+    }
+
     /// The caller, not the upstream, ended the attempt (too large, stalled, or a body
     /// that could not be read): the breaker learns nothing and no retry helps.
     pub fn caller_fault(&self) -> Option<CallerFault> {
@@ -138,6 +147,10 @@ pub struct StallTimer {
     last: Option<Instant>,
     /// The other direction's byte count at the last look (see `poll_stalled_both`).
     other_seen: u64,
+    /// The last poll returned a frame: the next one notes progress first, so the time
+    /// the reader took to ask again (the caller not reading, flow control holding the
+    /// sender) is not taken for the sender's silence.
+    delivered: bool,
 }
 
 impl StallTimer {
@@ -147,6 +160,7 @@ impl StallTimer {
             sleep: None,
             last: None,
             other_seen: 0,
+            delivered: false,
         }
     }
 
@@ -156,7 +170,16 @@ impl StallTimer {
 
     /// A frame arrived.
     pub fn progress(&mut self) {
+        self.delivered = true;
         if self.sleep.is_some() {
+            self.last = Some(Instant::now());
+        }
+    }
+
+    /// Called at the start of each poll: after a frame was handed on, silence counts
+    /// from this poll.
+    pub fn polled(&mut self) {
+        if std::mem::take(&mut self.delivered) && self.sleep.is_some() {
             self.last = Some(Instant::now());
         }
     }
@@ -244,6 +267,7 @@ impl LimitedIncoming {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.stall.polled();
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let Poll::Ready(next) = polled else {
             ready!(self
@@ -267,7 +291,7 @@ impl LimitedIncoming {
                 if self.inner.is_end_stream() {
                     // The last frame (a declared length reached): the sender of a sized
                     // body may not poll again for the end.
-                    let _ = self.shared.ended_at.set(tokio::time::Instant::now());
+                    self.shared.end(tokio::time::Instant::now());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -283,7 +307,7 @@ impl LimitedIncoming {
                 }))))
             }
             None => {
-                let _ = self.shared.ended_at.set(tokio::time::Instant::now());
+                self.shared.end(tokio::time::Instant::now());
                 Poll::Ready(None)
             }
         }

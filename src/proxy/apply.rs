@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::classify::{Record, RetryReason, Verdict};
 use crate::otel::RequestSpan;
 use crate::upstream::breaker::Transition;
-use crate::upstream::breaker::{Breaker, Outcome as BreakerOutcome, Permit};
+use crate::upstream::breaker::{Breaker, Outcome as BreakerOutcome, Permit, Settle};
 use crate::upstream::{Endpoint, Upstream};
 
 /// Permits from the endpoint's breaker and, for a keyed request, its key's: both must
@@ -55,9 +55,9 @@ fn changed(
 }
 
 /// Carries the verdict out on the breakers (an ignored permit is dropped: cancelled).
-/// A success of an answer whose body still `streaming` is provisional on the
-/// endpoint's breaker: the generation returned is for settling it when the body ends
-/// (`Breaker::confirm`, `Breaker::late_failure`).
+/// A success of an answer whose body still `streaming` comes back as a [`Settle`] of
+/// the endpoint's breaker: `Breaker::late_failure` turns it into a failure if the body
+/// then fails.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record(
     ep: &Endpoint,
@@ -70,7 +70,7 @@ pub(super) fn record(
     now: Instant,
     span: Option<&RequestSpan>,
     streaming: bool,
-) -> Option<u64> {
+) -> Option<Settle> {
     let outcome = |r: Record, slow: bool| BreakerOutcome {
         failure: r == Record::Failure,
         duration: if slow { elapsed } else { Duration::ZERO },
@@ -81,8 +81,8 @@ pub(super) fn record(
         let o = outcome(v.endpoint, v.endpoint_counts_slow);
         let breaker = ep.breakers(slot).main();
         let t = if streaming && !o.failure {
-            let (t, generation) = breaker.record_streaming(main, o, now);
-            pending = Some(generation);
+            let (t, settle) = breaker.record_streaming(main, o, now);
+            pending = settle;
             t
         } else {
             breaker.record(main, o, now)

@@ -194,10 +194,21 @@ pub async fn send_once(
             let mut until = Instant::now() + timeout;
             let mut seen = clock.body.bytes_in.load(Ordering::Relaxed);
             loop {
-                if let Ok(r) = tokio::time::timeout_at(until, &mut send).await {
-                    break Some(r);
+                // Registered before the look at `ended_at` (in `extend`), so an end
+                // between the two is not missed.
+                let ended = clock.body.end_signal.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                let woke_at_end = tokio::select! {
+                    r = &mut send => break Some(r),
+                    _ = tokio::time::sleep_until(until) => false,
+                    _ = &mut ended => true,
+                };
+                let now = Instant::now();
+                if woke_at_end && clock.body.ended_at.get().is_none() {
+                    continue;
                 }
-                match clock.extend(Instant::now(), &mut seen) {
+                match clock.extend(now, &mut seen) {
                     Some((next, c)) => {
                         until = next;
                         capped = c;
@@ -313,10 +324,18 @@ fn build(
             req.headers_mut().insert(HOST, v);
         }
     }
-    if let Some(at) = out.caller_deadline.filter(|_| out.grpc) {
-        let left = at.saturating_duration_since(tokio::time::Instant::now());
-        req.headers_mut()
-            .insert(GRPC_TIMEOUT.clone(), millis_value(left, "m"));
+    if out.grpc {
+        match out.caller_deadline {
+            Some(at) => {
+                let left = at.saturating_duration_since(tokio::time::Instant::now());
+                req.headers_mut()
+                    .insert(GRPC_TIMEOUT.clone(), millis_value(left, "m"));
+            }
+            // A caller's `grpc-timeout` that could not be read is not passed on.
+            None => {
+                req.headers_mut().remove(&GRPC_TIMEOUT);
+            }
+        }
     }
     if out.propagate_deadline {
         req.headers_mut()

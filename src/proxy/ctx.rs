@@ -84,7 +84,7 @@ pub struct RequestCtx {
     pub attempt_span: Option<(crate::otel::AttemptSpan, u16)>,
     /// The policy slot and breaker generation of the forwarded answer's provisional
     /// success on its endpoint's breaker, settled when its body ends.
-    pub breaker_pending: Option<(usize, u64)>,
+    pub breaker_pending: Option<(usize, crate::upstream::breaker::Settle)>,
     /// A gRPC call: its breaker policy's `failure_grpc_codes` as a bit set (codes are
     /// 0..=16), for a status that arrives in the trailers of a streamed answer.
     pub grpc_failure_mask: u32,
@@ -180,9 +180,9 @@ fn propagated(headers: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, Hea
 impl Drop for RequestCtx {
     fn drop(&mut self) {
         if let Some((attempt, status)) = self.attempt_span.take() {
-            if self.body_error || self.status == 0 {
-                // The answer broke off (or the caller left): dropped unended, the
-                // attempt is marked cancelled, an error.
+            if self.body_error || self.status == 0 || self.grpc_status.is_none() {
+                // The answer broke off, or the caller left before its trailers:
+                // dropped unended, the attempt is marked cancelled, an error.
                 drop(attempt);
             } else {
                 attempt.end(Some(status), None, self.grpc_status);

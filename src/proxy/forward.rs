@@ -241,10 +241,24 @@ pub(super) async fn attempts(
         // `BodyClock`): what is left for retries too.
         if let Some(&end) = ctx.body.ended_at.get() {
             let from_end = end + route.cfg.timeout;
-            let from_end = ctx.caller_deadline_at.map_or(from_end, |c| from_end.min(c));
-            ctx.deadline = ctx.deadline.max(from_end);
+            let (from_end, callers) = match ctx.caller_deadline_at {
+                Some(c) if c <= from_end => (c, true),
+                _ => (from_end, false),
+            };
+            if from_end > ctx.deadline {
+                ctx.deadline = from_end;
+                ctx.caller_deadline = callers;
+            }
         }
         let elapsed = done.saturating_duration_since(now);
+        // The endpoint's service time counts from the end of the caller's body when it
+        // ended during the attempt: a slow upload is the caller's time, not a slow
+        // endpoint (for the breaker's slow calls and the latency the balancer and the
+        // deadline predictions learn).
+        let service = match ctx.body.ended_at.get() {
+            Some(&end) if end > now => done.saturating_duration_since(end),
+            _ => elapsed,
+        };
         let outcome = match ctx.body.caller_fault() {
             Some(fault) => Outcome::CallerBody(fault),
             None => sent.outcome(out.grpc),
@@ -266,7 +280,7 @@ pub(super) async fn attempts(
             keyed,
             key.as_ref(),
             &verdict,
-            elapsed,
+            service,
             done,
             ctx.span.as_ref(),
             streaming,
@@ -280,7 +294,7 @@ pub(super) async fn attempts(
             ep,
             outcome,
             &verdict,
-            elapsed,
+            service,
             in_flight_at_send + 1,
             done,
             response,
@@ -313,7 +327,9 @@ pub(super) async fn attempts(
         if !go {
             // The answer goes to the caller: its body's end settles the success.
             ctx.breaker_pending = pending.map(|g| (slot, g));
-            if ctx.grpc && pending.is_some() {
+            // Failure statuses count per key with `partition_by` (at the headers too):
+            // a keyed call's trailers do not fail the endpoint's shared breaker.
+            if ctx.grpc && pending.is_some() && key.is_none() {
                 ctx.grpc_failure_mask = breaker_cfg
                     .failure_grpc_codes
                     .iter()
@@ -336,10 +352,6 @@ pub(super) async fn attempts(
         }
         if let Some(a) = attempt_span {
             end_attempt(a, &sent, out.grpc);
-        }
-        if let Some(g) = pending {
-            // Retried: this answer's body is never read; its headers' success stands.
-            ep.breakers(slot).main().confirm(g);
         }
         if let Some(r) = verdict.retry {
             count_retry(up, r);

@@ -89,17 +89,18 @@ impl RespBody {
         let Some(c) = self.ctx.as_deref_mut() else {
             return;
         };
-        let (Some((slot, generation)), Some(f)) = (c.breaker_pending.take(), &c.in_flight) else {
+        let (Some((slot, settle)), Some(f)) = (c.breaker_pending.take(), &c.in_flight) else {
             return;
         };
+        // A body cut by the caller's own fault (its upload over the limit, stalled or
+        // broken) says nothing about the endpoint.
+        if !failed || c.body.caller_fault().is_some() {
+            return;
+        }
         let ep = f.endpoint();
         let breaker = ep.breakers(slot).main();
-        if failed {
-            if let Some(t) = breaker.late_failure(generation, tokio::time::Instant::now()) {
-                ep.on_transition(slot, t, None);
-            }
-        } else {
-            breaker.confirm(generation);
+        if let Some(t) = breaker.late_failure(settle, tokio::time::Instant::now()) {
+            ep.on_transition(slot, t, None);
         }
     }
 
@@ -125,6 +126,16 @@ impl Drop for RespBody {
     }
 }
 
+/// The upstream body's next frame; the stall timer first notes that it was asked.
+fn poll_upstream(
+    inner: &mut Incoming,
+    stall: &mut StallTimer,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    stall.polled();
+    Pin::new(inner).poll_frame(cx)
+}
+
 impl Body for RespBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -143,7 +154,7 @@ impl Body for RespBody {
                 inner,
                 lease,
                 stall,
-            } => match Pin::new(&mut *inner).poll_frame(cx) {
+            } => match poll_upstream(inner, stall, cx) {
                 Poll::Ready(Some(Ok(mut frame))) => {
                     stall.progress();
                     if let Some(t) = frame.trailers_mut() {

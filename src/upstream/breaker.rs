@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
 use state::Inner;
+pub use state::Settle;
 
 #[cfg(test)]
 mod property_tests;
@@ -191,9 +192,6 @@ pub struct Breaker {
     /// `generation << 2 | state tag`, written under the lock whenever the generation
     /// changes, so a closed breaker admits with one atomic load and no lock.
     fast: AtomicU64,
-    /// The consecutive failures, written under the lock: a clean end of a streamed
-    /// answer (`confirm`) takes the lock only when there are some to reset.
-    streak: std::sync::atomic::AtomicU32,
     inner: Mutex<Inner>,
 }
 
@@ -201,7 +199,6 @@ impl Breaker {
     pub fn new(cfg: &BreakerConfig) -> Breaker {
         Breaker {
             fast: AtomicU64::new(fast_word(0, BreakerState::Closed)),
-            streak: std::sync::atomic::AtomicU32::new(0),
             inner: Mutex::new(Inner::new(cfg, Instant::now())),
         }
     }
@@ -241,33 +238,25 @@ impl Breaker {
             .locked(|inner| inner.record(generation, probe, outcome, now))
     }
 
-    /// As [`Breaker::record`] for an answer whose body still streams: a success is
-    /// provisional until [`Breaker::confirm`] or [`Breaker::late_failure`] (with the
-    /// permit's generation, returned here) says how the body ended.
+    /// As [`Breaker::record`] for an answer whose body still streams: when it counted
+    /// as a success, the [`Settle`] that [`Breaker::late_failure`] takes if the body
+    /// then fails (a clean end needs nothing).
     pub fn record_streaming(
         &self,
         mut permit: Permit<'_>,
         outcome: Outcome,
         now: Instant,
-    ) -> (Option<Transition>, u64) {
+    ) -> (Option<Transition>, Option<Settle>) {
         permit.settled = true;
         let (generation, probe) = (permit.generation, permit.probe);
-        let t = permit
+        permit
             .breaker
-            .locked(|inner| inner.record_as(generation, probe, outcome, now, true));
-        (t, generation)
+            .locked(|inner| inner.record_streamed(generation, probe, outcome, now))
     }
 
-    /// The streamed answer recorded in `generation` ended cleanly.
-    pub fn confirm(&self, generation: u64) {
-        if self.streak.load(Ordering::Relaxed) > 0 {
-            self.locked(|inner| inner.confirm(generation));
-        }
-    }
-
-    /// The streamed answer recorded in `generation` failed mid-body.
-    pub fn late_failure(&self, generation: u64, now: Instant) -> Option<Transition> {
-        self.locked(|inner| inner.late_failure(generation, now))
+    /// The streamed answer `s` failed mid-body.
+    pub fn late_failure(&self, s: Settle, now: Instant) -> Option<Transition> {
+        self.locked(|inner| inner.late_failure(s, now))
     }
 
     /// Whether `try_acquire` would admit now, without taking a probe slot: the balancer
@@ -330,7 +319,6 @@ impl Breaker {
         let mut inner = self.lock();
         let before = inner.generation();
         let r = f(&mut inner);
-        self.streak.store(inner.consecutive(), Ordering::Relaxed);
         if inner.generation() != before {
             let word = fast_word(inner.generation(), inner.state());
             self.fast.store(word, Ordering::Release);

@@ -107,6 +107,20 @@ impl Phase {
     }
 }
 
+/// A success of a streamed answer, recorded at its headers: what turns it into a
+/// failure if its body then fails ([`Inner::late_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settle {
+    generation: u64,
+    /// The consecutive failures that success reset.
+    before: u32,
+    at: Instant,
+    /// A half-open probe's success (in the generation it left the breaker in): its
+    /// failure re-opens, as a probe failure does, with the re-opens counted before.
+    probe: bool,
+    reopens: u32,
+}
+
 #[derive(Debug)]
 pub(super) struct Inner {
     settings: Settings,
@@ -262,11 +276,6 @@ impl Inner {
         }
     }
 
-    /// The consecutive-failure count (mirrored outside the lock as a hint).
-    pub(super) fn consecutive(&self) -> u32 {
-        self.consecutive
-    }
-
     pub(super) fn record(
         &mut self,
         generation: u64,
@@ -274,43 +283,56 @@ impl Inner {
         o: Outcome,
         now: Instant,
     ) -> Option<Transition> {
-        self.record_as(generation, probe, o, now, false)
+        self.record_as(generation, probe, o, now).0
     }
 
-    /// A streamed answer's body ended cleanly: its success at the headers was
-    /// provisional (see `record_as`) and now resets the consecutive failures.
-    pub(super) fn confirm(&mut self, generation: u64) {
-        if generation == self.generation && matches!(self.phase, Phase::Closed) {
-            self.consecutive = 0;
-        }
-    }
-
-    /// A streamed answer whose headers counted as a (provisional) success failed
-    /// mid-body (the upstream reset, or stalled past its idle timeout): it counts as
-    /// the failure it was, consecutive and in the window, and may open the breaker.
-    pub(super) fn late_failure(&mut self, generation: u64, now: Instant) -> Option<Transition> {
-        self.successes = self.successes.saturating_sub(1);
-        self.failures += 1;
-        if generation != self.generation || !matches!(self.phase, Phase::Closed) {
-            return None;
-        }
-        self.consecutive = self.consecutive.saturating_add(1);
-        self.window.record(now, true, false);
-        let tripped = self.consecutive >= self.settings.failure_threshold || self.rate_tripped(now);
-        tripped.then(|| self.open(now, None))
-    }
-
-    /// As `record`; a `provisional` success (an answer whose body still streams) does
-    /// not reset the consecutive failures: only its clean end does (`confirm`), so an
-    /// upstream that fails every answer mid-body still trips the breaker.
-    pub(super) fn record_as(
+    /// As `record`, for an answer whose body still streams: when it counted as a
+    /// success of a closed breaker, what [`Inner::late_failure`] needs if the body
+    /// then fails.
+    pub(super) fn record_streamed(
         &mut self,
         generation: u64,
         probe: bool,
         o: Outcome,
         now: Instant,
-        provisional: bool,
-    ) -> Option<Transition> {
+    ) -> (Option<Transition>, Option<Settle>) {
+        self.record_as(generation, probe, o, now)
+    }
+
+    /// A streamed answer counted a success at its headers failed mid-body (the
+    /// upstream reset it, closed it short, or stalled past its idle timeout): it counts
+    /// as the failure it was. The consecutive failures go on from where that success
+    /// had reset them (so an upstream failing every answer mid-body still trips), and
+    /// in the window the success becomes a failure. A breaker that changed state since
+    /// only moves its totals.
+    pub(super) fn late_failure(&mut self, s: Settle, now: Instant) -> Option<Transition> {
+        self.successes = self.successes.saturating_sub(1);
+        self.failures += 1;
+        if s.generation != self.generation {
+            return None;
+        }
+        if s.probe && matches!(self.phase, Phase::Closed | Phase::HalfOpen { .. }) {
+            // The probe that closed the breaker (or counted toward closing it) failed
+            // after all: open again, with the back-off of a failed probe.
+            self.reopens = s.reopens.saturating_add(1);
+            return Some(self.open(now, None));
+        }
+        if !matches!(self.phase, Phase::Closed) {
+            return None;
+        }
+        self.consecutive = self.consecutive.max(s.before).saturating_add(1);
+        self.window.amend(s.at, now);
+        let tripped = self.consecutive >= self.settings.failure_threshold || self.rate_tripped(now);
+        tripped.then(|| self.open(now, None))
+    }
+
+    fn record_as(
+        &mut self,
+        generation: u64,
+        probe: bool,
+        o: Outcome,
+        now: Instant,
+    ) -> (Option<Transition>, Option<Settle>) {
         let slow = self.settings.is_slow(o.duration);
         let failure = o.failure || slow;
         if failure {
@@ -319,12 +341,11 @@ impl Inner {
             self.successes += 1;
         }
         if generation != self.generation {
-            return None;
+            return (None, None);
         }
+        let before = self.consecutive;
         self.consecutive = if failure {
             self.consecutive.saturating_add(1)
-        } else if provisional {
-            self.consecutive
         } else {
             0
         };
@@ -333,11 +354,16 @@ impl Inner {
                 self.window.record(now, failure, slow);
                 // The rate is checked after successes too: the attempt that brings the
                 // window up to the volume may be a success.
-                // Consecutive failures trip on a failure only (a provisional success
-                // leaves the count as it was).
                 let tripped = (failure && self.consecutive >= self.settings.failure_threshold)
                     || self.rate_tripped(now);
-                tripped.then(|| self.open(now, o.retry_after))
+                let settle = (!failure).then_some(Settle {
+                    generation,
+                    before,
+                    at: now,
+                    probe: false,
+                    reopens: 0,
+                });
+                (tripped.then(|| self.open(now, o.retry_after)), settle)
             }
             Phase::HalfOpen {
                 probes_out,
@@ -346,20 +372,31 @@ impl Inner {
                 *probes_out = probes_out.saturating_sub(1);
                 if failure {
                     self.reopens = self.reopens.saturating_add(1);
-                    return Some(self.open(now, o.retry_after));
+                    return (Some(self.open(now, o.retry_after)), None);
                 }
                 *successes += 1;
+                let reopens = self.reopens;
+                let probe_settle = |generation| Settle {
+                    generation,
+                    before: 0,
+                    at: now,
+                    probe: true,
+                    reopens,
+                };
                 if *successes < self.settings.success_threshold {
-                    return None;
+                    return (None, Some(probe_settle(generation)));
                 }
+                // A late failure of the closing probe re-opens with the next doubling
+                // (its `Settle` keeps the re-opens counted so far).
                 self.reopens = 0;
                 self.consecutive = 0;
                 self.window.clear();
-                Some(self.enter(Phase::Closed))
+                let t = self.enter(Phase::Closed);
+                (Some(t), Some(probe_settle(self.generation)))
             }
             // No permit of the current generation is issued while open or forced, and
             // every half-open permit is a probe.
-            _ => None,
+            _ => (None, None),
         }
     }
 
@@ -452,5 +489,17 @@ impl Window {
 
     fn clear(&mut self) {
         self.buckets = [Bucket::default(); WINDOW_BUCKETS as usize];
+    }
+
+    /// The success recorded at `at` was a failure: counted so in its bucket while that
+    /// bucket is still in the window, else as a failure now.
+    fn amend(&mut self, at: Instant, now: Instant) {
+        let epoch = self.epoch(at);
+        let b = &mut self.buckets[(epoch % WINDOW_BUCKETS) as usize];
+        if b.epoch == epoch && b.failures < b.total {
+            b.failures += 1;
+        } else {
+            self.record(now, true, false);
+        }
     }
 }

@@ -426,38 +426,84 @@ fn stats_serialise_as_the_admin_json() {
     assert_eq!((OPEN.as_str(), HALF_OPEN.gauge()), ("open", 2));
 }
 
-/// Proves: a streamed answer's success is provisional. It does not reset the
-/// consecutive failures; a clean end (`confirm`) does; a failure mid-body
-/// (`late_failure`) counts as the failure it was and trips the breaker at the
-/// threshold, with a state change reported; a late outcome of an older generation
-/// moves only the totals.
+/// Proves: a streamed answer's success at its headers resets the consecutive
+/// failures as any success does, and a failure mid-body (`late_failure`) turns it into
+/// the failure it was: the count goes on from where the success had reset it, so an
+/// upstream failing every answer mid-body trips at the threshold (a state change
+/// reported); a late failure of an older generation moves only the totals; a slow
+/// call is a failure already and gives nothing to settle.
 #[test]
-fn streamed_successes_are_settled_when_the_body_ends() {
+fn a_streamed_success_that_fails_mid_body_counts_as_a_failure() {
     let now = Instant::now();
     let b = Breaker::new(&cfg());
     calls(&b, 2, fail(), now);
     let permit = b.try_acquire(now).expect("admitted");
-    let (t, g) = b.record_streaming(permit, ok(), now);
+    let (t, settle) = b.record_streaming(permit, ok(), now);
     assert_eq!(t, None);
+    let settle = settle.expect("a success to settle");
+    assert_eq!(b.stats(now).consecutive_failures, 0, "a success resets");
     assert_eq!(
-        b.stats(now).consecutive_failures,
-        2,
-        "provisional: no reset"
-    );
-    b.confirm(g);
-    assert_eq!(b.stats(now).consecutive_failures, 0, "a clean end resets");
-
-    calls(&b, 2, fail(), now);
-    let permit = b.try_acquire(now).expect("admitted");
-    let (_, g) = b.record_streaming(permit, ok(), now);
-    assert_eq!(
-        b.late_failure(g, now),
+        b.late_failure(settle, now),
         tr(CLOSED, OPEN),
-        "third failure opens"
+        "2 + this one: 3"
     );
     let s = b.stats(now);
-    assert_eq!((s.failure_count, s.success_count), (5, 1), "{s:?}");
-    // The same generation is gone (it opened): a second late failure moves totals only.
-    assert_eq!(b.late_failure(g, now), None);
+    assert_eq!((s.failure_count, s.success_count), (3, 0), "{s:?}");
+    assert_eq!(
+        b.late_failure(settle, now),
+        None,
+        "opened since: totals only"
+    );
     assert_eq!(b.state(now), OPEN);
+
+    // One after another, every answer failing mid-body: the third opens.
+    let b = Breaker::new(&cfg());
+    for i in 0..3 {
+        let permit = b.try_acquire(now).expect("admitted");
+        let (_, settle) = b.record_streaming(permit, ok(), now);
+        let t = b.late_failure(settle.expect("settle"), now);
+        assert_eq!(
+            t,
+            if i == 2 { tr(CLOSED, OPEN) } else { None },
+            "answer {i}"
+        );
+    }
+
+    let slow_cfg = BreakerConfig {
+        slow_call_duration: Some(Duration::from_millis(5)),
+        ..rate_cfg()
+    };
+    let b = Breaker::new(&slow_cfg);
+    let permit = b.try_acquire(now).expect("admitted");
+    let (_, settle) = b.record_streaming(permit, ok(), now);
+    assert_eq!(
+        settle, None,
+        "a slow call counted as a failure: nothing to settle"
+    );
+}
+
+/// Proves: a half-open probe whose streamed answer fails mid-body re-opens the breaker,
+/// as a failed probe does, with the back-off doubled; it does not leave it closed
+/// because the probe's headers looked fine.
+#[test]
+fn a_probe_whose_stream_fails_mid_body_reopens() {
+    let cfg = BreakerConfig {
+        success_threshold: 1,
+        ..cfg()
+    };
+    let b = Breaker::new(&cfg);
+    let t0 = Instant::now();
+    trip(&b, t0);
+    assert_eq!(open_for(&b, t0), 10 * SEC);
+    let later = t0 + 10 * SEC;
+    let permit = b.try_acquire(later).expect("a probe");
+    assert!(permit.is_probe());
+    let (t, settle) = b.record_streaming(permit, ok(), later);
+    assert_eq!(t, tr(HALF_OPEN, CLOSED), "closed at the probe's headers");
+    assert_eq!(
+        b.late_failure(settle.expect("settle"), later),
+        tr(CLOSED, OPEN),
+        "its body failed: open again"
+    );
+    assert_eq!(open_for(&b, later), 20 * SEC, "with the doubled back-off");
 }

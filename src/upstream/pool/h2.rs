@@ -273,16 +273,26 @@ impl Pool {
         req: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let (mut tx, stream) = self.checkout_h2().await?;
-        let lease = Lease(Leased::Http2(stream));
         match tx.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Some(lease))),
+            Ok(resp) => Ok((resp, Some(Lease(Leased::Http2(stream))))),
             // Handed back unsent: the connection closed under it, nothing reached the
-            // upstream.
-            Err(e) if e.message().is_some() => Err(SendError::Connect(
-                self.addr,
-                io::Error::new(io::ErrorKind::ConnectionReset, e.into_error().to_string()),
-            )),
-            Err(e) => Err(super::sent_error(e.into_error())),
+            // upstream. It takes no more requests.
+            Err(e) if e.message().is_some() => {
+                self.h2.remove(&Arc::downgrade(&stream.0));
+                Err(SendError::Connect(
+                    self.addr,
+                    io::Error::new(io::ErrorKind::ConnectionReset, e.into_error().to_string()),
+                ))
+            }
+            Err(e) => {
+                let err = super::sent_error(e.into_error());
+                if err.is_draining() {
+                    // The upstream is going away on this connection: no new stream
+                    // may go there (a retry would be refused the same way).
+                    self.h2.remove(&Arc::downgrade(&stream.0));
+                }
+                Err(err)
+            }
         }
     }
 
@@ -433,16 +443,15 @@ impl Pool {
         });
         self.spawn_h2(permit, connecting, conn, h2.clone(), deadline);
         let stream = Stream(h2);
-        if tokio::time::timeout_at(deadline, stream.0.peer.settled())
-            .await
-            .is_err()
-        {
+        let waited = tokio::time::timeout_at(deadline, stream.0.peer.settled()).await;
+        if waited.is_err() || !stream.0.peer.is_settled() {
+            // No SETTINGS by the connect timeout, or the connection ended first.
             return Err(SendError::Connect(
                 self.addr,
                 io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "no HTTP/2 SETTINGS from the upstream within {:?}",
+                        "no HTTP/2 SETTINGS from the upstream within {:?} (or it closed the connection first)",
                         self.settings.connect_timeout
                     ),
                 ),
@@ -486,6 +495,7 @@ impl Pool {
             } else {
                 drop((connecting, h2));
             }
+            peer.close();
             open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
             if let Some(p) = pool.upgrade() {

@@ -46,6 +46,8 @@ pub struct PeerLimit {
     max_streams: AtomicU32,
     /// The first SETTINGS frame has been read whole (the peer must send one first).
     settled: AtomicBool,
+    /// The connection ended (before or after settling).
+    closed: AtomicBool,
     settled_signal: Notify,
 }
 
@@ -54,6 +56,7 @@ impl Default for PeerLimit {
         PeerLimit {
             max_streams: AtomicU32::new(DEFAULT_MAX_STREAMS),
             settled: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             settled_signal: Notify::new(),
         }
     }
@@ -68,17 +71,24 @@ impl PeerLimit {
         self.settled.load(Ordering::Acquire)
     }
 
-    /// Resolves once the peer's first SETTINGS frame has been read.
+    /// Resolves once the peer's first SETTINGS frame has been read, or the connection
+    /// ended (then `is_settled` says which).
     pub async fn settled(&self) {
         loop {
             let notified = self.settled_signal.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.is_settled() {
+            if self.is_settled() || self.closed.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// The connection ended: whoever waits for its SETTINGS stops waiting.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.settled_signal.notify_waiters();
     }
 
     fn set(&self, value: u32) {
