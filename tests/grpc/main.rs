@@ -251,6 +251,47 @@ recovery_timeout = "60s"
     assert_eq!(up.calls(), 2, "an open breaker sends nothing upstream");
 }
 
+/// With `partition_by`, failure statuses are one key's business: a camera whose
+/// streamed answers all end UNAVAILABLE in their trailers does not open the endpoint's
+/// shared breaker, and another camera's calls keep reaching the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_calls_failure_trailers_do_not_eject_the_endpoint() {
+    let up = EchoUpstream::start("a").await;
+    let breaker = r#"
+[upstreams.echo.retry]
+max_retries = 0
+
+[upstreams.echo.circuit_breaker]
+failure_threshold = 2
+recovery_timeout = "60s"
+partition_by = "header:x-camera-id"
+"#;
+    let fb = fusebox(&[up.addr], breaker, "").await;
+    let mut client = EchoClient::connect(fb.data_addr).await;
+    for _ in 0..3 {
+        let mut req = Request::new(EchoRequest {
+            message: "m".into(),
+            count: 1,
+            end_with: Code::Unavailable as i32,
+        });
+        req.metadata_mut()
+            .insert("x-camera-id", "cam-1".parse().unwrap());
+        let mut stream = within("stream", client.server_stream(req))
+            .await
+            .unwrap()
+            .into_inner();
+        let _ = within("message", stream.message()).await;
+        let err = within("trailers", stream.message()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    let mut req = hello("other camera");
+    req.metadata_mut()
+        .insert("x-camera-id", "cam-2".parse().unwrap());
+    let reply = within("cam-2", client.unary(req)).await.expect("served");
+    assert_eq!(reply.into_inner().message, "other camera");
+    assert_eq!(up.calls(), 4);
+}
+
 /// Bidirectional streaming: each reply comes back before the caller sends the next
 /// message, so neither direction is buffered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
