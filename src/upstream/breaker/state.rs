@@ -283,20 +283,7 @@ impl Inner {
         o: Outcome,
         now: Instant,
     ) -> Option<Transition> {
-        self.record_as(generation, probe, o, now).0
-    }
-
-    /// As `record`, for an answer whose body still streams: when it counted as a
-    /// success of a closed breaker, what [`Inner::late_failure`] needs if the body
-    /// then fails.
-    pub(super) fn record_streamed(
-        &mut self,
-        generation: u64,
-        probe: bool,
-        o: Outcome,
-        now: Instant,
-    ) -> (Option<Transition>, Option<Settle>) {
-        self.record_as(generation, probe, o, now)
+        self.record_streamed(generation, probe, o, now).0
     }
 
     /// A streamed answer counted a success at its headers failed mid-body (the
@@ -326,7 +313,9 @@ impl Inner {
         tripped.then(|| self.open(now, None))
     }
 
-    fn record_as(
+    /// As `record`, for an answer whose body still streams: when it counted as a
+    /// success, what [`Inner::late_failure`] needs if the body then fails.
+    pub(super) fn record_streamed(
         &mut self,
         generation: u64,
         probe: bool,
