@@ -314,8 +314,8 @@ async fn a_body_still_arriving_holds_the_timeouts() {
 /// An upstream that answers headers at once and the rest of its body only once it has
 /// the caller's whole body (a bidirectional stream). While the caller's bytes keep
 /// flowing the exchange is not idle: "no body bytes either way" for `timeouts.idle`
-/// (400 ms here) resets it, bytes one way do not. The caller trickles its body for ~1 s
-/// and gets the whole answer.
+/// (700 ms here) resets it, bytes one way do not. The caller trickles its body for
+/// ~1.5 s (a chunk every 50 ms) and gets the whole answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_one_way_keep_an_exchange_alive() {
     use crate::common::scripted::*;
@@ -349,7 +349,7 @@ async fn bytes_one_way_keep_an_exchange_alive() {
     let fb = spawn_proxy(&format!(
         "{}{}",
         UpstreamToml::new("app", &[addr])
-            .table("timeouts", "request = \"10s\"\nidle = \"400ms\"")
+            .table("timeouts", "request = \"10s\"\nidle = \"700ms\"")
             .retry("max_retries = 0")
             .build(),
         route_toml("all", "/", "app", "timeout = \"20s\"")
@@ -366,10 +366,10 @@ async fn bytes_one_way_keep_an_exchange_alive() {
         let body = resp.into_body().collect().await.map(|b| b.to_bytes());
         (status, body)
     });
-    trickle(tx, 20, Duration::from_millis(50)).await;
+    trickle(tx, 30, Duration::from_millis(50)).await;
     let (status, body) = within(WAIT, "the answer", pending).await.expect("task");
     assert_eq!(status, 200);
     let body = body.expect("the whole answer, not a reset");
-    assert_eq!(&body[..], b"start;end:200");
+    assert_eq!(&body[..], b"start;end:300");
     assert!(fb.shutdown().await);
 }
