@@ -14,6 +14,7 @@ pub static X_SERVICE_NAME: HeaderName = HeaderName::from_static("x-service-name"
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
 pub static X_CAMERA_ID: HeaderName = HeaderName::from_static("x-camera-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -25,6 +26,9 @@ pub struct Ids {
     pub correlation_id: HeaderValue,
     pub request_id: HeaderValue,
     pub traceparent: HeaderValue,
+    /// The caller's trace goes on (its `traceparent` was valid); otherwise a new one
+    /// started and the caller's `tracestate`, which belonged to another trace, is gone.
+    pub trace_kept: bool,
 }
 
 /// Whether `v` is an id fusebox keeps: 1-128 characters of `[A-Za-z0-9._:-]`.
@@ -89,28 +93,16 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-fn is_lower_hex(s: &[u8]) -> bool {
-    s.iter()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-}
-
-/// The next `traceparent`: the caller's trace id (when its header is valid W3C version
-/// 00) with a new parent id, else a new trace.
-pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
+/// The next `traceparent`: the caller's trace id (when its header is valid W3C, a later
+/// version read as version 00 as the spec says) with a new parent id, else a new trace;
+/// and whether the caller's trace was kept.
+pub fn next_traceparent(incoming: Option<&HeaderValue>) -> (HeaderValue, bool) {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let parent: [u8; 8] = random_bytes();
     hex_into(&mut out[36..52], &parent);
-    let kept = incoming.map(|v| v.as_bytes()).filter(|v| {
-        v.len() == 55
-            && &v[0..3] == b"00-"
-            && v[35] == b'-'
-            && v[52] == b'-'
-            && is_lower_hex(&v[3..35])
-            && is_lower_hex(&v[36..52])
-            && is_lower_hex(&v[53..55])
-            && v[3..35].iter().any(|&b| b != b'0')
-            && v[36..52].iter().any(|&b| b != b'0')
-    });
+    let kept = incoming
+        .map(|v| v.as_bytes())
+        .filter(|v| crate::otel::traceparent::parse(v).is_some());
     match kept {
         Some(v) => {
             out[3..35].copy_from_slice(&v[3..35]);
@@ -121,7 +113,7 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
             hex_into(&mut out[3..35], &trace);
         }
     }
-    shared_value(out)
+    (shared_value(out), kept.is_some())
 }
 
 /// `tp` with its sampled flag cleared (`...-00`): fusebox traces and did not sample.
@@ -254,18 +246,27 @@ pub fn stamp_request(headers: &mut HeaderMap, policy: &HeaderPolicy, peer_ip: &H
     // One lookup per header through the entry API: read and set in the same place.
     let correlation_id = ensure_id(headers, &X_CORRELATION_ID);
     let request_id = ensure_id(headers, &X_REQUEST_ID);
-    let traceparent = match headers.entry(&TRACEPARENT) {
+    let (traceparent, trace_kept) = match headers.entry(&TRACEPARENT) {
         Entry::Occupied(mut e) => {
-            let next = next_traceparent(Some(e.get()));
+            // Two of them are invalid (W3C: restart), as for the ids.
+            let mut all = e.iter();
+            let one = match (all.next(), all.next()) {
+                (Some(v), None) => Some(v),
+                _ => None,
+            };
+            let (next, kept) = next_traceparent(one);
             e.insert(next.clone());
-            next
+            (next, kept)
         }
         Entry::Vacant(e) => {
-            let next = next_traceparent(None);
+            let (next, kept) = next_traceparent(None);
             e.insert(next.clone());
-            next
+            (next, kept)
         }
     };
+    if !trace_kept {
+        headers.remove(&TRACESTATE);
+    }
     if let Entry::Vacant(e) = headers.entry(&X_SERVICE_NAME) {
         e.insert(policy.service_name.clone());
     }
@@ -275,6 +276,7 @@ pub fn stamp_request(headers: &mut HeaderMap, policy: &HeaderPolicy, peer_ip: &H
         correlation_id,
         request_id,
         traceparent,
+        trace_kept,
     }
 }
 
@@ -401,17 +403,86 @@ mod tests {
     fn traceparent_keeps_trace_id_with_new_parent() {
         let inc =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let next = next_traceparent(Some(&inc));
+        let (next, kept) = next_traceparent(Some(&inc));
+        assert!(kept);
         let s = next.to_str().unwrap();
         assert_eq!(&s[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
         assert_ne!(&s[36..52], "00f067aa0ba902b7");
         assert!(s.ends_with("-01"));
-        let fresh = next_traceparent(Some(&HeaderValue::from_static("garbage")));
+        let (fresh, kept) = next_traceparent(Some(&HeaderValue::from_static("garbage")));
+        assert!(!kept);
         assert_eq!(fresh.len(), 55);
         assert_ne!(
             &fresh.to_str().unwrap()[3..35],
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+    }
+
+    /// W3C trace context 3.2.4: a later version is read as version 00 (its first 55
+    /// characters, then a `-`); `ff`, a longer version 00, bad hex restart the trace.
+    #[test]
+    fn traceparent_versions_follow_the_w3c_rules() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for v in [
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-will-be-like",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ] {
+            let (next, kept) = next_traceparent(Some(&HeaderValue::from_str(v).unwrap()));
+            let s = next.to_str().unwrap();
+            assert!(kept, "{v}");
+            assert_eq!(&s[..3], "00-", "{v}: sent on as version 00");
+            assert_eq!(&s[3..35], trace, "{v}");
+            assert_eq!(&s[53..], &v[53..55], "{v}: flags kept");
+            assert_eq!(s.len(), 55);
+        }
+        for v in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        ] {
+            let (next, kept) = next_traceparent(Some(&HeaderValue::from_str(v).unwrap()));
+            assert!(!kept, "{v}");
+            assert_ne!(&next.to_str().unwrap()[3..35], trace, "{v}");
+        }
+    }
+
+    /// Two `traceparent` headers restart the trace (W3C), and a restarted trace drops
+    /// the caller's `tracestate`, which belonged to another one; a kept trace keeps it.
+    #[test]
+    fn duplicate_traceparents_restart_and_tracestate_follows_the_trace() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.append("traceparent", HeaderValue::from_static(tp));
+        h.append(
+            "traceparent",
+            HeaderValue::from_static("00-12345678901234567890123456789012-00f067aa0ba902b7-01"),
+        );
+        h.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        let ids = prepare_request(
+            &mut h,
+            &policy(),
+            &HeaderValue::from_static("1.2.3.4"),
+            false,
+        );
+        assert!(!ids.trace_kept);
+        assert_eq!(h.get_all("traceparent").iter().count(), 1);
+        assert_ne!(&ids.traceparent.to_str().unwrap()[3..35], &tp[3..35]);
+        assert!(!h.contains_key("tracestate"));
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static(tp));
+        h.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        let ids = prepare_request(
+            &mut h,
+            &policy(),
+            &HeaderValue::from_static("1.2.3.4"),
+            false,
+        );
+        assert!(ids.trace_kept);
+        assert_eq!(h["tracestate"], "vendor=x");
     }
 
     #[test]

@@ -180,6 +180,20 @@ impl ProxyError {
 
     /// The contract's answer for this error. `request_id` / `correlation_id` go in the
     /// body; the caller stamps the id headers.
+    /// The contract's JSON error body.
+    pub fn json_body(&self, request_id: &str, correlation_id: &str) -> String {
+        serde_json::json!({
+            "error": {
+                "code": self.code.as_str(),
+                "message": self.message,
+                "upstream": self.upstream.as_deref(),
+                "request_id": request_id,
+                "correlation_id": correlation_id,
+            }
+        })
+        .to_string()
+    }
+
     pub fn to_response(
         &self,
         grpc: bool,
@@ -206,19 +220,14 @@ impl ProxyError {
                 .header("grpc-message", msg)
                 .body(RespBody::empty())
         } else {
-            let body = serde_json::json!({
-                "error": {
-                    "code": self.code.as_str(),
-                    "message": self.message,
-                    "upstream": self.upstream.as_deref(),
-                    "request_id": request_id.to_str().unwrap_or(""),
-                    "correlation_id": correlation_id.to_str().unwrap_or(""),
-                }
-            });
+            let body = self.json_body(
+                request_id.to_str().unwrap_or(""),
+                correlation_id.to_str().unwrap_or(""),
+            );
             builder
                 .status(self.status.unwrap_or(self.code.status()))
                 .header(CONTENT_TYPE, "application/json")
-                .body(RespBody::full(Bytes::from(body.to_string())))
+                .body(RespBody::full(Bytes::from(body)))
         };
         // The builder only fails on invalid header values; every value above is valid.
         resp.unwrap_or_else(|_| {

@@ -375,9 +375,11 @@ async fn serve_conn<S>(
                 if give_up.is_none() && head != 0 && now_ms().saturating_sub(head) >= limit {
                     tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; answering 408");
                     let waited = Duration::from_millis(now_ms().saturating_sub(head));
-                    let id = super::correlate::new_uuid();
-                    let reply = timeout_reply(id.as_bytes());
-                    log_head_timeout(&proxy, id.as_bytes(), reply.len() as u64, waited);
+                    // Each id a UUID of its own, as for any request that brought none.
+                    let rid = super::correlate::new_uuid();
+                    let cid = super::correlate::new_uuid();
+                    let (reply, body_len) = timeout_reply(rid.as_bytes(), cid.as_bytes());
+                    log_head_timeout(&proxy, rid.as_bytes(), cid.as_bytes(), body_len, waited);
                     if let Ok(mut r) = state.timeout_reply.lock() {
                         *r = Some(reply);
                     }
@@ -421,23 +423,29 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_READS_PER_POLL: usize = 64;
 
 /// The 408 of a request head that did not arrive within `header_read_timeout`, in the
-/// contract's error shape (the request had no ids yet: new ones are made).
-fn timeout_reply(id: &[u8]) -> Vec<u8> {
-    let id = std::str::from_utf8(id).unwrap_or("");
-    let body = format!(
-        "{{\"error\": {{\"code\": \"REQUEST_TIMEOUT\", \"message\": \"request headers not received within header_read_timeout\", \"upstream\": null, \"request_id\": \"{id}\", \"correlation_id\": \"{id}\"}}}}"
-    );
-    format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nx-fusebox-error: REQUEST_TIMEOUT\r\nx-request-id: {id}\r\nx-correlation-id: {id}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+/// contract's error shape (the request had no ids yet: new ones are made), and the
+/// length of its body (the access log's `bytes_out`, body bytes as on every line).
+fn timeout_reply(request_id: &[u8], correlation_id: &[u8]) -> (Vec<u8>, u64) {
+    let rid = std::str::from_utf8(request_id).unwrap_or("");
+    let cid = std::str::from_utf8(correlation_id).unwrap_or("");
+    // The same JSON as every other error answer of fusebox's.
+    let body = super::error::ProxyError::new(
+        super::error::ErrorCode::RequestTimeout,
+        "request headers not received within header_read_timeout",
+    )
+    .json_body(rid, cid);
+    let reply = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nx-fusebox-error: REQUEST_TIMEOUT\r\nx-request-id: {rid}\r\nx-correlation-id: {cid}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    (reply, body.len() as u64)
 }
 
 /// The 408 of a head that never completed is a request answered like any other: it
 /// gets its access-log line (no method or path was read) and counts in
 /// `gateway_proxy_requests_total{status="408"}` (route and service empty).
-fn log_head_timeout(proxy: &Proxy, id: &[u8], bytes_out: u64, waited: Duration) {
+fn log_head_timeout(proxy: &Proxy, rid: &[u8], cid: &[u8], bytes_out: u64, waited: Duration) {
     static NO_METHOD: std::sync::OnceLock<http::Method> = std::sync::OnceLock::new();
     let snap = proxy.state.load();
     let method =
@@ -457,8 +465,8 @@ fn log_head_timeout(proxy: &Proxy, id: &[u8], bytes_out: u64, waited: Duration) 
         status: 408,
         duration: waited,
         attempts: 0,
-        correlation_id: id,
-        request_id: id,
+        correlation_id: cid,
+        request_id: rid,
         trace_id: None,
         org_id: None,
         camera_id: None,
@@ -518,8 +526,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
                 .lock()
                 .ok()
                 .and_then(|mut r| r.take());
-            let reply =
-                made.unwrap_or_else(|| timeout_reply(super::correlate::new_uuid().as_bytes()));
+            let reply = made.unwrap_or_else(|| {
+                let rid = super::correlate::new_uuid();
+                let cid = super::correlate::new_uuid();
+                timeout_reply(rid.as_bytes(), cid.as_bytes()).0
+            });
             (reply, 0)
         });
         while *pos < reply.len() {

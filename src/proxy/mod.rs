@@ -56,7 +56,14 @@ impl Proxy {
         let grpc = is_grpc(&parts.headers);
         // correlate (the caller's traceparent is read before it is rewritten)
         let tracing = snap.shared.tracing.as_ref();
-        let incoming_tp = tracing.and_then(|_| parts.headers.get(&correlate::TRACEPARENT).cloned());
+        // (Two of them are none: W3C restarts the trace.)
+        let incoming_tp = tracing.and_then(|_| {
+            let mut all = parts.headers.get_all(&correlate::TRACEPARENT).iter();
+            match (all.next(), all.next()) {
+                (Some(v), None) => Some(v.clone()),
+                _ => None,
+            }
+        });
         // The caller's headers of interest, read once (hop-by-hop ones removed first,
         // before fusebox adds its own).
         correlate::strip_hop_by_hop(&mut parts.headers, grpc);
@@ -73,7 +80,8 @@ impl Proxy {
             parts
                 .headers
                 .insert(correlate::TRACEPARENT.clone(), ids.traceparent.clone());
-        } else if tracing.is_some() && incoming_tp.is_none() {
+        } else if tracing.is_some() && !ids.trace_kept {
+            // (A caller's header that was invalid started a new trace too.)
             // Not sampled here: say so, so the model server does not sample it either.
             ids.traceparent = correlate::unsampled(&ids.traceparent);
             parts
@@ -106,6 +114,12 @@ impl Proxy {
             ctx.error_code = Some(e.code);
             e.to_response(grpc, &ctx.ids.request_id, &ctx.ids.correlation_id)
         });
+        if ctx.method == http::Method::HEAD {
+            if let Some(n) = resp.body_mut().take_for_head() {
+                resp.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+            }
+        }
         correlate::stamp_response(resp.headers_mut(), &ctx.ids);
         ctx.status = resp.status().as_u16();
         let metrics = match ctx.route_index {

@@ -78,6 +78,22 @@ impl RespBody {
         }
     }
 
+    /// A body fusebox made itself, taken off for an answer to `HEAD` (RFC 9110 9.3.2:
+    /// no content); returns its length, for the `content-length` the GET would have.
+    /// hyper's HTTP/1 server drops such a body itself, its HTTP/2 server would send it
+    /// (a stream error for the caller). An upstream's body is left: its answer to
+    /// `HEAD` has none.
+    pub fn take_for_head(&mut self) -> Option<u64> {
+        match &self.kind {
+            RespKind::Full(b) => {
+                let n = b.as_ref().map_or(0, |b| b.len() as u64);
+                self.kind = RespKind::Empty;
+                Some(n)
+            }
+            _ => None,
+        }
+    }
+
     /// Hands the request's context to the body: it lives until the body is done.
     pub fn set_ctx(&mut self, ctx: Box<RequestCtx>) {
         self.ctx = Some(ctx);

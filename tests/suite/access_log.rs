@@ -162,5 +162,13 @@ async fn a_header_read_timeout_is_logged() {
     let line = access_line(&mut p, rid).await;
     assert_eq!(line["status"], 408, "{line}");
     assert_eq!(line["error_code"], "REQUEST_TIMEOUT", "{line}");
-    assert_eq!(line["correlation_id"], rid, "{line}");
+    // Two ids of their own (the contract makes each a new UUID), as in the body.
+    let cid = v["error"]["correlation_id"]
+        .as_str()
+        .expect("correlation_id");
+    assert_eq!(line["correlation_id"], cid, "{line}");
+    assert_ne!(rid, cid, "one UUID for both ids");
+    assert!(is_uuid_v4(rid) && is_uuid_v4(cid), "{rid} {cid}");
+    // `bytes_out` counts the body, as on every other line.
+    assert_eq!(line["bytes_out"], body.len() as u64, "{line}");
 }

@@ -428,3 +428,42 @@ async fn h2_health_probes_carry_authority_and_no_host() {
     assert_eq!(authority, Some(addr.to_string()));
     assert_eq!(host, None, "no host beside :authority");
 }
+
+/// RFC 9110 9.3.2: an answer to HEAD has no content, also when fusebox answers itself
+/// (an error, a static fallback). Over HTTP/2 a DATA frame there is a stream error for
+/// the caller, which then never sees the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_head_answered_by_fusebox_carries_no_body() {
+    let up = TestUpstream::start(Behaviour::ok("x")).await;
+    let cfg = format!(
+        "{}{}{}",
+        base_config(""),
+        upstream_toml("app", &[up.addr], ""),
+        route_toml("only", "/only", "app", "")
+    );
+    let fb = spawn_fusebox(&cfg).await;
+    let c = h2c_client();
+    let get = send(
+        &c,
+        request(Method::GET, &fb.url("/nowhere"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let r = send(
+        &c,
+        request(Method::HEAD, &fb.url("/nowhere"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.version, Version::HTTP_2);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-fusebox-error"), Some("NO_ROUTE"));
+    assert!(r.body.is_empty(), "HEAD has no body");
+    assert_eq!(
+        r.header("content-length"),
+        Some(get.body.len().to_string().as_str()),
+        "the length the GET's answer has"
+    );
+}
