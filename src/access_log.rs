@@ -195,6 +195,8 @@ pub struct Entry<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub body_error: bool,
+    /// The caller went away before the answer was complete.
+    pub cancelled: bool,
     /// `correlation.propagate` headers present on the request.
     pub propagated: &'a [(HeaderName, HeaderValue)],
 }
@@ -236,6 +238,9 @@ impl Entry<'_> {
                 if self.body_error {
                     s.push_str(",\"body_error\":true");
                 }
+                if self.cancelled {
+                    s.push_str(",\"cancelled\":true");
+                }
                 if !self.propagated.is_empty() {
                     s.push_str(",\"propagated\":{");
                     for (i, (name, value)) in self.propagated.iter().enumerate() {
@@ -274,6 +279,9 @@ impl Entry<'_> {
                     self.bytes_in,
                     self.bytes_out,
                 );
+                if self.cancelled {
+                    s.push_str(" cancelled=true");
+                }
                 for (name, value) in self.propagated {
                     let _ = write!(s, " {}={}", name, lossy(value.as_bytes()));
                 }

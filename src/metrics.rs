@@ -20,6 +20,7 @@ pub const RETRIES_TOTAL: &str = "gateway_proxy_retries_total";
 pub const BREAKER_STATE: &str = "gateway_circuit_breaker_state";
 pub const BREAKER_CHANGES: &str = "gateway_circuit_breaker_state_changes_total";
 pub const REJECTED_TOTAL: &str = "gateway_proxy_rejected_total";
+pub const CANCELLED_TOTAL: &str = "gateway_proxy_cancelled_total";
 pub const FALLBACKS_TOTAL: &str = "gateway_proxy_fallbacks_total";
 pub const UPSTREAM_CONNECTIONS: &str = "gateway_upstream_connections";
 pub const IN_FLIGHT: &str = "gateway_proxy_in_flight_requests";
@@ -74,6 +75,7 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub faults: IntCounterVec,
+    pub cancelled: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub pool_wait: HistogramVec,
     pub attempts: HistogramVec,
@@ -188,6 +190,12 @@ impl Metrics {
             ),
             in_flight: gauge(&r, IN_FLIGHT, "Requests in flight per route.", &["route"]),
             reloads: counter(&r, CONFIG_RELOADS, "Config reloads by result.", &["result"]),
+            cancelled: counter(
+                &r,
+                CANCELLED_TOTAL,
+                "Requests the caller abandoned, by stage: before_response (no answer was sent; the access log's status 0), during_body (the answer was cut short).",
+                &["route", "stage"],
+            ),
             faults: counter(
                 &r,
                 FAULTS_TOTAL,
@@ -281,6 +289,8 @@ pub struct RouteMetrics {
     pub unbuffered: IntCounter,
     pub fault_abort: IntCounter,
     pub fault_delay: IntCounter,
+    pub cancelled_before_response: IntCounter,
+    pub cancelled_during_body: IntCounter,
     /// Resolved on a method's first request: 8 histograms x 1,000 routes would make up
     /// half of a config build.
     duration: [std::sync::OnceLock<Histogram>; METHODS.len()],
@@ -304,6 +314,8 @@ impl RouteMetrics {
             unbuffered: m.unbuffered.with_label_values(&[route]),
             fault_abort: m.faults.with_label_values(&[route, "abort"]),
             fault_delay: m.faults.with_label_values(&[route, "delay"]),
+            cancelled_before_response: m.cancelled.with_label_values(&[route, "before_response"]),
+            cancelled_during_body: m.cancelled.with_label_values(&[route, "during_body"]),
             duration: Default::default(),
             requests: ArcSwap::from_pointee(Vec::new()),
             family: m.clone(),
@@ -358,6 +370,9 @@ impl RouteMetrics {
         let _ = f.unbuffered.remove_label_values(&[&self.route]);
         for kind in ["abort", "delay"] {
             let _ = f.faults.remove_label_values(&[&self.route, kind]);
+        }
+        for stage in ["before_response", "during_body"] {
+            let _ = f.cancelled.remove_label_values(&[&self.route, stage]);
         }
         self.remove_service_series();
     }

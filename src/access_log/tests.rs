@@ -23,6 +23,7 @@ fn entry<'a>(propagated: &'a [(HeaderName, HeaderValue)]) -> Entry<'a> {
         bytes_in: 3,
         bytes_out: 10,
         body_error: false,
+        cancelled: false,
         propagated,
     }
 }

@@ -73,6 +73,14 @@ pub struct RequestCtx {
     pub bytes_out: u64,
     /// The response body failed mid-stream (upstream reset or idle timeout).
     pub body_error: bool,
+    /// The caller went away: before any answer was sent (`status` 0), or while the
+    /// answer's body was still being sent.
+    pub cancelled: bool,
+    /// In the attempt loop: the histogram its `attempts` go to when it ends.
+    pub attempt_loop: Option<prometheus::Histogram>,
+    /// The route's metrics once routed, before that the unrouted ones' (for counting
+    /// the request when the caller leaves).
+    pub metrics: Option<Arc<crate::metrics::RouteMetrics>>,
     logger: Option<(Arc<AccessLogger>, LogFormat)>,
     /// The server span, when tracing is on and the request is sampled.
     pub span: Option<crate::otel::RequestSpan>,
@@ -140,6 +148,9 @@ impl RequestCtx {
             body: Arc::new(BodyShared::default()),
             bytes_out: 0,
             body_error: false,
+            cancelled: false,
+            attempt_loop: None,
+            metrics: None,
             logger,
             span: None,
             grpc_status: None,
@@ -177,6 +188,30 @@ fn propagated(headers: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, Hea
         .collect()
 }
 
+impl RequestCtx {
+    /// A request its caller left counts in `gateway_proxy_cancelled_total`, and one
+    /// that left in the attempt loop has its attempts observed there (as when it ends).
+    fn count_cancelled(&mut self) {
+        if self.status == 0 {
+            self.cancelled = true;
+        }
+        if !self.cancelled {
+            return;
+        }
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        if self.status == 0 {
+            metrics.cancelled_before_response.inc();
+            if let Some(h) = self.attempt_loop.take() {
+                h.observe(f64::from(self.attempts));
+            }
+        } else {
+            metrics.cancelled_during_body.inc();
+        }
+    }
+}
+
 impl Drop for RequestCtx {
     fn drop(&mut self) {
         if let Some((attempt, status)) = self.attempt_span.take() {
@@ -207,6 +242,7 @@ impl Drop for RequestCtx {
                 );
             }
         }
+        self.count_cancelled();
         let Some((logger, format)) = &self.logger else {
             return;
         };
@@ -233,6 +269,7 @@ impl Drop for RequestCtx {
                 .load(std::sync::atomic::Ordering::Relaxed),
             bytes_out: self.bytes_out,
             body_error: self.body_error,
+            cancelled: self.cancelled,
             propagated: &self.propagated,
         };
         logger.write(&entry, *format);

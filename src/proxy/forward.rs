@@ -64,6 +64,7 @@ pub async fn send(
         propagate_deadline: route.cfg.propagate_deadline || ctx.caller_timeout_ms,
     };
     route.retry.budget(&up.budget).record_request(ctx.started);
+    ctx.attempt_loop = Some(up.metrics.attempts.clone());
     let end = attempts(
         route,
         up,
@@ -85,7 +86,9 @@ pub async fn send(
     };
     // As the access log's `attempts` (a fallback upstream's included): 0 when no
     // attempt was made (every breaker open, shed on the deadline).
-    up.metrics.attempts.observe(f64::from(ctx.attempts));
+    if let Some(h) = ctx.attempt_loop.take() {
+        h.observe(f64::from(ctx.attempts));
+    }
     answer
 }
 

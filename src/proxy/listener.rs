@@ -324,9 +324,9 @@ async fn serve_conn<S>(
     let svc_state = state.clone();
     let svc_proxy = proxy.clone();
     let svc = service_fn(move |req| {
-        let proxy = svc_proxy.clone();
-        let conn = svc_state.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, conn).await) }
+        // The request is correlated here, before its future is first polled.
+        let answer = svc_proxy.handle(req, svc_state.clone());
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
     });
     let io = ConnIo {
         inner: stream,
@@ -475,6 +475,7 @@ fn log_head_timeout(proxy: &Proxy, rid: &[u8], cid: &[u8], bytes_out: u64, waite
         bytes_in: 0,
         bytes_out,
         body_error: false,
+        cancelled: false,
         propagated: &[],
     };
     proxy.logger.write(&entry, logging.format);

@@ -49,7 +49,15 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 impl Proxy {
-    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<RespBody> {
+    /// Correlates the request at once, before the future is first polled: a request
+    /// whose caller goes away before that (an HTTP/1.1 caller that half-closes right
+    /// after its request) still has its context, so it is logged and counted as
+    /// cancelled rather than lost without a trace.
+    pub fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnState>,
+    ) -> impl std::future::Future<Output = Response<RespBody>> + Send + 'static {
         let started = Instant::now();
         let snap = self.state.load_full(); // pin this config for the whole request
         let (mut parts, body) = req.into_parts();
@@ -103,33 +111,47 @@ impl Proxy {
             logger,
         ));
         ctx.span = span;
+        ctx.metrics = Some(snap.unrouted.clone());
         ctx.org_id = scan.org_id.clone();
         ctx.camera_id = scan.camera_id.clone();
         ctx.priority = scan.priority.unwrap_or_default();
         ctx.idempotency_key = scan.idempotency_key;
-        // route, admit, forward
-        let result = serve(&snap, parts, body, &scan, &mut ctx).await;
-        // respond
-        let mut resp = result.unwrap_or_else(|e| {
-            ctx.error_code = Some(e.code);
-            e.to_response(grpc, &ctx.ids.request_id, &ctx.ids.correlation_id)
-        });
-        if ctx.method == http::Method::HEAD {
-            if let Some(n) = resp.body_mut().take_for_head() {
-                resp.headers_mut()
-                    .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
-            }
-        }
-        correlate::stamp_response(resp.headers_mut(), &ctx.ids);
-        ctx.status = resp.status().as_u16();
-        let metrics = match ctx.route_index {
-            Some(i) => &snap.routes[i].metrics,
-            None => &snap.unrouted,
-        };
-        metrics.observe(&ctx.method, ctx.status, started.elapsed().as_secs_f64());
-        resp.body_mut().set_ctx(ctx);
-        resp
+        async move { respond(snap, parts, body, scan, ctx).await }
     }
+}
+
+/// Route, admit, forward, then the answer with the request's context in its body.
+async fn respond(
+    snap: Arc<Snapshot>,
+    parts: http::request::Parts,
+    body: Incoming,
+    scan: scan::Scan,
+    mut ctx: Box<RequestCtx>,
+) -> Response<RespBody> {
+    let started = ctx.started;
+    let grpc = ctx.grpc;
+    // route, admit, forward
+    let result = serve(&snap, parts, body, &scan, &mut ctx).await;
+    // respond
+    let mut resp = result.unwrap_or_else(|e| {
+        ctx.error_code = Some(e.code);
+        e.to_response(grpc, &ctx.ids.request_id, &ctx.ids.correlation_id)
+    });
+    if ctx.method == http::Method::HEAD {
+        if let Some(n) = resp.body_mut().take_for_head() {
+            resp.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        }
+    }
+    correlate::stamp_response(resp.headers_mut(), &ctx.ids);
+    ctx.status = resp.status().as_u16();
+    let metrics = match ctx.route_index {
+        Some(i) => &snap.routes[i].metrics,
+        None => &snap.unrouted,
+    };
+    metrics.observe(&ctx.method, ctx.status, started.elapsed().as_secs_f64());
+    resp.body_mut().set_ctx(ctx);
+    resp
 }
 
 /// Route, admit and forward one request.
@@ -152,6 +174,7 @@ async fn serve(
         .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, "no route matches this request"))?;
     let route = &snap.routes[idx];
     ctx.route_index = Some(idx);
+    ctx.metrics = Some(route.metrics.clone());
     ctx.route = Some(route.name.clone());
     ctx.upstream = Some(route.upstream.name.clone());
     if let Some(s) = &ctx.span {

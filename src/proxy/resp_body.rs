@@ -31,6 +31,8 @@ pub struct RespBody {
     kind: RespKind,
     /// Written to the access log (and its guards released) on drop.
     ctx: Option<Box<RequestCtx>>,
+    /// The last frame went out (a chunked body's end is known only then).
+    finished: bool,
 }
 
 impl std::fmt::Debug for RespBody {
@@ -44,6 +46,7 @@ impl RespBody {
         RespBody {
             kind: RespKind::Empty,
             ctx: None,
+            finished: false,
         }
     }
 
@@ -51,6 +54,7 @@ impl RespBody {
         RespBody {
             kind: RespKind::Full(Some(b)),
             ctx: None,
+            finished: false,
         }
     }
 
@@ -75,6 +79,7 @@ impl RespBody {
                 stall: StallTimer::new(idle),
             },
             ctx: None,
+            finished: false,
         }
     }
 
@@ -132,6 +137,15 @@ impl RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
+        let done = self.finished || self.is_end_stream();
+        if let (false, Some(c)) = (done, self.ctx.as_deref_mut()) {
+            // Dropped before its end, not by a failure of its own: the caller left (a
+            // HEAD, 204 or 304 answer has no body to send).
+            let bodiless = c.method == http::Method::HEAD || matches!(c.status, 204 | 304);
+            if !c.body_error && !bodiless {
+                c.cancelled = true;
+            }
+        }
         if let RespKind::Upstream { inner, lease, .. } = &mut self.kind {
             if inner.is_end_stream() {
                 if let Some(l) = lease.take() {
@@ -244,6 +258,9 @@ impl Body for RespBody {
         }
         if let Some(failed) = ended {
             this.settle(failed);
+        }
+        if matches!(res, Poll::Ready(None)) {
+            this.finished = true;
         }
         res
     }

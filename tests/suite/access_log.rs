@@ -1,6 +1,7 @@
 //! The access log of the binary: one JSON line per request on stdout with the fields of
 //! DESIGN.md "Access log", matching what the caller and the upstream saw.
 
+use crate::common::prom::{metric, scrape, wait_metric};
 use crate::common::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -171,4 +172,121 @@ async fn a_header_read_timeout_is_logged() {
     assert!(is_uuid_v4(rid) && is_uuid_v4(cid), "{rid} {cid}");
     // `bytes_out` counts the body, as on every other line.
     assert_eq!(line["bytes_out"], body.len() as u64, "{line}");
+}
+
+/// A caller that sends a whole request and half-closes at once (`printf ... | nc`):
+/// the request is logged (cancelled, status 0) whether fusebox got to route it or not.
+/// It was lost without a line when the caller's FIN came before the request's future
+/// was first polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_half_closed_at_once_is_logged_as_cancelled() {
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start(Behaviour::delayed(
+        std::time::Duration::from_secs(3),
+        Behaviour::ok("late"),
+    ))
+    .await;
+    let mut p = spawn_binary(&config(up.addr)).await;
+    for i in 0..3 {
+        let rid = format!("half-closed-{i}");
+        let mut s = tokio::net::TcpStream::connect(p.addr)
+            .await
+            .expect("connect");
+        let req = format!("GET /detect/x HTTP/1.1\r\nHost: t\r\nX-Request-ID: {rid}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("sent");
+        s.shutdown().await.expect("half-closed");
+        let v = access_line(&mut p, &rid).await;
+        assert_eq!(v["status"], 0, "{v}");
+        assert_eq!(v["cancelled"], true, "{v}");
+        assert_eq!(v["error_code"], serde_json::Value::Null, "{v}");
+    }
+}
+
+/// A caller that leaves while the answer's body streams: the line says so (`cancelled`),
+/// beside the status that was sent and the bytes that went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_leaving_mid_body_is_logged_as_cancelled() {
+    let gate = Gate::new();
+    let spec = StreamSpec {
+        chunk_size: 1000,
+        chunks: 4,
+        interval: std::time::Duration::ZERO,
+        gate_after_first: Some(gate.clone()),
+    };
+    let up = TestUpstream::start(Behaviour::Stream(spec)).await;
+    let mut p = spawn_binary(&config(up.addr)).await;
+    let mut conn = RawConn::connect(p.addr).await;
+    conn.write(b"GET /detect/stream HTTP/1.1\r\nHost: t\r\nX-Request-ID: left-mid-body\r\n\r\n")
+        .await
+        .expect("sent");
+    up.wait_hits(1).await;
+    drop(conn); // after the head, before the gate lets the rest of the body go
+    let v = access_line(&mut p, "left-mid-body").await;
+    gate.open();
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["cancelled"], true, "{v}");
+    assert!(v["bytes_out"].as_u64().is_some_and(|n| n < 4000), "{v}");
+    // A whole answer is not marked.
+    let r = get(&http1_client(), &p.url("/detect/whole")).await;
+    assert_eq!(r.status, 200);
+    gate.open();
+    let v = access_line(&mut p, r.header("x-request-id").unwrap()).await;
+    assert_eq!(v["bytes_out"], 4000, "{v}");
+    assert_eq!(v.get("cancelled"), None, "{v}");
+}
+
+/// Callers that give up show in the metrics: `gateway_proxy_cancelled_total` by stage,
+/// and the attempts they made in `gateway_proxy_attempts_per_request` (as the log's
+/// `attempts`); before, they were in no metric at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_are_counted() {
+    let up = TestUpstream::start(Behaviour::Hang).await;
+    let fb = spawn_fusebox(&format!(
+        "{}{}{}",
+        base_config(""),
+        upstream_toml("yolo", &[up.addr], ""),
+        route_toml("detect", "/detect", "yolo", "")
+    ))
+    .await;
+    let (c, url) = (http1_client(), fb.url("/detect/x"));
+    let call =
+        tokio::spawn(
+            async move { send(&c, request(Method::GET, &url).body(empty()).unwrap()).await },
+        );
+    up.wait_hits(1).await;
+    call.abort(); // the caller goes away while fusebox waits for the upstream
+    let _ = call.await;
+    let admin = fb.admin_addr;
+    wait_metric(
+        admin,
+        "gateway_proxy_cancelled_total",
+        r#"route="detect",stage="before_response""#,
+        1.0,
+    )
+    .await;
+    wait_metric(
+        admin,
+        "gateway_proxy_attempts_per_request_count",
+        r#"service="yolo""#,
+        1.0,
+    )
+    .await;
+    let text = scrape(admin).await;
+    assert_eq!(
+        metric(
+            &text,
+            "gateway_proxy_attempts_per_request_sum",
+            r#"service="yolo""#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "gateway_proxy_cancelled_total",
+            r#"route="detect",stage="during_body""#
+        ),
+        Some(0.0)
+    );
+    assert!(fb.shutdown().await);
 }
