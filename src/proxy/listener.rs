@@ -350,6 +350,10 @@ async fn serve_conn<S>(
     let mut idle_since: Option<tokio::time::Instant> = None;
     // After a 408, how long the caller gets to read it before the socket is dropped.
     let mut give_up: Option<tokio::time::Instant> = None;
+    // After an idle close began: when the connection is dropped if it is still open
+    // with nothing in flight (an HTTP/2 caller that never answers the GOAWAY's PING,
+    // hung or gone, held its slot forever).
+    let mut idle_close_by: Option<tokio::time::Instant> = None;
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
@@ -369,6 +373,12 @@ async fn serve_conn<S>(
             _ = tick.tick() => {
                 if give_up.is_some_and(|t| tokio::time::Instant::now() >= t) {
                     return; // dropping the connection closes the socket
+                }
+                if idle_close_by.is_some_and(|t| tokio::time::Instant::now() >= t)
+                    && state.active.load(Ordering::Relaxed) == 0
+                {
+                    tracing::debug!(peer = %peer, "idle connection did not close after its GOAWAY; dropped");
+                    return;
                 }
                 let head = state.head_since_ms.load(Ordering::Relaxed);
                 let limit = u64::try_from(limits.header_read_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -398,6 +408,7 @@ async fn serve_conn<S>(
                     let since = *idle_since.get_or_insert(now);
                     if now.saturating_duration_since(since) >= limits.idle_timeout {
                         closing = true;
+                        idle_close_by = Some(now + IDLE_CLOSE_GRACE);
                         conn.as_mut().graceful_shutdown();
                     }
                 } else {
@@ -408,6 +419,10 @@ async fn serve_conn<S>(
         }
     }
 }
+
+/// How long an idle connection that was told to close (an HTTP/2 GOAWAY and its PING)
+/// may stay open before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a caller that timed out gets to read its 408 before the socket is dropped.
 const TIMEOUT_REPLY_GRACE: Duration = Duration::from_secs(1);

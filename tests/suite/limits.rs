@@ -373,3 +373,30 @@ async fn idle_keep_alive_connection_outlives_header_read_timeout() {
         .unwrap();
     assert_eq!(conn.read_response().await.status, 200);
 }
+
+/// An idle HTTP/2 caller that answers nothing (a hung client, a dead path) is closed
+/// too: the GOAWAY's PING goes unanswered, and the connection is dropped a moment
+/// later instead of holding its slot forever. With `max_connections = 1`, the next
+/// caller is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_caller_that_answers_nothing_is_closed() {
+    let up = TestUpstream::start(Behaviour::ok("ok")).await;
+    let fb = spawn_fusebox(&config(
+        up.addr,
+        "max_connections = 1\nidle_timeout = \"300ms\"\nheader_read_timeout = \"30s\"",
+    ))
+    .await;
+    let mut mute = RawConn::connect(fb.addr).await;
+    // The preface and an empty SETTINGS frame; then nothing: no SETTINGS ack, no PING
+    // answer, no stream.
+    mute.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let ending = mute.wait_closed(WAIT).await;
+    assert!(
+        matches!(ending, Ending::Closed(_)),
+        "the mute h2 connection stayed open: {ending:?}"
+    );
+    let r = get(&http1_client(), &fb.url("/after")).await;
+    assert_eq!(r.status, 200, "the slot is free again");
+}
