@@ -215,11 +215,26 @@ async fn a_caller_leaving_mid_body_is_logged_as_cancelled() {
     };
     let up = TestUpstream::start(Behaviour::Stream(spec)).await;
     let mut p = spawn_binary(&config(up.addr)).await;
-    let mut conn = RawConn::connect(p.addr).await;
-    conn.write(b"GET /detect/stream HTTP/1.1\r\nHost: t\r\nX-Request-ID: left-mid-body\r\n\r\n")
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(p.addr)
         .await
-        .expect("sent");
-    up.wait_hits(1).await;
+        .expect("connect");
+    conn.write_all(
+        b"GET /detect/stream HTTP/1.1\r\nHost: t\r\nX-Request-ID: left-mid-body\r\n\r\n",
+    )
+    .await
+    .expect("sent");
+    // Read until the answer's head is in: the caller leaves after it.
+    let mut got = Vec::new();
+    within(WAIT, "the answer's head", async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
     drop(conn); // after the head, before the gate lets the rest of the body go
     let v = access_line(&mut p, "left-mid-body").await;
     gate.open();
