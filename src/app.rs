@@ -228,36 +228,56 @@ pub async fn start_with(
 const CUT_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config, version: String, opts: StartOptions) -> anyhow::Result<()> {
+    // Listen for the signals before starting: a SIGTERM that arrives while the
+    // listeners bind (a pod deleted as it starts) is then a graceful stop once
+    // fusebox is up, not the default disposition's kill.
+    let mut signals = StopSignals::listen();
     let running = start_with(config, version, opts).await?;
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("shutdown signal received; draining");
     let drained = running.shutdown().await;
     tracing::info!(drained, "fusebox stopped");
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
+/// SIGTERM and SIGINT, listened for from the moment this is made: a signal that
+/// arrives before [`StopSignals::recv`] is awaited is kept, not lost.
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    /// Installs the handlers. Must be called within the runtime.
+    pub fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => None,
+            };
+            Self { unix }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves on the first SIGTERM or SIGINT since [`StopSignals::listen`].
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.unix {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

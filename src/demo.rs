@@ -154,6 +154,7 @@ async fn answer(
 
 /// `fusebox demo-upstream`.
 pub async fn run_upstream(a: DemoUpstreamArgs) -> anyhow::Result<()> {
+    let mut signals = app::StopSignals::listen();
     let listener = app::bind(a.listen)?;
     eprintln!(
         "demo upstream '{}' on {} (fail rate {}, delay {} ms)",
@@ -170,7 +171,7 @@ pub async fn run_upstream(a: DemoUpstreamArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         _ = serve_upstream(listener, a.name.into(), b) => {}
-        _ = app::wait_for_signal() => {}
+        _ = signals.recv() => {}
     }
     Ok(())
 }
@@ -326,6 +327,7 @@ pub fn demo_steps(p: SocketAddr, a: SocketAddr, f: SocketAddr) -> Vec<(String, V
 
 /// `fusebox demo`.
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+    let mut signals = app::StopSignals::listen();
     let local = || app::bind(SocketAddr::from(([127, 0, 0, 1], 0)));
     let (healthy, flaky, slow) = (local()?, local()?, local()?);
     let up = DemoUpstreams {
@@ -367,7 +369,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     out.push_str("\nCtrl-C stops the demo.\n");
     println!("{out}");
-    app::wait_for_signal().await;
+    signals.recv().await;
     running.shutdown().await;
     Ok(())
 }
