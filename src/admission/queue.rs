@@ -152,6 +152,18 @@ impl WaitQueue {
     /// the lowest-priority waiter is shed if `priority` outranks it; otherwise the
     /// join is refused.
     pub fn join(&self, priority: Priority, max: usize) -> Result<Ticket<'_>, Shed> {
+        self.join_at(priority, max, None)
+    }
+
+    /// As [`WaitQueue::join`], back at the place `seq` (a [`Ticket::seq`]) when
+    /// given: a request woken for capacity it could not use waits on from where it
+    /// was, not behind those who came after it.
+    pub fn join_at(
+        &self,
+        priority: Priority,
+        max: usize,
+        seq: Option<u64>,
+    ) -> Result<Ticket<'_>, Shed> {
         let mut s = self.lock();
         if s.waiters.len() >= max {
             let lowest = s.waiters.keys().next_back().copied();
@@ -164,8 +176,13 @@ impl WaitQueue {
                 _ => return Err(Shed::Overloaded),
             }
         }
-        let key = (std::cmp::Reverse(priority), s.next);
-        s.next += 1;
+        let key = match seq {
+            Some(seq) => (std::cmp::Reverse(priority), seq),
+            None => {
+                s.next += 1;
+                (std::cmp::Reverse(priority), s.next - 1)
+            }
+        };
         let (tx, rx) = oneshot::channel();
         s.waiters.insert(key, tx);
         Ok(Ticket {
@@ -191,7 +208,39 @@ impl WaitQueue {
     }
 }
 
+impl WaitQueue {
+    /// A request woken at place (`priority`, `seq`) could not use the capacity (it
+    /// is not for the endpoints its key's breakers or its deadline allow): the first
+    /// waiter behind it is woken instead, so the wake is not lost. A wake only moves
+    /// back through the queue, never to the passer or those ahead of it: bounded.
+    pub fn pass_on(&self, priority: Priority, seq: u64) -> bool {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut s = self.lock();
+        let after = (std::cmp::Reverse(priority), seq);
+        loop {
+            let Some(k) = s
+                .waiters
+                .range((Excluded(after), Unbounded))
+                .next()
+                .map(|(k, _)| *k)
+            else {
+                return false;
+            };
+            if let Some(tx) = s.waiters.remove(&k) {
+                if tx.send(Wake::Go).is_ok() {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
 impl Ticket<'_> {
+    /// Its place, for [`WaitQueue::join_at`].
+    pub fn seq(&self) -> u64 {
+        self.key.1
+    }
+
     /// Waits to be woken, at most `timeout`. `Ok`: a counting queue's slot is now the
     /// caller's (give it back with [`WaitQueue::release`]).
     pub async fn wait(mut self, timeout: Duration) -> Result<(), Shed> {

@@ -184,6 +184,18 @@ fn peak_ewma_and_load_reports_are_read() {
         ps,
         ["t.toml:4:22: upstreams.a.load_report_header: invalid header name \"x queue\""]
     );
+    for name in [
+        "grpc-status",
+        "Content-Length",
+        "transfer-encoding",
+        "x-request-id",
+    ] {
+        let ps = refused(&with_upstream(&format!("load_report_header = \"{name}\"")));
+        assert!(
+            ps.len() == 1 && ps[0].contains("is a header the answer needs"),
+            "{name}: {ps:?}"
+        );
+    }
     let ps = refused(&with_upstream("peak_ewma = { decay = \"soon\" }"));
     assert!(
         ps[0].contains("upstreams.a.peak_ewma.decay: invalid duration"),

@@ -353,7 +353,22 @@ fn upstream(
         ),
         load_report_header: cx
             .opt_string(&lp, f.load_report_header.as_ref())
-            .and_then(|name| cx.header_name(&lp, &name)),
+            .and_then(|name| cx.header_name(&lp, &name))
+            .filter(|name| {
+                // The report header is removed from every answer: one the answer needs
+                // would break it (`grpc-status` fails every gRPC call).
+                let reserved = answer_needs(name);
+                if reserved {
+                    cx.problem(
+                        &lp,
+                        format!(
+                            "{:?} is a header the answer needs (HTTP framing, gRPC status, correlation or tracing); name the upstream's own load header, such as \"x-queue-depth\"",
+                            name.as_str()
+                        ),
+                    );
+                }
+                !reserved
+            }),
         forward_load_report: f.forward_load_report.unwrap_or(DEFAULT_FORWARD_LOAD_REPORT),
         load_report_expiry: cx.duration(
             &p.key("load_report_expiry"),
@@ -462,4 +477,35 @@ pub(crate) fn check_log_filter(filter: &str) -> Result<(), String> {
     tracing_subscriber::EnvFilter::try_new(filter)
         .map(|_| ())
         .map_err(|e| format!("not a tracing filter: {e}"))
+}
+
+/// Headers an answer needs, which a load report header (removed from every answer)
+/// must not name.
+fn answer_needs(name: &http::HeaderName) -> bool {
+    let n = name.as_str();
+    const EXACT: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "date",
+        "location",
+        "set-cookie",
+        "retry-after",
+        "x-request-id",
+        "x-correlation-id",
+        "traceparent",
+        "tracestate",
+        "vary",
+        "cache-control",
+        "etag",
+    ];
+    EXACT.contains(&n)
+        || n.starts_with("content-")
+        || n.starts_with("grpc-")
+        || n.starts_with("proxy-")
+        || n.starts_with("x-fusebox-")
 }

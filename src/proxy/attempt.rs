@@ -16,7 +16,7 @@ use super::classify::Outcome;
 use super::error::{ErrorCode, ProxyError};
 use crate::body::{BodyShared, ReplaySource, ReqBody};
 use crate::config::Protocol;
-use crate::upstream::pool::Lease;
+use crate::upstream::pool::{Lease, LeaseMark};
 use crate::upstream::retry::parse_retry_after;
 use crate::upstream::{Endpoint, Upstream};
 use tokio::time::Instant;
@@ -167,6 +167,17 @@ impl BodyClock<'_> {
     }
 }
 
+/// Why the wait for an attempt's response headers woke.
+enum Woke {
+    Leased,
+    Timer,
+    BodyEnd,
+}
+
+/// How far a connection leased at once may move the attempt's timer before it is
+/// re-armed (a warm connection is leased in the first poll: no new timer for it).
+const LEASE_SLACK: Duration = Duration::from_millis(1);
+
 /// Sends one attempt to `ep` with `timeout` for its response headers; `capped` says
 /// the timeout was cut short by the deadline (`left` is the time before it). With
 /// `clock`, a caller's body still arriving holds the timeout (see [`BodyClock`]).
@@ -186,38 +197,95 @@ pub async fn send_once(
         Err(e) => return Sent::Failed(Outcome::Unsendable, e),
     };
     let pool = ep.core.pool.load_full();
-    let answer = match clock.filter(|c| c.body.ended_at.get().is_none()) {
-        None => tokio::time::timeout(timeout, pool.send(req)).await.ok(),
-        Some(clock) => {
-            let send = pool.send(req);
-            tokio::pin!(send);
-            let mut until = Instant::now() + timeout;
-            let mut seen = clock.body.bytes_in.load(Ordering::Relaxed);
-            loop {
-                // Registered before the look at `ended_at` (in `extend`), so an end
-                // between the two is not missed.
-                let ended = clock.body.end_signal.notified();
-                tokio::pin!(ended);
-                ended.as_mut().enable();
-                let woke_at_end = tokio::select! {
-                    r = &mut send => break Some(r),
-                    _ = tokio::time::sleep_until(until) => false,
-                    _ = &mut ended => true,
-                };
-                let now = Instant::now();
-                if woke_at_end && clock.body.ended_at.get().is_none() {
-                    continue;
+    // `timeouts.request` is the upstream's time to answer: it starts once the request
+    // has its connection. A wait for one of fusebox's own `max_connections_per_host`
+    // connections is bounded by the connect timeout (in the pool) and the deadline,
+    // and charged to nobody: ended by the deadline it is `DEADLINE_EXCEEDED`, not a
+    // timeout of the endpoint (which never saw the request).
+    let mark = LeaseMark::default();
+    let send = pool.send(req, &mark);
+    tokio::pin!(send);
+    let started = Instant::now();
+    let deadline = started + left;
+    let request = up.cfg.timeouts.request;
+    let clock = clock.filter(|c| c.body.ended_at.get().is_none());
+    let mut seen = clock.map_or(0, |c| c.body.bytes_in.load(Ordering::Relaxed));
+    let mut until = started + timeout;
+    let sleep = tokio::time::sleep_until(until);
+    tokio::pin!(sleep);
+    let mut leased = false;
+    let mut pool_wait_over = false;
+    let answer = loop {
+        // Registered before the look at `ended_at` (in `extend`), so an end between
+        // the two is not missed.
+        let ended = clock.map(|c| c.body.end_signal.notified());
+        tokio::pin!(ended);
+        if let Some(n) = ended.as_mut().as_pin_mut() {
+            n.enable();
+        }
+        let woke = tokio::select! {
+            biased;
+            r = &mut send => break Some(r),
+            _ = mark.leased(), if !leased => Woke::Leased,
+            _ = &mut sleep => Woke::Timer,
+            _ = async { ended.as_mut().as_pin_mut().unwrap().await }, if clock.is_some() => Woke::BodyEnd,
+        };
+        let now = Instant::now();
+        match woke {
+            Woke::Leased => {
+                leased = true;
+                let at = mark.at().unwrap_or(now);
+                let next = (at + request).min(deadline);
+                // (Leased at once, as on a warm connection: the timer stands.)
+                if next.saturating_duration_since(until) > LEASE_SLACK
+                    || until.saturating_duration_since(next) > LEASE_SLACK
+                {
+                    until = next;
+                    capped = at + request > deadline;
+                    sleep.as_mut().reset(until);
                 }
-                match clock.extend(now, &mut seen) {
-                    Some((next, c)) => {
-                        until = next;
-                        capped = c;
-                    }
-                    None => break None,
-                }
+                continue;
             }
+            Woke::Timer if !leased => {
+                if capped || now >= deadline {
+                    pool_wait_over = true;
+                    break None;
+                }
+                // `timeouts.request` would end here but has not started: wait on
+                // for the connection, until the deadline at most.
+                until = deadline;
+                capped = true;
+                sleep.as_mut().reset(until);
+                continue;
+            }
+            Woke::BodyEnd if !leased || clock.is_some_and(|c| c.body.ended_at.get().is_none()) => {
+                continue;
+            }
+            Woke::Timer | Woke::BodyEnd => {}
+        }
+        let Some(clock) = clock else { break None };
+        match clock.extend(now, &mut seen) {
+            Some((next, c)) => {
+                until = next;
+                capped = c;
+                sleep.as_mut().reset(until);
+            }
+            None => break None,
         }
     };
+    if pool_wait_over {
+        return Sent::Failed(
+            Outcome::PoolExhausted,
+            ProxyError::new(
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "the request's deadline passed while waiting for a connection to {} (max_connections_per_host, all busy)",
+                    ep.key
+                ),
+            )
+            .upstream(&up.name),
+        );
+    }
     match answer.ok_or(()) {
         Ok(Ok((resp, _))) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
             // The caller's `Upgrade` was removed as hop-by-hop, so nothing asked for a

@@ -10,7 +10,7 @@ use super::attempt::Outbound;
 use super::classify::Facts;
 use super::ctx::RequestCtx;
 use super::ending::LoopEnd;
-use super::error::ProxyError;
+use super::error::{ErrorCode, ProxyError};
 use super::forward::attempts;
 use super::resp_body::RespBody;
 use crate::config::FallbackConfig;
@@ -59,6 +59,21 @@ pub(super) async fn answer(
                 return Err(err);
             };
             if out.body.is_some_and(|b| !b.can_replay()) {
+                return Err(err);
+            }
+            // A request the primary may have carried out (it timed out or reset after
+            // the request was sent) goes to the fallback upstream only when a retry
+            // would be allowed: idempotent, `Idempotency-Key`, `retry_non_idempotent`.
+            // What was never sent (connect failure, every breaker open) always may.
+            let maybe_processed = matches!(
+                err.code,
+                ErrorCode::UpstreamTimeout | ErrorCode::UpstreamReset | ErrorCode::DeadlineExceeded
+            );
+            if maybe_processed && !facts.retry_any_failure {
+                return Err(err);
+            }
+            // No time left for another upstream: the deadline's answer.
+            if tokio::time::Instant::now() >= ctx.deadline {
                 return Err(err);
             }
             up.metrics.fallback_upstream.inc();

@@ -81,7 +81,12 @@ pub async fn send(
     let answer = match end {
         LoopEnd::Response(r) => Ok(r),
         LoopEnd::Error { err, fallback } => {
-            super::fallback::answer(route, err, fallback, &out, facts, ctx).await
+            // Boxed: it holds a second attempt loop (the fallback upstream's), which
+            // would double the size of every request's future (see `Pool::connect_h1`).
+            Box::pin(super::fallback::answer(
+                route, err, fallback, &out, facts, ctx,
+            ))
+            .await
         }
     };
     // As the access log's `attempts` (a fallback upstream's included): 0 when no
@@ -108,12 +113,15 @@ pub(super) async fn attempts(
     // The request's endpoint list: a DNS refresh mid-request changes nothing here.
     let eps = up.endpoints();
     let mut tried = Tried::for_len(eps.len());
+    let mut queue = inference::QueuePlace::default();
     let mut retries_done = 0u32;
     let mut refused = 0usize;
     // Why the next attempt is made (for its span).
     let mut reason: Option<super::classify::RetryReason> = None;
     let mut now = Instant::now();
-    if route.cfg.shed_on_deadline {
+    // Shed on a prediction only before any attempt: a fallback upstream's loop after
+    // a failed attempt ends on the deadline instead (DEADLINE_EXCEEDED, not OVERLOADED).
+    if route.cfg.shed_on_deadline && ctx.attempts == 0 {
         let left = ctx.deadline.saturating_duration_since(now);
         let p = inference::predicted(up, &eps, slot, out.headers, ctx.priority, now);
         if let Some(p) = p.filter(|p| left < *p) {
@@ -142,6 +150,7 @@ pub(super) async fn attempts(
             .shed_on_deadline
             .then(|| ctx.deadline.saturating_duration_since(now));
         let Some(i) = pick(up, &eps, slot, &tried, out.headers, now, left) else {
+            queue.pass_on(up, ctx.priority);
             match inference::why_no_pick(up, &eps, slot, out.headers, now, left) {
                 inference::NoPick::Wait(max_wait) => {
                     let recheck = || {
@@ -150,7 +159,8 @@ pub(super) async fn attempts(
                         pick(up, &eps, slot, &tried, out.headers, now, left).is_some()
                     };
                     if let Err((err, why)) =
-                        inference::wait_for_capacity(route, up, ctx, max_wait, recheck).await
+                        inference::wait_for_capacity(route, up, ctx, &mut queue, max_wait, recheck)
+                            .await
                     {
                         if let Some(s) = &ctx.span {
                             s.shed(why);
@@ -191,6 +201,7 @@ pub(super) async fn attempts(
                 _ => return all_open(route, up, slot, &eps, out.headers, now, ctx),
             }
         };
+        queue.used();
         let ep = &eps[i];
         tried.add(i);
         // The slot under the adaptive limit is taken before the breaker's permit (a
@@ -271,6 +282,11 @@ pub(super) async fn attempts(
         }
         let facts = Facts {
             keyed: key.is_some(),
+            // The deadline may have become the caller's as the body ended (above), or
+            // the caller's passed while its body was still arriving (which holds the
+            // route's timeouts but never the caller's).
+            caller_deadline: ctx.caller_deadline
+                || ctx.caller_deadline_at.is_some_and(|c| done >= c),
             ..facts
         };
         let verdict = classify(outcome, facts, breaker_cfg, retry);

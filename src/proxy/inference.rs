@@ -201,10 +201,39 @@ pub(super) fn deadline_shed(route: &Route, left: Duration, predicted: Duration) 
 /// Waits in the upstream's priority queue until an endpoint frees capacity, bounded by
 /// the route's queue (`max_queue`, `queue_timeout`, or their defaults), the time left
 /// and `max_wait`; `recheck` says whether capacity freed while joining.
+/// A request's place in its upstream's queue across its waits: a request woken for
+/// capacity it cannot use waits on at its place, and all its waits together last
+/// `queue_timeout` at most (a fresh one per wait would let it wait without end).
+#[derive(Debug, Default)]
+pub(super) struct QueuePlace {
+    seq: Option<u64>,
+    since: Option<Instant>,
+    /// Woken, and the wake not used yet (see [`QueuePlace::pass_on`]).
+    woken: bool,
+}
+
+impl QueuePlace {
+    /// The wake led to a pick: it was used.
+    pub(super) fn used(&mut self) {
+        self.woken = false;
+    }
+
+    /// The pick after a wake found nothing this request may use: the waiter behind
+    /// it gets the wake (the freed capacity may be one it can use).
+    pub(super) fn pass_on(&mut self, up: &Upstream, priority: Priority) {
+        if std::mem::take(&mut self.woken) {
+            if let Some(seq) = self.seq {
+                up.waiting.pass_on(priority, seq);
+            }
+        }
+    }
+}
+
 pub(super) async fn wait_for_capacity(
     route: &Route,
     up: &Upstream,
     ctx: &RequestCtx,
+    place: &mut QueuePlace,
     max_wait: Duration,
     recheck: impl Fn() -> bool,
 ) -> Result<(), (ProxyError, &'static str)> {
@@ -215,19 +244,31 @@ pub(super) async fn wait_for_capacity(
         .map_or((DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_TIMEOUT), |c| {
             (c.max_queue, c.queue_timeout)
         });
-    let left = ctx.deadline.saturating_duration_since(Instant::now());
+    let now = Instant::now();
+    let left = ctx.deadline.saturating_duration_since(now);
     let shed = |s: Shed| {
         let err = super::shed_error(route, s, "every endpoint is at its concurrency limit");
         (err, super::shed_reason(s))
     };
-    let ticket = up.waiting.join(ctx.priority, max_queue).map_err(shed)?;
+    let since = *place.since.get_or_insert(now);
+    let budget = timeout.saturating_sub(now.saturating_duration_since(since));
+    if budget.is_zero() && place.seq.is_some() {
+        return Err(shed(Shed::Overloaded)); // its waits took `queue_timeout` already
+    }
+    let ticket = up
+        .waiting
+        .join_at(ctx.priority, max_queue, place.seq)
+        .map_err(shed)?;
+    place.seq = Some(ticket.seq());
     if recheck() {
         return Ok(()); // freed while joining: leaving passes any wake on
     }
     ticket
-        .wait(timeout.min(left).min(max_wait))
+        .wait(budget.min(left).min(max_wait))
         .await
-        .map_err(shed)
+        .map_err(shed)?;
+    place.woken = true;
+    Ok(())
 }
 
 /// What the attempt teaches about the endpoint: latency samples (fusebox's own pool
@@ -249,21 +290,10 @@ pub(super) fn learn<B>(
     // A timeout the breaker ignores (cut short by the caller's own deadline) still
     // teaches latency: the endpoint took at least this long.
     let timed_out = matches!(outcome, Outcome::Timeout { .. });
-    if !timed_out && verdict.endpoint == Record::Ignore && verdict.key == Record::Ignore {
-        return;
-    }
-    let failure = verdict.endpoint == Record::Failure || verdict.key == Record::Failure;
     let load = &ep.core.load;
-    // A timeout is no answer: it raises the estimate but stays out of the mean of
-    // answers that deadline predictions read.
-    let no_answer = failure || timed_out;
-    if up.cfg.load_balancing == crate::config::LoadBalancing::PeakEwma {
-        let ewma = &up.cfg.peak_ewma;
-        load.observe(elapsed, no_answer, now, ewma.decay, ewma.default_latency);
-    } else {
-        load.observe_mean(elapsed, no_answer, now);
-    }
-    // The report first: the adaptive limit follows the queue it carries.
+    // The report first: the adaptive limit follows the queue it carries. Read (and
+    // removed) whatever the verdict: a report is the upstream's load, and an answer
+    // the breakers ignore (a caller's own DEADLINE_EXCEEDED) must not carry it on.
     if let Some(r) = response {
         let configured = up.cfg.load_report_header.as_ref();
         if has_report(r.headers(), configured) {
@@ -273,6 +303,19 @@ pub(super) fn learn<B>(
                 strip_report(r.headers_mut(), configured);
             }
         }
+    }
+    if !timed_out && verdict.endpoint == Record::Ignore && verdict.key == Record::Ignore {
+        return;
+    }
+    let failure = verdict.endpoint == Record::Failure || verdict.key == Record::Failure;
+    // A timeout is no answer: it raises the estimate but stays out of the mean of
+    // answers that deadline predictions read.
+    let no_answer = failure || timed_out;
+    if up.cfg.load_balancing == crate::config::LoadBalancing::PeakEwma {
+        let ewma = &up.cfg.peak_ewma;
+        load.observe(elapsed, no_answer, now, ewma.decay, ewma.default_latency);
+    } else {
+        load.observe_mean(elapsed, no_answer, now);
     }
     if up.cfg.adaptive_concurrency.is_none() {
         return;

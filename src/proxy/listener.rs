@@ -325,8 +325,8 @@ async fn serve_conn<S>(
     let svc_proxy = proxy.clone();
     let svc = service_fn(move |req| {
         // The request is correlated here, before its future is first polled.
-        let answer = svc_proxy.handle(req, svc_state.clone());
-        async move { Ok::<_, std::convert::Infallible>(answer.await) }
+        let prepared = svc_proxy.handle(req, svc_state.clone());
+        async move { Ok::<_, std::convert::Infallible>(prepared.respond().await) }
     });
     let io = ConnIo {
         inner: stream,

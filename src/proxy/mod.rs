@@ -53,11 +53,8 @@ impl Proxy {
     /// whose caller goes away before that (an HTTP/1.1 caller that half-closes right
     /// after its request) still has its context, so it is logged and counted as
     /// cancelled rather than lost without a trace.
-    pub fn handle(
-        &self,
-        req: Request<Incoming>,
-        conn: Arc<ConnState>,
-    ) -> impl std::future::Future<Output = Response<RespBody>> + Send + 'static {
+    #[inline]
+    pub fn handle(&self, req: Request<Incoming>, conn: Arc<ConnState>) -> Prepared {
         let started = Instant::now();
         let snap = self.state.load_full(); // pin this config for the whole request
         let (mut parts, body) = req.into_parts();
@@ -116,7 +113,42 @@ impl Proxy {
         ctx.camera_id = scan.camera_id.clone();
         ctx.priority = scan.priority.unwrap_or_default();
         ctx.idempotency_key = scan.idempotency_key;
-        async move { respond(snap, parts, body, scan, ctx).await }
+        Prepared {
+            snap,
+            parts,
+            body,
+            scan,
+            ctx,
+        }
+    }
+}
+
+/// A correlated request, not yet routed: [`Prepared::respond`] answers it.
+///
+/// `handle` returns this rather than a future so that the caller awaits
+/// `respond()` inside the future it gives hyper: the request's state machine
+/// (routing, admission, attempts: several KiB) is then built in place, where
+/// hyper keeps that future. A future returned from here would be moved, whole,
+/// into hyper's state (about 12 KiB copied per request).
+pub struct Prepared {
+    snap: Arc<Snapshot>,
+    parts: http::request::Parts,
+    body: Incoming,
+    scan: scan::Scan,
+    ctx: Box<RequestCtx>,
+}
+
+impl Prepared {
+    /// Routes, admits and forwards the request; the answer carries its context.
+    pub async fn respond(self) -> Response<RespBody> {
+        let Prepared {
+            snap,
+            parts,
+            body,
+            scan,
+            ctx,
+        } = self;
+        respond(snap, parts, body, scan, ctx).await
     }
 }
 

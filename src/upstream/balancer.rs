@@ -89,14 +89,33 @@ impl Balancer {
         if n == 0 {
             return None;
         }
+        // Where the rotation starts, read once per pick (and given back when nothing
+        // is found): were the counter advanced for each pass, a retry after every
+        // endpoint was tried would land on the same parity each time (A, B, B, B with
+        // two endpoints) instead of alternating.
+        let start = match self.policy {
+            LoadBalancing::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
+            LoadBalancing::Weighted => {
+                let total: usize = eps.iter().map(|e| e.weight as usize).sum();
+                let pick_no = self.next.fetch_add(1, Ordering::Relaxed);
+                let mut k = weyl_slot(pick_no, total);
+                let mut start = 0;
+                for (i, e) in eps.iter().enumerate() {
+                    if k < e.weight as usize {
+                        start = i;
+                        break;
+                    }
+                    k -= e.weight as usize;
+                }
+                start
+            }
+            _ => 0,
+        };
         // First pass prefers endpoints not yet tried; the second takes any that admits.
         for allow_tried in [false, true] {
             let usable = |i: usize| (allow_tried || !tried.has(i)) && ok(&eps[i]);
             let found = match self.policy {
-                LoadBalancing::RoundRobin => {
-                    let start = self.next.fetch_add(1, Ordering::Relaxed);
-                    scan(n, start, &usable)
-                }
+                LoadBalancing::RoundRobin | LoadBalancing::Weighted => scan(n, start, &usable),
                 LoadBalancing::Random => scan(n, rand::thread_rng().gen_range(0..n), &usable),
                 LoadBalancing::LeastRequest => {
                     two_choices(eps, &usable, |e: &Endpoint| e.in_flight() as f64)
@@ -115,24 +134,18 @@ impl Balancer {
                     };
                     two_choices(eps, &usable, cost)
                 }
-                LoadBalancing::Weighted => {
-                    let total: usize = eps.iter().map(|e| e.weight as usize).sum();
-                    let pick_no = self.next.fetch_add(1, Ordering::Relaxed);
-                    let mut k = weyl_slot(pick_no, total);
-                    let mut start = 0;
-                    for (i, e) in eps.iter().enumerate() {
-                        if k < e.weight as usize {
-                            start = i;
-                            break;
-                        }
-                        k -= e.weight as usize;
-                    }
-                    scan(n, start, &usable)
-                }
             };
             if found.is_some() {
                 return found;
             }
+        }
+        // Nothing admits: this pick took no turn (the caller may pick again with a
+        // looser filter, which must not land on the same parity every time).
+        if matches!(
+            self.policy,
+            LoadBalancing::RoundRobin | LoadBalancing::Weighted
+        ) {
+            self.next.fetch_sub(1, Ordering::Relaxed);
         }
         None
     }

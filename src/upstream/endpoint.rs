@@ -322,6 +322,18 @@ impl Endpoint {
         }
         if changed > 0 {
             self.core.mark_recovered(Instant::now());
+            // Requests waiting for their upstream's adaptive limits may go here now:
+            // nothing else would wake them (no request of this endpoint finishes).
+            let q = &self.core.waiting;
+            let free = match self.core.limit() {
+                None => q.len(),
+                Some(l) => l.saturating_sub(self.core.in_flight()),
+            };
+            for _ in 0..free.min(q.len()) {
+                if !q.release() {
+                    break;
+                }
+            }
         }
         changed
     }

@@ -83,7 +83,8 @@ async fn probe(up: &Upstream, ep: &Endpoint, hc: &HealthCheckConfig) -> bool {
     let Ok(req) = req else { return false };
     let pool = ep.core.probe_pool.load_full();
     let check = async move {
-        let (resp, lease) = pool.send(req).await.ok()?;
+        let mark = crate::upstream::pool::LeaseMark::default();
+        let (resp, lease) = pool.send(req, &mark).await.ok()?;
         let ok = resp.status().is_success();
         // Read the (small) body so the connection can be reused.
         if http_body_util::BodyExt::collect(resp.into_body())

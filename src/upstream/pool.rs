@@ -208,6 +208,37 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Set by [`Pool::send`] when the request gets its connection (HTTP/1) or stream
+/// (HTTP/2): until then it waits on fusebox's own `max_connections_per_host`, and the
+/// attempt's `timeouts.request` (the upstream's time to answer) has not started.
+#[derive(Debug, Default)]
+pub struct LeaseMark {
+    at: std::sync::OnceLock<Instant>,
+    set: Notify,
+}
+
+impl LeaseMark {
+    fn mark(&self) {
+        if self.at.set(Instant::now()).is_ok() {
+            // A permit is stored when nobody waits yet: [`LeaseMark::leased`] then
+            // completes at once.
+            self.set.notify_one();
+        }
+    }
+
+    /// When the request got its connection, if it has.
+    pub fn at(&self) -> Option<Instant> {
+        self.at.get().copied()
+    }
+
+    /// Resolves once the request has its connection.
+    pub async fn leased(&self) {
+        if self.at.get().is_none() {
+            self.set.notified().await;
+        }
+    }
+}
+
 /// Holds what a request uses while its response body streams: an HTTP/1 connection
 /// (returned on [`Lease::release`], discarded on drop) or a stream of an HTTP/2
 /// connection (given back either way).
@@ -296,17 +327,20 @@ impl Pool {
 
     /// Sends one request; the returned [`Lease`] must be released once the response
     /// body is read to the end (or dropped if it is not).
+    /// `mark` is set once the request has its connection or stream.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
+        mark: &LeaseMark,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         if self.settings.http2 {
-            return self.send_h2(req).await;
+            return self.send_h2(req, mark).await;
         }
         // A pooled connection the upstream closed while idle hands the request back
         // unsent; try the next one (bounded: each round consumes a connection).
         for _ in 0..=self.settings.max_idle.min(16) {
             let mut tx = self.checkout().await?;
+            mark.mark();
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, Some(Lease::http1(tx, self)))),
                 Err(mut e) => match e.take_message() {
@@ -315,7 +349,8 @@ impl Pool {
                 },
             }
         }
-        let mut tx = self.connect_h1().await?;
+        let mut tx = Box::pin(self.connect_h1()).await?;
+        mark.mark();
         match tx.try_send_request(req).await {
             Ok(resp) => Ok((resp, Some(Lease::http1(tx, self)))),
             Err(e) => Err(SendError::Sent(e.into_error())),
@@ -343,7 +378,7 @@ impl Pool {
             }
             None => Instant::now(),
         };
-        let got = self.checkout_slow(started).await;
+        let got = Box::pin(self.checkout_slow(started)).await;
         self.observe_wait(started.elapsed());
         got
     }
@@ -373,7 +408,7 @@ impl Pool {
                 }
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                return self.connect_h1_with(permit, deadline).await;
+                return Box::pin(self.connect_h1_with(permit, deadline)).await;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(SendError::PoolExhausted(
@@ -443,6 +478,11 @@ impl Pool {
         idle.drain(..stale);
     }
 
+    /// Cold, and its future large (TLS and the handshake): callers box it, so that
+    /// the future of every request, which holds the pool's `send`, stays small. A
+    /// large request future is copied whole where it is moved (into hyper's state,
+    /// into the future awaiting it): the connect path inline cost ~20 KiB of copies
+    /// per request on the warm path.
     async fn connect_h1(self: &Arc<Self>) -> Result<http1::SendRequest<ReqBody>, SendError> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         let permit = self.slot(deadline).await?;

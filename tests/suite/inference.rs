@@ -902,3 +902,151 @@ async fn a_reload_that_makes_room_wakes_the_waiters() {
         assert_eq!(within(WAIT, "a call", c).await.expect("task"), 200);
     }
 }
+
+/// Two endpoints with an adaptive limit of 1, both held; camera k1's breaker is open
+/// on `b`. When `b` frees, the first waiter (k1) is woken but may not use it: the wake
+/// goes on to the waiter behind it (k2), which `b` serves while `a` is still held.
+/// Before, the wake was used up by k1 and k2 waited out its queue timeout while `b`
+/// sat idle (503 OVERLOADED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_a_waiter_cannot_use_goes_to_the_one_behind_it() {
+    let (gate_a, gate_b) = (Gate::new(), Gate::new());
+    let a = Scripted::start(Behaviour::ok("a")).await;
+    let b = Scripted::start(Behaviour::ok("b")).await;
+    a.rule(
+        Match::path("/hold"),
+        Behaviour::gated(&gate_a, Behaviour::ok("a")),
+    );
+    b.rule(
+        Match::path("/hold"),
+        Behaviour::gated(&gate_b, Behaviour::ok("b")),
+    );
+    b.rule(
+        Match::header("x-key", "k1"),
+        Behaviour::respond(500, "k1 fails on b"),
+    );
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("gpu", &[a.addr, b.addr])
+            .table(
+                "adaptive_concurrency",
+                "min_limit = 1\nmax_limit = 1\ninitial_limit = 1"
+            )
+            .breaker(
+                "failure_threshold = 1\nrecovery_timeout = \"60s\"\npartition_by = \"header:x-key\""
+            )
+            .build(),
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 100, max_queue = 10, queue_timeout = \"20s\" }"
+        )
+    );
+    let p = spawn_proxy(&tables).await;
+    let c = http1_client();
+    // k1 fails once on b: its key's breaker opens there (round robin: two calls, one
+    // on each endpoint).
+    for _ in 0..2 {
+        let _ = call(&c, Method::GET, &p.url("/warm"), &[("x-key", "k1")], "").await;
+    }
+    assert_eq!(b.seen_with("x-key", "k1"), 1);
+    // Both slots held.
+    let spawn = |path: &str, key: &str| {
+        let (c, url, key) = (c.clone(), p.url(path), key.to_owned());
+        tokio::spawn(async move {
+            let r = call(&c, Method::GET, &url, &[("x-key", &key)], "").await;
+            (r.status.as_u16(), r.text())
+        })
+    };
+    let hold_a = spawn("/hold", "k3");
+    eventually("a slot held", WAIT, || {
+        a.seen_on("/hold").len() + b.seen_on("/hold").len() == 1
+    })
+    .await;
+    let hold_b = spawn("/hold", "k3");
+    eventually("both slots held", WAIT, || {
+        a.seen_on("/hold").len() + b.seen_on("/hold").len() == 2
+    })
+    .await;
+    let waiting = || p.running.snapshot().upstreams["gpu"].waiting.len();
+    let w1 = spawn("/w1", "k1");
+    eventually("k1 waiting", WAIT, || waiting() == 1).await;
+    let w2 = spawn("/w2", "k2");
+    eventually("k1 and k2 waiting", WAIT, || waiting() == 2).await;
+    // b frees: k1 may not go there, k2 may.
+    gate_b.open();
+    let (status, text) = within(WAIT, "the hold on b", hold_b).await.expect("task");
+    assert_eq!((status, text.as_str()), (200, "b"));
+    let (status, text) = within(WAIT, "k2", w2).await.expect("task");
+    assert_eq!(
+        (status, text.as_str()),
+        (200, "b"),
+        "k2 served by the freed b"
+    );
+    assert!(!w1.is_finished(), "k1 still waits for a");
+    gate_a.open();
+    let (status, text) = within(WAIT, "k1", w1).await.expect("task");
+    assert_eq!((status, text.as_str()), (200, "a"));
+    let _ = within(WAIT, "the hold on a", hold_a).await;
+    assert!(p.shutdown().await);
+}
+
+/// A request waiting for its upstream's adaptive limits is woken when an endpoint
+/// forced open is reset through the admin API: before, nothing woke it (no request of
+/// that endpoint finished), so it waited for the busy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reset_wakes_the_waiters() {
+    let gate = Gate::new();
+    let a = Scripted::start(Behaviour::gated(&gate, Behaviour::ok("a"))).await;
+    let b = Scripted::ok("b").await;
+    let tables = format!(
+        "{}{}",
+        UpstreamToml::new("gpu", &[a.addr, b.addr])
+            .table(
+                "adaptive_concurrency",
+                "min_limit = 1\nmax_limit = 1\ninitial_limit = 1"
+            )
+            .build(),
+        route_toml(
+            "infer",
+            "/",
+            "gpu",
+            "timeout = \"60s\"\nconcurrency = { max_in_flight = 100, max_queue = 10, queue_timeout = \"20s\" }"
+        )
+    );
+    let p = spawn_proxy(&tables).await;
+    p.endpoint("gpu", b.addr).force_open();
+    let c = http1_client();
+    let held = tokio::spawn({
+        let (c, url) = (c.clone(), p.url("/hold"));
+        async move { get(&c, &url).await.status.as_u16() }
+    });
+    a.wait_hits(1).await;
+    let waiter = tokio::spawn({
+        let (c, url) = (c.clone(), p.url("/wait"));
+        async move {
+            let r = get(&c, &url).await;
+            (r.status.as_u16(), r.text())
+        }
+    });
+    eventually("a waiter", WAIT, || {
+        p.running.snapshot().upstreams["gpu"].waiting.len() == 1
+    })
+    .await;
+    let url = format!("http://{}/circuit_breakers/gpu/{}/reset", p.admin(), b.addr);
+    let r = call(&c, Method::POST, &url, &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (status, text) = within(WAIT, "the waiter", waiter).await.expect("task");
+    assert_eq!(
+        (status, text.as_str()),
+        (200, "b"),
+        "served by the reset endpoint"
+    );
+    assert!(!held.is_finished(), "while a is still held");
+    gate.open();
+    assert_eq!(
+        within(WAIT, "the held call", held).await.expect("task"),
+        200
+    );
+}

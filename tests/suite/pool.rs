@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::scripted::spawn_proxy;
 use crate::common::*;
 
 fn config(up: std::net::SocketAddr, upstream_extra: &str) -> String {
@@ -139,4 +140,92 @@ async fn idle_pooled_connections_are_closed_after_pool_idle_timeout() {
     assert_eq!(get(&c, &fb.url("/n")).await.status, 200);
     assert_eq!(up.connections(), 2);
     assert_eq!(up.hits(), 3);
+}
+
+/// Upstream `app` with one connection at most, `timeouts` as given, and a breaker
+/// that opens on one failure.
+fn capped_upstream(addr: std::net::SocketAddr, timeouts: &str) -> String {
+    crate::common::scripted::UpstreamToml::new("app", &[addr])
+        .table("pool", "max_connections_per_host = 1")
+        .table("timeouts", timeouts)
+        .breaker("failure_threshold = 1")
+        .build()
+}
+
+/// A holder that keeps the only connection (`max_connections_per_host = 1`) for about
+/// a second: its head at once, its body's last chunk a second later.
+fn holding_upstream_spec() -> StreamSpec {
+    StreamSpec {
+        chunk_size: 10,
+        chunks: 2,
+        interval: Duration::from_millis(1000),
+        gate_after_first: None,
+    }
+}
+
+/// `timeouts.request` is the upstream's time to answer: it starts once the request has
+/// its connection. A request that waits past it (300 ms) for the only connection, under
+/// a connect timeout of 5 s, is served once the connection frees, and the endpoint's
+/// breaker (`failure_threshold = 1`) records no timeout for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_starts_once_the_pooled_connection_is_leased() {
+    let up = TestUpstream::start(Behaviour::Stream(holding_upstream_spec())).await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        capped_upstream(up.addr, "connect = \"5s\"\nrequest = \"300ms\""),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let c = http1_client();
+    let holder = tokio::spawn({
+        let (c, url) = (c.clone(), fb.url("/hold"));
+        async move { get(&c, &url).await }
+    });
+    up.wait_hits(1).await;
+    up.set(Behaviour::ok("second"));
+    let r = get(&c, &fb.url("/second")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "second");
+    let h = within(WAIT, "the holder", holder).await.unwrap();
+    assert_eq!(h.status, 200);
+    assert_eq!(up.hits(), 2);
+    assert_eq!(up.connections(), 1, "the cap held");
+    // The breaker saw no failure: the next request is served, not CIRCUIT_OPEN.
+    let r = get(&c, &fb.url("/third")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A route deadline (250 ms) that passes while the request waits for fusebox's own
+/// capped connection is `DEADLINE_EXCEEDED`, and no failure of the endpoint, which
+/// never saw the request: with `failure_threshold = 1` its breaker stays closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passing_in_the_pool_wait_is_no_endpoint_failure() {
+    let up = TestUpstream::start(Behaviour::Stream(holding_upstream_spec())).await;
+    let fb = spawn_proxy(&format!(
+        "{}{}{}",
+        capped_upstream(up.addr, "connect = \"5s\""),
+        route_toml("short", "/short", "app", "timeout = \"250ms\""),
+        route_toml("all", "/", "app", "")
+    ))
+    .await;
+    let c = http1_client();
+    let holder = tokio::spawn({
+        let (c, url) = (c.clone(), fb.url("/hold"));
+        async move { get(&c, &url).await }
+    });
+    up.wait_hits(1).await;
+    up.set(Behaviour::ok("later"));
+    let r = get(&c, &fb.url("/short/x")).await;
+    assert_fusebox_error(&r, 504, "DEADLINE_EXCEEDED", Some("app"));
+    assert!(
+        r.text().contains("waiting for a connection"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(up.hits(), 1, "the request never reached the upstream");
+    let h = within(WAIT, "the holder", holder).await.unwrap();
+    assert_eq!(h.status, 200);
+    let r = get(&c, &fb.url("/x")).await;
+    assert_eq!(r.status, 200, "the breaker opened: {}", r.text());
+    assert_eq!(r.text(), "later");
 }

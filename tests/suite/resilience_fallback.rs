@@ -227,3 +227,92 @@ async fn a_failed_fallback_upstream_is_marked_and_counted_once() {
         1.0
     );
 }
+
+/// Proves: a POST the primary may have carried out (its attempt timed out after the
+/// request was sent) is not sent again to the fallback upstream unless a retry would
+/// be allowed: without a body and without `Idempotency-Key` it gets the primary's
+/// 504; with `Idempotency-Key` the fallback upstream answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_may_have_been_processed_goes_to_the_fallback_only_when_retryable() {
+    let primary = Scripted::start(Behaviour::Hang).await;
+    let cpu = Scripted::ok("cpu detections").await;
+    let yolo = UpstreamToml::new("yolo", &[primary.addr])
+        .table("timeouts", "request = \"150ms\"")
+        .retry("max_retries = 0")
+        .table("fallback", "upstream = \"yolo_cpu\"");
+    let fb = spawn_proxy(&proxy_tables(&[
+        yolo,
+        UpstreamToml::new("yolo_cpu", &[cpu.addr]),
+    ]))
+    .await;
+    let c = http1_client();
+    let r = call(&c, Method::POST, &fb.url("/detect/ack"), &[], "").await;
+    assert_fusebox_error(&r, 504, "UPSTREAM_TIMEOUT", Some("yolo"));
+    assert_eq!(r.header("x-fusebox-fallback"), None);
+    assert_eq!(
+        cpu.hits(),
+        0,
+        "a POST that may have been processed was sent again"
+    );
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "upstream").await, 0.0);
+
+    let r = call(
+        &c,
+        Method::POST,
+        &fb.url("/detect/ack"),
+        &[("idempotency-key", "ack-1")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (200, "cpu detections")
+    );
+    assert_eq!(r.header("x-fusebox-fallback"), Some("upstream"));
+    assert_eq!(cpu.hits(), 1);
+    assert_eq!(primary.hits(), 2);
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "upstream").await, 1.0);
+}
+
+/// Proves: when the caller's deadline passes during the primary's attempt, the answer
+/// is 504 `DEADLINE_EXCEEDED`, not a fallback upstream loop that has no time left
+/// (which, with deadline shedding on, answered 503 `OVERLOADED` with `Retry-After`
+/// once the fallback upstream had latency samples). No fallback is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upstream_fallback_once_the_deadline_has_passed() {
+    let primary = Scripted::start(Behaviour::Hang).await;
+    let cpu = Scripted::ok("cpu detections").await;
+    let yolo = UpstreamToml::new("yolo", &[primary.addr])
+        .table("timeouts", "request = \"2s\"")
+        .table("fallback", "upstream = \"yolo_cpu\"");
+    let mut tables: String = [yolo, UpstreamToml::new("yolo_cpu", &[cpu.addr])]
+        .iter()
+        .map(UpstreamToml::build)
+        .collect();
+    tables.push_str(&route_toml(
+        "detect",
+        "/detect",
+        "yolo",
+        "shed_on_deadline = true",
+    ));
+    tables.push_str(&route_toml("cpu", "/cpu", "yolo_cpu", ""));
+    let fb = spawn_proxy(&tables).await;
+    let c = http1_client();
+    // The fallback upstream has fresh latency samples (the prediction path is live).
+    for _ in 0..3 {
+        assert_eq!(get(&c, &fb.url("/cpu/warm")).await.status, 200);
+    }
+    let r = call(
+        &c,
+        Method::GET,
+        &fb.url("/detect/x"),
+        &[("x-request-timeout-ms", "200")],
+        "",
+    )
+    .await;
+    assert_fusebox_error(&r, 504, "DEADLINE_EXCEEDED", Some("yolo"));
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(r.header("x-fusebox-fallback"), None);
+    assert_eq!(cpu.hits(), 3, "only the warm-up requests");
+    assert_eq!(prom::fallbacks(fb.admin(), "yolo", "upstream").await, 0.0);
+}

@@ -336,6 +336,34 @@ async fn a_retry_prefers_an_untried_endpoint() {
     );
 }
 
+/// Proves: once every endpoint was tried, retries keep alternating (A, B, A, B with
+/// two endpoints and three retries), rather than staying on the one that just failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_past_every_endpoint_keep_alternating() {
+    let a = Scripted::start(unavailable()).await;
+    let b = Scripted::start(unavailable()).await;
+    let fb = proxy(
+        UpstreamToml::new("app", &[a.addr, b.addr])
+            .retry("max_retries = 3\nbase_delay = \"1ms\"\nmax_delay = \"5ms\"\nbudget_min_per_second = 100")
+            .table("circuit_breaker", "failure_threshold = 100"),
+    )
+    .await;
+    let c = http1_client();
+    for i in 0..4 {
+        let id = format!("req-{i}");
+        let r = call(&c, Method::GET, &fb.url("/x"), &[("x-request-id", &id)], "").await;
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            (
+                a.seen_with("x-request-id", &id),
+                b.seen_with("x-request-id", &id)
+            ),
+            (2, 2),
+            "request {i}: four attempts, two on each endpoint"
+        );
+    }
+}
+
 /// Proves: every attempt of one request carries the same `X-Request-ID`: the one the
 /// caller sent, or the UUID fusebox made (which is also echoed to the caller).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -311,6 +311,43 @@ async fn a_body_still_arriving_holds_the_timeouts() {
     assert!(fb.shutdown().await);
 }
 
+/// The route's timeout (200 ms) counts from the body's end, so a caller's deadline
+/// (`x-request-timeout-ms: 600`) is what ends an upload that trickles for ~550 ms to
+/// an upstream that never answers. That cut is the caller's own, as without a body:
+/// 504 `DEADLINE_EXCEEDED`, not retried, and no failure of the endpoint's breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_deadline_ending_an_upload_is_no_endpoint_failure() {
+    use crate::common::scripted::*;
+    let up = Scripted::start(Behaviour::Hang).await;
+    let fb = spawn_proxy(&format!(
+        "{}{}",
+        UpstreamToml::new("app", &[up.addr])
+            .table("timeouts", "request = \"2s\"\nidle = \"2s\"")
+            .table("circuit_breaker", "failure_threshold = 1")
+            .build(),
+        route_toml("all", "/", "app", "timeout = \"200ms\"")
+    ))
+    .await;
+    let (tx, body) = channel_body(4);
+    let c = http1_client();
+    let req = request(Method::POST, &fb.url("/upload"))
+        .header("x-request-timeout-ms", "600")
+        .header("idempotency-key", "frame-1")
+        .body(body)
+        .expect("request");
+    let pending = tokio::spawn(async move { send(&c, req).await });
+    trickle(tx, 12, Duration::from_millis(50)).await;
+    let r = within(WAIT, "the answer", pending).await.expect("task");
+    assert_fusebox_error(&r, 504, "DEADLINE_EXCEEDED", Some("app"));
+    assert_eq!(up.hits(), 1, "not retried");
+    let stats = fb
+        .endpoint("app", up.addr)
+        .own_breakers()
+        .stats(tokio::time::Instant::now());
+    assert_eq!(stats.failure_count, 0, "{stats:?}");
+    assert!(fb.shutdown().await);
+}
+
 /// An upstream that answers headers at once and the rest of its body only once it has
 /// the caller's whole body (a bidirectional stream). While the caller's bytes keep
 /// flowing the exchange is not idle: "no body bytes either way" for `timeouts.idle`

@@ -271,8 +271,10 @@ impl Pool {
     pub(super) async fn send_h2(
         self: &Arc<Self>,
         req: Request<ReqBody>,
+        mark: &super::LeaseMark,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let (mut tx, stream) = self.checkout_h2().await?;
+        mark.mark();
         match tx.try_send_request(req).await {
             Ok(resp) => Ok((resp, Some(Lease(Leased::Http2(stream))))),
             // Handed back unsent: the connection closed under it, nothing reached the
@@ -312,9 +314,14 @@ impl Pool {
                 }
                 Pick::Open(permit, connecting) => {
                     let t = *started.get_or_insert_with(Instant::now);
-                    let got = self
-                        .open_h2(permit, connecting, t + self.settings.connect_timeout)
-                        .await;
+                    // Boxed: the connect path (TCP, TLS, handshake) is cold and large;
+                    // inline it would grow every request's future (see `connect_h1`).
+                    let got = Box::pin(self.open_h2(
+                        permit,
+                        connecting,
+                        t + self.settings.connect_timeout,
+                    ))
+                    .await;
                     self.observe_wait(t.elapsed());
                     return got;
                 }
