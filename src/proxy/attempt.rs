@@ -174,10 +174,6 @@ enum Woke {
     BodyEnd,
 }
 
-/// How far a connection leased at once may move the attempt's timer before it is
-/// re-armed (a warm connection is leased in the first poll: no new timer for it).
-const LEASE_SLACK: Duration = Duration::from_millis(1);
-
 /// Sends one attempt to `ep` with `timeout` for its response headers; `capped` says
 /// the timeout was cut short by the deadline (`left` is the time before it). With
 /// `clock`, a caller's body still arriving holds the timeout (see [`BodyClock`]).
@@ -213,7 +209,9 @@ pub async fn send_once(
     let mut until = started + timeout;
     let sleep = tokio::time::sleep_until(until);
     tokio::pin!(sleep);
-    let mut leased = false;
+    // Listening for a lease after a wait (the timer came before it).
+    let mut lease_watch = false;
+    let mut rearmed = false;
     let mut pool_wait_over = false;
     let answer = loop {
         // Registered before the look at `ended_at` (in `extend`), so an end between
@@ -226,42 +224,47 @@ pub async fn send_once(
         let woke = tokio::select! {
             biased;
             r = &mut send => break Some(r),
-            _ = mark.leased(), if !leased => Woke::Leased,
+            _ = mark.leased(), if lease_watch => Woke::Leased,
             _ = &mut sleep => Woke::Timer,
             _ = async { ended.as_mut().as_pin_mut().unwrap().await }, if clock.is_some() => Woke::BodyEnd,
         };
         let now = Instant::now();
-        match woke {
-            Woke::Leased => {
-                leased = true;
-                let at = mark.at().unwrap_or(now);
+        // Had its connection after a wait: `timeouts.request` counts from then.
+        if !rearmed {
+            if let Some(at) = mark.after_wait() {
+                rearmed = true;
+                lease_watch = false;
                 let next = (at + request).min(deadline);
-                // (Leased at once, as on a warm connection: the timer stands.)
-                if next.saturating_duration_since(until) > LEASE_SLACK
-                    || until.saturating_duration_since(next) > LEASE_SLACK
-                {
+                if next > now {
                     until = next;
                     capped = at + request > deadline;
                     sleep.as_mut().reset(until);
+                    continue;
                 }
+            }
+        }
+        if matches!(woke, Woke::Leased) {
+            continue;
+        }
+        if !mark.is_leased() {
+            if matches!(woke, Woke::BodyEnd) {
                 continue;
             }
-            Woke::Timer if !leased => {
-                if capped || now >= deadline {
-                    pool_wait_over = true;
-                    break None;
-                }
-                // `timeouts.request` would end here but has not started: wait on
-                // for the connection, until the deadline at most.
-                until = deadline;
-                capped = true;
-                sleep.as_mut().reset(until);
-                continue;
+            if capped || now >= deadline {
+                pool_wait_over = true;
+                break None;
             }
-            Woke::BodyEnd if !leased || clock.is_some_and(|c| c.body.ended_at.get().is_none()) => {
-                continue;
-            }
-            Woke::Timer | Woke::BodyEnd => {}
+            // `timeouts.request` would end here but has not started: wait on for the
+            // connection (the pool bounds that by the connect timeout), until the
+            // deadline at most, and count from the lease.
+            until = deadline;
+            capped = true;
+            lease_watch = true;
+            sleep.as_mut().reset(until);
+            continue;
+        }
+        if matches!(woke, Woke::BodyEnd) && clock.is_some_and(|c| c.body.ended_at.get().is_none()) {
+            continue;
         }
         let Some(clock) = clock else { break None };
         match clock.extend(now, &mut seen) {

@@ -210,30 +210,42 @@ impl std::fmt::Debug for Pool {
 
 /// Set by [`Pool::send`] when the request gets its connection (HTTP/1) or stream
 /// (HTTP/2): until then it waits on fusebox's own `max_connections_per_host`, and the
-/// attempt's `timeouts.request` (the upstream's time to answer) has not started.
+/// attempt's `timeouts.request` (the upstream's time to answer) has not started. A
+/// connection had at once (the warm path) costs one relaxed store; one had after a
+/// wait records when, and wakes [`LeaseMark::leased`].
 #[derive(Debug, Default)]
 pub struct LeaseMark {
-    at: std::sync::OnceLock<Instant>,
+    leased: std::sync::atomic::AtomicBool,
+    after_wait: std::sync::OnceLock<Instant>,
     set: Notify,
 }
 
 impl LeaseMark {
-    fn mark(&self) {
-        if self.at.set(Instant::now()).is_ok() {
-            // A permit is stored when nobody waits yet: [`LeaseMark::leased`] then
-            // completes at once.
+    fn mark(&self, waited: bool) {
+        if waited {
+            let _ = self.after_wait.set(Instant::now());
+            self.leased.store(true, Ordering::Release);
+            // A permit is stored when nobody waits yet: `leased` then completes.
             self.set.notify_one();
+        } else {
+            self.leased.store(true, Ordering::Relaxed);
         }
     }
 
-    /// When the request got its connection, if it has.
-    pub fn at(&self) -> Option<Instant> {
-        self.at.get().copied()
+    /// Whether the request has its connection.
+    pub fn is_leased(&self) -> bool {
+        self.leased.load(Ordering::Acquire)
     }
 
-    /// Resolves once the request has its connection.
+    /// When the request got its connection, if it had to wait for it.
+    pub fn after_wait(&self) -> Option<Instant> {
+        self.after_wait.get().copied()
+    }
+
+    /// Resolves once the request has its connection after a wait (see
+    /// [`LeaseMark::after_wait`]).
     pub async fn leased(&self) {
-        if self.at.get().is_none() {
+        if self.after_wait.get().is_none() {
             self.set.notified().await;
         }
     }
@@ -339,8 +351,8 @@ impl Pool {
         // A pooled connection the upstream closed while idle hands the request back
         // unsent; try the next one (bounded: each round consumes a connection).
         for _ in 0..=self.settings.max_idle.min(16) {
-            let mut tx = self.checkout().await?;
-            mark.mark();
+            let (mut tx, waited) = self.checkout().await?;
+            mark.mark(waited);
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, Some(Lease::http1(tx, self)))),
                 Err(mut e) => match e.take_message() {
@@ -350,7 +362,7 @@ impl Pool {
             }
         }
         let mut tx = Box::pin(self.connect_h1()).await?;
-        mark.mark();
+        mark.mark(true);
         match tx.try_send_request(req).await {
             Ok(resp) => Ok((resp, Some(Lease::http1(tx, self)))),
             Err(e) => Err(SendError::Sent(e.into_error())),
@@ -359,20 +371,21 @@ impl Pool {
 
     /// An idle connection, a new one while under the cap, or the next one to come
     /// back; waiting is bounded by the connect timeout.
-    async fn checkout(self: &Arc<Self>) -> Result<http1::SendRequest<ReqBody>, SendError> {
+    /// With `true` when it was not had at once.
+    async fn checkout(self: &Arc<Self>) -> Result<(http1::SendRequest<ReqBody>, bool), SendError> {
         // The common case first: a warm connection, no clock read, a zero wait.
         let first = self.pop_idle();
         let started = match first {
             Some(tx) if tx.is_ready() => {
                 self.observe_wait(Duration::ZERO);
-                return Ok(tx);
+                return Ok((tx, false));
             }
             Some(mut tx) => {
                 // Just returned: the connection task has not caught up yet.
                 let started = Instant::now();
                 if tx.ready().await.is_ok() {
                     self.observe_wait(started.elapsed());
-                    return Ok(tx);
+                    return Ok((tx, true));
                 }
                 started
             }
@@ -380,7 +393,7 @@ impl Pool {
         };
         let got = Box::pin(self.checkout_slow(started)).await;
         self.observe_wait(started.elapsed());
-        got
+        got.map(|tx| (tx, true))
     }
 
     fn observe_wait(&self, waited: Duration) {

@@ -273,8 +273,8 @@ impl Pool {
         req: Request<ReqBody>,
         mark: &super::LeaseMark,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        let (mut tx, stream) = self.checkout_h2().await?;
-        mark.mark();
+        let (mut tx, stream, waited) = self.checkout_h2().await?;
+        mark.mark(waited);
         match tx.try_send_request(req).await {
             Ok(resp) => Ok((resp, Some(Lease(Leased::Http2(stream))))),
             // Handed back unsent: the connection closed under it, nothing reached the
@@ -300,9 +300,10 @@ impl Pool {
 
     /// A stream on a published connection, on a new one, or on one that finishes
     /// connecting; waiting is bounded by the connect timeout.
+    /// With `true` when the stream was not had at once.
     async fn checkout_h2(
         self: &Arc<Self>,
-    ) -> Result<(http2::SendRequest<ReqBody>, Stream), SendError> {
+    ) -> Result<(http2::SendRequest<ReqBody>, Stream, bool), SendError> {
         let mut started: Option<Instant> = None;
         loop {
             let notified = self.h2.wake.changed.notified();
@@ -310,7 +311,7 @@ impl Pool {
             match self.pick_h2(notified.as_mut()) {
                 Pick::Ready(tx, stream) => {
                     self.observe_wait(started.map_or(Duration::ZERO, |t| t.elapsed()));
-                    return Ok((tx, stream));
+                    return Ok((tx, stream, started.is_some()));
                 }
                 Pick::Open(permit, connecting) => {
                     let t = *started.get_or_insert_with(Instant::now);
@@ -323,7 +324,7 @@ impl Pool {
                     ))
                     .await;
                     self.observe_wait(t.elapsed());
-                    return got;
+                    return got.map(|(tx, stream)| (tx, stream, true));
                 }
                 Pick::Wait => {
                     let _waiting = Waiting(&self.h2);
