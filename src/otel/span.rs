@@ -182,6 +182,19 @@ impl RequestSpan {
         s.end();
     }
 
+    /// Ends the server span of an answer the caller left before its end (its body
+    /// or a gRPC call's trailers): the status it was sent, and cancelled (an error),
+    /// as the access log's `cancelled`.
+    pub fn end_cancelled(mut self, status: u16) {
+        self.ended = true;
+        let s = self.span.get_mut().unwrap_or_else(PoisonError::into_inner);
+        s.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        mark_cancelled(s);
+    }
+
     fn with_span(&self, f: impl FnOnce(&mut Span)) {
         f(&mut self.span.lock().unwrap_or_else(PoisonError::into_inner));
     }

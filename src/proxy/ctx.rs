@@ -228,6 +228,10 @@ impl Drop for RequestCtx {
                 // No answer was sent: the caller gave up (or the connection was cut).
                 // Dropped unended, the span is marked cancelled, an error.
                 drop(span);
+            } else if self.cancelled {
+                // The caller left during the answer's body (or before a gRPC call's
+                // trailers: its deadline passed mid-stream).
+                span.end_cancelled(self.status);
             } else {
                 // A gRPC caller got the status of the answer forwarded to it, or else
                 // fusebox's own error's.

@@ -48,6 +48,9 @@ pub(super) fn all_open(
     }
     if !std::mem::replace(&mut ctx.circuit_open_counted, true) {
         route.metrics.rejected_circuit_open.inc();
+        if let Some(s) = &ctx.span {
+            s.shed("circuit_open");
+        }
     }
     // The first half-open among the breakers that will half-open: a forced-open one
     // never does, so it counts only when every one is forced (then its

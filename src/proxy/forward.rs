@@ -338,6 +338,9 @@ pub(super) async fn attempts(
         let go = match delay {
             Some(_) if !policy.budget(&up.budget).try_withdraw(done) => {
                 route.metrics.rejected_budget.inc();
+                if let Some(s) = &ctx.span {
+                    s.shed("budget");
+                }
                 false
             }
             Some(_) => true,

@@ -181,6 +181,107 @@ async fn an_abandoned_request_is_a_cancelled_server_span() {
     );
 }
 
+/// A caller that leaves after the answer's head, during its body, leaves a server span
+/// marked cancelled (an error) with the status it was sent, as the access log marks
+/// the line `cancelled`; before, the span looked like a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_leaving_mid_body_is_a_cancelled_server_span() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rx = Receiver::start(Mode::Answer).await;
+    let gate = Gate::new();
+    let up = TestUpstream::start(Behaviour::Stream(StreamSpec {
+        chunk_size: 1000,
+        chunks: 4,
+        interval: std::time::Duration::ZERO,
+        gate_after_first: Some(gate.clone()),
+    }))
+    .await;
+    let p = spawn_proxy(&config(up.addr, &rx.endpoint())).await;
+    let mut conn = tokio::net::TcpStream::connect(p.running.data_addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "GET /detect/stream HTTP/1.1\r\nHost: t\r\ntraceparent: 00-{TRACE}-{CALLER_SPAN}-01\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("sent");
+    let mut got = Vec::new();
+    within(WAIT, "the answer's head", async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    drop(conn); // during the body
+    eventually("the request to end", WAIT, || {
+        p.running.snapshot().routes[0].metrics.in_flight.get() == 0
+    })
+    .await;
+    gate.open();
+    assert!(p.shutdown().await);
+    let spans = rx.spans();
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("a server span");
+    assert_eq!(
+        attr(server, "fusebox.cancelled"),
+        Some(&Value::BoolValue(true))
+    );
+    assert_eq!(
+        attr(server, "http.response.status_code"),
+        Some(&Value::IntValue(200))
+    );
+    assert_eq!(
+        server.status.as_ref().map(|s| s.code),
+        Some(2),
+        "STATUS_CODE_ERROR"
+    );
+}
+
+/// A request refused because every breaker is open carries the `shed` event with
+/// `fusebox.shed.reason = circuit_open` on its server span, as the other sheds do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_open_refusal_is_a_shed_event() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let rx = Receiver::start(Mode::Answer).await;
+    let up = Scripted::ok("ok").await;
+    let p = spawn_proxy(&config(up.addr, &rx.endpoint())).await;
+    p.endpoint("yolo", up.addr).force_open();
+    let c = http1_client();
+    let tp = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let r = call(
+        &c,
+        Method::GET,
+        &p.url("/detect/x"),
+        &[("traceparent", &tp)],
+        "",
+    )
+    .await;
+    assert_fusebox_error(&r, 503, "CIRCUIT_OPEN", Some("yolo"));
+    assert!(p.shutdown().await);
+    let spans = rx.spans();
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("a server span");
+    let shed = server
+        .events
+        .iter()
+        .find(|e| e.name == "shed")
+        .expect("a shed event");
+    let reason = shed
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "fusebox.shed.reason")
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref());
+    assert_eq!(reason, Some(&Value::StringValue("circuit_open".into())));
+}
+
 /// An h2c gRPC upstream: `/g/ok` answers OK in its trailers, `/g/stream14` a message
 /// then UNAVAILABLE (14) in its trailers, `/g/only14` UNAVAILABLE trailers-only.
 async fn grpc_status_upstream() -> std::net::SocketAddr {
