@@ -135,8 +135,10 @@ pub struct Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// (The TLS error is in the message, not also a source: a chain printed with
+    /// `{:#}` would say it twice.)
     #[error("upstream '{0}': {1}")]
-    Tls(String, #[source] Box<tls::TlsError>),
+    Tls(String, Box<tls::TlsError>),
     #[error("route '{0}' names unknown upstream '{1}'")]
     UnknownUpstream(String, String),
     #[error("{0}: retry policy: {1}")]

@@ -429,10 +429,12 @@ pub fn upstream_tls(
         client_key: client_key.map(Into::into),
     };
     // Read as `run` reads them: a file that is there but holds no usable certificate
-    // or key (or a certificate and key that do not match) is refused here, located.
+    // or key (or a certificate and key that do not match) is refused here, located;
+    // without `ca`, the system's roots are loaded as `run` loads them (a slim image
+    // with no CA bundle is refused by `validate`, not first by `run`).
     let tls_protocol = matches!(protocol, Protocol::Https | Protocol::H2);
     let pair = tls.client_cert.is_some() == tls.client_key.is_some();
-    if tls_protocol && pair && all_readable && (tls.ca.is_some() || tls.client_cert.is_some()) {
+    if tls_protocol && pair && all_readable {
         if let Err(e) = crate::tls::client_config(Some(&tls), protocol == Protocol::H2) {
             cx.problem(p, e.to_string());
         }

@@ -323,6 +323,13 @@ fn upstream(
         .tls
         .as_ref()
         .map(|t| policy::upstream_tls(cx, t, protocol, &p.key("tls")));
+    // No `tls` table: the system's roots, loaded as `run` loads them (a slim image
+    // without a CA bundle is refused here, located, not first by `run`).
+    if tls.is_none() && matches!(protocol, Protocol::Https | Protocol::H2) {
+        if let Err(e) = crate::tls::client_config(None, protocol == Protocol::H2) {
+            cx.problem(&p.key("protocol"), e.to_string());
+        }
+    }
     let fallback = f
         .fallback
         .as_ref()

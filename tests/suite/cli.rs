@@ -83,6 +83,37 @@ fn validate_locates_an_unknown_key() {
     );
 }
 
+/// An `https` upstream without `ca` trusts the system's roots: on a machine (a slim
+/// image) that has none, `validate` refuses the file, located, as `run` would refuse
+/// it; before, `validate` said ok and `run` exited 1 with the message said twice.
+#[test]
+fn validate_refuses_an_https_upstream_when_the_system_has_no_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[upstreams.a]\nendpoints = [\"127.0.0.1:9001\"]\nprotocol = \"https\"\n\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"a\"\n";
+    let path = write(dir.path(), "tls.toml", text);
+    let nowhere = dir.path().join("no-roots");
+    let nowhere = nowhere.to_str().unwrap();
+    let envs = [("SSL_CERT_FILE", nowhere), ("SSL_CERT_DIR", nowhere)];
+    let out = run_binary(&["validate", "--config", &path], &envs);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(located(&err, &path, 3), "located at protocol: {err}");
+    assert!(err.contains("no usable system root certificates"), "{err}");
+    assert_eq!(
+        err.matches("no usable system root certificates").count(),
+        1,
+        "said once: {err}"
+    );
+    // With roots (the machine's), the same file is fine.
+    let out = run_binary(&["validate", "--config", &path], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn validate_locates_semantic_errors() {
     let dir = tempfile::tempdir().unwrap();
