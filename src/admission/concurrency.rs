@@ -60,6 +60,11 @@ impl Concurrency {
     /// while it waits leaves the queue.
     /// A slot now, or after waiting in the queue for at most `queue_timeout` and
     /// `max_wait` (the request's time left: a queue wait never outlasts its deadline).
+    /// A slot at once, when one is free and nobody waits.
+    pub fn try_acquire(&self) -> Option<ConcurrencyPermit> {
+        self.slots.try_take().then(|| self.permit())
+    }
+
     pub async fn acquire(
         &self,
         priority: Priority,

@@ -62,6 +62,8 @@ pub struct RequestCtx {
     pub propagated: Vec<(HeaderName, HeaderValue)>,
     /// From the `[limits] priority_header` (`X-Priority`), `normal` when absent.
     pub priority: Priority,
+    /// How long it waited in its route's `concurrency` queue.
+    pub queue_waited: std::time::Duration,
     /// The caller sent `Idempotency-Key`: retried like an idempotent method.
     pub idempotency_key: bool,
     /// The declared `Content-Length` (within `max_request_body`).
@@ -142,6 +144,7 @@ impl RequestCtx {
             camera_id: None,
             propagated: propagated(headers, propagate),
             priority: Priority::Normal,
+            queue_waited: std::time::Duration::ZERO,
             idempotency_key: false,
             declared_length: None,
             caller_timeout_ms: false,

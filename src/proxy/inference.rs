@@ -250,7 +250,9 @@ pub(super) async fn wait_for_capacity(
         let err = super::shed_error(route, s, "every endpoint is at its concurrency limit");
         (err, super::shed_reason(s))
     };
-    let since = *place.since.get_or_insert(now);
+    let since = *place
+        .since
+        .get_or_insert_with(|| now.checked_sub(ctx.queue_waited).unwrap_or(now));
     let budget = timeout.saturating_sub(now.saturating_duration_since(since));
     if budget.is_zero() && place.seq.is_some() {
         return Err(shed(Shed::Overloaded)); // its waits took `queue_timeout` already

@@ -372,8 +372,19 @@ async fn admit(
     if let Some(c) = &route.concurrency {
         // The queue wait ends by the deadline at the latest: the caller gets its answer
         // when it gives up, not a queue timeout later.
-        let left = ctx.deadline.saturating_duration_since(Instant::now());
-        match c.acquire(ctx.priority, left).await {
+        let got = match c.try_acquire() {
+            Some(permit) => Ok(permit),
+            None => {
+                let now = Instant::now();
+                let left = ctx.deadline.saturating_duration_since(now);
+                let got = c.acquire(ctx.priority, left).await;
+                // `queue_timeout` bounds this wait and any for the upstream's
+                // adaptive limits together.
+                ctx.queue_waited = now.elapsed();
+                got
+            }
+        };
+        match got {
             Ok(permit) => ctx.admission = Some(permit),
             Err(shed) => {
                 if let Some(s) = &ctx.span {
