@@ -47,6 +47,11 @@ pub struct ConnState {
     head_timed_out: AtomicBool,
     /// That 408, made (with the ids its access-log line names) by the watchdog.
     timeout_reply: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The connection's `max_connections` slot, given back when the connection and
+    /// every request it carried are gone: hyper ends an HTTP/2 stream's answer in a
+    /// task of its own, which may outlive the connection, and the shutdown's drain
+    /// (which waits for every slot) must wait for those requests' log lines and spans.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl ConnState {
@@ -267,9 +272,11 @@ async fn conn_task<S: Accepted>(
         // rustls's during and after the handshake) is allocated only now, and none of
         // it is laid out in this task's future.
         let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match acceptor {
-            None => Box::pin(serve_conn(stream, peer, proxy, builder, limits, shutdown)),
+            None => Box::pin(serve_conn(
+                stream, peer, proxy, builder, limits, shutdown, permit,
+            )),
             Some(acceptor) => Box::pin(serve_tls(
-                stream, acceptor, peer, proxy, builder, limits, shutdown,
+                stream, acceptor, peer, proxy, builder, limits, shutdown, permit,
             )),
         };
         tokio::select! {
@@ -277,11 +284,11 @@ async fn conn_task<S: Accepted>(
             _ = cut.wait_for(|c| *c) => {}
         }
     }
-    drop(permit);
 }
 
 /// The TLS handshake, bounded like a request head (a client that opens the connection
 /// and says nothing must not hold a slot), then the connection.
+#[allow(clippy::too_many_arguments)]
 async fn serve_tls<S: Accepted>(
     stream: S,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -290,9 +297,10 @@ async fn serve_tls<S: Accepted>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnLimits,
     shutdown: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_conn(tls, peer, proxy, builder, limits, shutdown).await,
+        Ok(Ok(tls)) => serve_conn(tls, peer, proxy, builder, limits, shutdown, permit).await,
         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => {
             tracing::debug!(peer = %peer, "TLS handshake not complete within header_read_timeout; closing")
@@ -307,6 +315,7 @@ async fn serve_conn<S>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -320,6 +329,7 @@ async fn serve_conn<S>(
         head_since_ms: AtomicU64::new(0),
         head_timed_out: AtomicBool::new(false),
         timeout_reply: std::sync::Mutex::new(None),
+        _slot: Some(permit),
     });
     let svc_state = state.clone();
     let svc_proxy = proxy.clone();
