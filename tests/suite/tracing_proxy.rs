@@ -296,28 +296,38 @@ async fn grpc_status_upstream() -> std::net::SocketAddr {
                     return;
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    let path = req.uri().path().to_owned();
-                    let head = |status: Option<&str>| {
-                        let mut b = http::Response::builder()
-                            .status(200)
-                            .header("content-type", "application/grpc");
-                        if let Some(g) = status {
-                            b = b.header("grpc-status", g);
+                    // Each call answered once its request has arrived whole, as a
+                    // unary server does: answered before, the caller's stream may be
+                    // closed before the caller sent its message (a test race).
+                    tokio::spawn(async move {
+                        let path = req.uri().path().to_owned();
+                        let mut req_body = req.into_body();
+                        while let Some(d) = req_body.data().await {
+                            let Ok(d) = d else { return };
+                            let _ = req_body.flow_control().release_capacity(d.len());
                         }
-                        b.body(()).unwrap()
-                    };
-                    if path == "/g/only14" {
-                        let _ = respond.send_response(head(Some("14")), true);
-                        continue;
-                    }
-                    let Ok(mut body) = respond.send_response(head(None), false) else {
-                        continue;
-                    };
-                    let code = if path == "/g/ok" { "0" } else { "14" };
-                    let _ = body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", code.parse().unwrap());
-                    let _ = body.send_trailers(trailers);
+                        let head = |status: Option<&str>| {
+                            let mut b = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/grpc");
+                            if let Some(g) = status {
+                                b = b.header("grpc-status", g);
+                            }
+                            b.body(()).unwrap()
+                        };
+                        if path == "/g/only14" {
+                            let _ = respond.send_response(head(Some("14")), true);
+                            return;
+                        }
+                        let Ok(mut body) = respond.send_response(head(None), false) else {
+                            return;
+                        };
+                        let code = if path == "/g/ok" { "0" } else { "14" };
+                        let _ = body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", code.parse().unwrap());
+                        let _ = body.send_trailers(trailers);
+                    });
                 }
             });
         }
