@@ -9,6 +9,7 @@
 #   REQUESTS default 20000 small GETs (100-byte answer) over 8 keep-alive connections
 #   CONFIG   default bench/fusebox-bench.toml (access log off)
 #   OHA_ARGS more oha arguments, e.g. a 256 KiB POST: OHA_ARGS='-m POST -D /tmp/256k.bin'
+#   VG_ARGS  more valgrind arguments, e.g. --dump-instr=yes to see costs per instruction
 #   PEER_CMD instead of fusebox: a command with {port} and {upstream}, e.g. the hyper
 #            floor: PEER_CMD='target/hyper-floor/release/hyper-floor 127.0.0.1:{port} {upstream}' 
 # Needs valgrind, nginx (the upstream) and oha (../shared/bench/setup installs them).
@@ -54,7 +55,7 @@ if [ -n "${PEER_CMD:-}" ]; then
 else
   BENCH_LISTEN="127.0.0.1:$px_port" BENCH_UPSTREAM="127.0.0.1:$up_port" BENCH_ADMIN_PORT="$admin_port" \
   FUSEBOX_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-    --instr-atstart=no "$bin" run --config "$cfg" >"$work/fusebox.log" 2>&1 &
+    --instr-atstart=no ${VG_ARGS:-} "$bin" run --config "$cfg" >"$work/fusebox.log" 2>&1 &
 fi
 pids+=($!)
 vg=$!

@@ -146,22 +146,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     const TEH: u8 = 64;
     let mut found = 0u8;
     for name in headers.keys() {
-        found |= if name == CONNECTION {
-            CONN
-        } else if name == TRANSFER_ENCODING {
-            TENC
-        } else if name == UPGRADE {
-            UPG
-        } else if name == TE {
-            TEH
-        } else if name == TRAILER {
-            TRL
-        } else if name == KEEP_ALIVE {
-            KA
-        } else if name == PROXY_CONNECTION {
-            PC
-        } else {
-            0
+        // One match on the name's text: a length test, then at most one comparison
+        // (seven `HeaderName` comparisons per header cost ~8x that).
+        found |= match name.as_str() {
+            "connection" => CONN,
+            "transfer-encoding" => TENC,
+            "upgrade" => UPG,
+            "te" => TEH,
+            "trailer" => TRL,
+            "keep-alive" => KA,
+            "proxy-connection" => PC,
+            _ => 0,
         };
     }
     if found == 0 {
