@@ -42,15 +42,18 @@ pub enum Command {
 pub struct RunArgs {
     /// Config file (TOML). Without it, `config/fusebox.toml` when that exists, else the
     /// embedded default config.
-    #[arg(long, short = 'c', env = "FUSEBOX_CONFIG", global = true)]
+    /// (Given before or after `run`: `fusebox -c FILE run` and `fusebox run -c FILE`
+    /// are the same; it is not an option of `demo` and `demo-upstream`.)
+    #[arg(long, short = 'c', env = "FUSEBOX_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// Config file to check.
+    /// Config file to check (also accepted before `validate`, as `fusebox -c FILE
+    /// validate`).
     #[arg(long, short = 'c', env = "FUSEBOX_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// Check a config without the environment it will run in (CI without the pod's
     /// secrets): a value needing an unset variable (`${VAR}`, `admin.token_env`) is
     /// skipped and listed; everything else is checked. `run` never does this.

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fusebox::cli::{Cli, Command, ValidateArgs};
+use fusebox::cli::{Cli, Command, RunArgs, ValidateArgs};
 use fusebox::{app, config, demo, telemetry};
 
 // The allocator is chosen by measurement: BENCHMARKS.md, "Allocator".
@@ -20,9 +20,16 @@ const DEFAULT_CONFIG_PATH: &str = "config/fusebox.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    // `-c FILE` given before the subcommand counts as the subcommand's own.
+    let before = cli.run.config;
+    let command = cli
+        .command
+        .unwrap_or(Command::Run(RunArgs { config: None }));
     match command {
-        Command::Validate(a) => match validate(&a) {
+        Command::Validate(mut a) => match validate({
+            a.config = a.config.or(before);
+            &a
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");
@@ -30,6 +37,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(mut a) => {
+            a.config = a.config.or(before);
             // No --config / FUSEBOX_CONFIG: the default file when anything is there (a
             // dangling link or a directory is refused as unreadable, not skipped: a
             // broken ConfigMap mount must not serve the embedded default), else the
@@ -76,7 +84,13 @@ fn main() -> ExitCode {
 /// `fusebox validate`: checks the file and prints the ok line, and with
 /// `--allow-missing-env` the variables that were not set (so not checked).
 fn validate(a: &ValidateArgs) -> Result<(), String> {
-    let path = &a.config;
+    let Some(path) = &a.config else {
+        return Err(
+            "validate needs a config file: fusebox validate --config FILE \
+                    (or FUSEBOX_CONFIG)"
+                .into(),
+        );
+    };
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let options = config::ParseOptions {
         allow_missing_env: a.allow_missing_env,

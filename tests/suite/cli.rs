@@ -473,3 +473,30 @@ fn a_default_config_path_that_cannot_be_read_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("config/fusebox.toml"), "{stderr}");
 }
+
+/// `-c FILE` before the subcommand is the subcommand's own (`fusebox -c FILE validate`
+/// checks FILE), and `demo`, which takes no config file, does not offer one.
+#[test]
+fn config_before_the_subcommand_counts_and_demo_offers_none() {
+    let example_path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fusebox.toml");
+    let out = run_binary(&["-c", example_path, "validate"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    let out = run_binary(&["validate"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a config file"));
+    for sub in ["demo", "demo-upstream"] {
+        let out = run_binary(&[sub, "--help"], &[]);
+        assert_eq!(out.status.code(), Some(0));
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !s.contains("--config"),
+            "{sub} --help offers no --config: {s}"
+        );
+    }
+}
