@@ -48,7 +48,8 @@ pub struct AccessLogger {
 
 #[derive(Debug)]
 enum Msg {
-    Lines(Vec<u8>),
+    /// A batch and how many lines it holds.
+    Lines(Vec<u8>, u64),
     /// Everything sent before has been written when the reply arrives.
     Sync(SyncSender<()>),
 }
@@ -74,9 +75,10 @@ impl AccessLogger {
         sink: Box<dyn std::io::Write + Send>,
     ) -> Arc<Self> {
         let (tx, rx) = sync_channel(QUEUE_BATCHES);
+        let lost = dropped.clone();
         let spawned = std::thread::Builder::new()
             .name("fusebox-access-log".into())
-            .spawn(move || writer(rx, sink));
+            .spawn(move || writer(rx, sink, lost));
         if let Err(e) = spawned {
             // No thread: every batch is dropped (and counted); traffic is unaffected.
             tracing::error!(error = %e, "cannot start the access-log writer thread");
@@ -117,7 +119,7 @@ impl AccessLogger {
         if batch.lines == 0 {
             return;
         }
-        match self.queue.try_send(Msg::Lines(batch.bytes)) {
+        match self.queue.try_send(Msg::Lines(batch.bytes, batch.lines)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.inc_by(batch.lines);
@@ -158,13 +160,20 @@ impl AccessLogger {
 }
 
 /// The writer thread: blocking writes, as slow as stdout is; ends when the logger goes.
-fn writer(rx: Receiver<Msg>, mut sink: Box<dyn std::io::Write + Send>) {
+fn writer(
+    rx: Receiver<Msg>,
+    mut sink: Box<dyn std::io::Write + Send>,
+    dropped: prometheus::IntCounter,
+) {
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::Lines(bytes) => {
-                // A closed stdout must not take the proxy down; the lines are lost.
-                let _ = sink.write_all(&bytes);
-                let _ = sink.flush();
+            Msg::Lines(bytes, lines) => {
+                // A closed stdout must not take the proxy down; the lines are lost,
+                // and counted as dropped (a stdout that is gone is the extreme case of
+                // one that cannot keep up). A write cut short counts the whole batch.
+                if sink.write_all(&bytes).and_then(|()| sink.flush()).is_err() {
+                    dropped.inc_by(lines);
+                }
             }
             Msg::Sync(done) => {
                 let _ = done.send(());

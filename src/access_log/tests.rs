@@ -144,3 +144,29 @@ fn stalled_stdout_drops_and_counts_instead_of_blocking() {
     );
     drop(release_tx);
 }
+
+/// A stdout that is gone (a closed pipe): every write fails.
+struct Closed;
+
+impl std::io::Write for Closed {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+/// Proves lines lost to a stdout that is gone are counted as dropped, each of them,
+/// once the writer has tried them.
+#[test]
+fn lines_lost_to_a_closed_stdout_are_counted() {
+    let dropped = prometheus::IntCounter::new("dropped", "test").expect("counter");
+    let logger = AccessLogger::with_sink(dropped.clone(), Box::new(Closed));
+    let e = entry(&[]);
+    for _ in 0..5 {
+        logger.write(&e, LogFormat::Json);
+    }
+    logger.flush_and_wait(Duration::from_secs(10));
+    assert_eq!(dropped.get(), 5);
+}
