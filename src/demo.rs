@@ -156,13 +156,17 @@ async fn answer(
 pub async fn run_upstream(a: DemoUpstreamArgs) -> anyhow::Result<()> {
     let mut signals = app::StopSignals::listen();
     let listener = app::bind(a.listen)?;
-    eprintln!(
-        "demo upstream '{}' on {} (fail rate {}, delay {} ms)",
-        a.name,
-        listener.local_addr()?,
-        a.fail_rate,
-        a.delay_ms
-    );
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "demo upstream '{}' on {} (fail rate {}, delay {} ms)",
+            a.name,
+            listener.local_addr()?,
+            a.fail_rate,
+            a.delay_ms
+        );
+    }
     let b = Behaviour {
         fail_rate: a.fail_rate,
         delay: Duration::from_millis(a.delay_ms),
@@ -368,7 +372,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         }
     }
     out.push_str("\nCtrl-C stops the demo.\n");
-    println!("{out}");
+    // A reader that went away (`fusebox demo | head`) is no reason to stop: the
+    // demo runs on without its banner rather than panicking on the broken pipe.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{out}");
+    }
     signals.recv().await;
     running.shutdown().await;
     Ok(())

@@ -71,7 +71,14 @@ pub fn init(cfg: &LoggingConfig) {
             .with_current_span(false)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colour only for a person at a terminal: a file or a pipe (`| less`, a
+        // log shipper) gets plain text, as the access lines are.
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stdout().is_terminal())
+                .try_init()
+        }
     };
     if installed.is_ok() {
         if let Ok(mut g) = GUARD.lock() {
