@@ -40,16 +40,21 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The problems, with every value that came from `${VAR}` replaced by
-    /// `<redacted>` in their messages (longest first; values under 3 characters are
-    /// left: they would blank out unrelated text, and hide little).
+    /// `<redacted>` in their messages (longest first). A value under 3 characters
+    /// (`2h`) is replaced only as a whole word, and only in the messages of keys that
+    /// were interpolated: anywhere else it would blank out unrelated text.
     pub fn scrubbed(mut self) -> Vec<(Path, String)> {
-        let mut secrets: Vec<&String> =
-            self.secret_values.iter().filter(|v| v.len() >= 3).collect();
+        let mut secrets: Vec<&String> = self.secret_values.iter().collect();
         secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        for (_, msg) in &mut self.problems {
-            for s in &secrets {
-                if msg.contains(s.as_str()) {
-                    *msg = msg.replace(s.as_str(), "<redacted>");
+        for (path, msg) in &mut self.problems {
+            let interpolated = self.interpolated.contains(path);
+            for s in secrets.iter().filter(|s| !s.trim().is_empty()) {
+                if s.len() >= 3 {
+                    if msg.contains(s.as_str()) {
+                        *msg = msg.replace(s.as_str(), "<redacted>");
+                    }
+                } else if interpolated {
+                    *msg = replace_word(msg, s);
                 }
             }
         }
@@ -440,5 +445,35 @@ impl Ctx<'_> {
     pub fn header_key(&mut self, path: &Path, s: &str) -> Option<Option<HeaderName>> {
         let name = s.strip_prefix("header:")?;
         Some(self.header_name(path, name))
+    }
+}
+
+/// `msg` with each occurrence of `word` that stands alone (no letter, digit or `_`
+/// on either side) replaced by `<redacted>`.
+fn replace_word(msg: &str, word: &str) -> String {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(word) {
+        let before = rest[..i].chars().last().or_else(|| out.chars().last());
+        let after = rest[i + word.len()..].chars().next();
+        out.push_str(&rest[..i]);
+        if before.is_some_and(is_word) || after.is_some_and(is_word) {
+            out.push_str(word);
+        } else {
+            out.push_str("<redacted>");
+        }
+        rest = &rest[i + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_short_value_is_replaced_only_as_a_word() {
+        let r = super::replace_word("2h is above the maximum of 1h (12h)", "2h");
+        assert_eq!(r, "<redacted> is above the maximum of 1h (12h)");
     }
 }
