@@ -429,16 +429,26 @@ fn log_levels_must_name_a_level() {
             "{bad}: {p:?}"
         );
     }
-    // What `run` could not read either (it would fall back to `info` in silence).
-    let p = refused(&MINIMAL.replacen(
+    // Spaces around the commas are dropped; one inside a directive is refused (a
+    // target `fusebox ` would match nothing, in silence).
+    let c = ok(&MINIMAL.replacen(
         "[[routes]]",
-        "[logging]\nlevel = \"hyper=warn, fusebox=trace\"\n\n[[routes]]",
+        "[logging]\nlevel = \"hyper=warn, fusebox=trace \"\n\n[[routes]]",
         1,
     ));
-    assert!(
-        p.iter().any(|p| p.contains("not a tracing filter")),
-        "{p:?}"
-    );
+    assert_eq!(c.logging.level, "hyper=warn,fusebox=trace");
+    for bad in ["fusebox =debug,info", "info,fusebox= debug"] {
+        let p = refused(&MINIMAL.replacen(
+            "[[routes]]",
+            &format!("[logging]\nlevel = \"{bad}\"\n\n[[routes]]"),
+            1,
+        ));
+        assert!(
+            p.iter()
+                .any(|p| p.contains("logging.level") && p.contains("space inside")),
+            "{bad}: {p:?}"
+        );
+    }
 }
 
 #[test]

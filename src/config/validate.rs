@@ -86,7 +86,9 @@ pub fn validate(
             if let Err(m) = check_log_filter(&level) {
                 cx.problem(&lp.key("level"), m);
             }
-            level
+            // Spaces around the commas mean nothing: the filter is kept without them.
+            let directives: Vec<&str> = level.split(',').map(str::trim).collect();
+            directives.join(",")
         },
         access_log: file.logging.access_log.unwrap_or(DEFAULT_ACCESS_LOG),
     };
@@ -469,6 +471,13 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 pub(crate) fn check_log_filter(filter: &str) -> Result<(), String> {
     let is_level = |l: &str| LEVELS.iter().any(|n| n.eq_ignore_ascii_case(l.trim()));
     for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // `fusebox =debug` would filter on a target named `fusebox ` (matching
+        // nothing), and `fusebox= debug` is refused by the parser: neither is meant.
+        if d.contains(char::is_whitespace) {
+            return Err(format!(
+                "{d:?} has a space inside it; write directives as target=level, separated by commas (e.g. \"fusebox=debug,info\")"
+            ));
+        }
         let level = match d.rsplit_once('=') {
             Some((target, level)) if !target.trim().is_empty() => level,
             Some(_) => d,
@@ -481,7 +490,8 @@ pub(crate) fn check_log_filter(filter: &str) -> Result<(), String> {
             ));
         }
     }
-    tracing_subscriber::EnvFilter::try_new(filter)
+    let directives: Vec<&str> = filter.split(',').map(str::trim).collect();
+    tracing_subscriber::EnvFilter::try_new(directives.join(","))
         .map(|_| ())
         .map_err(|e| format!("not a tracing filter: {e}"))
 }
