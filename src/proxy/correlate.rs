@@ -163,30 +163,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
         return;
     }
     if found & CONN != 0 {
-        let mut listed: [Option<HeaderName>; 8] = Default::default();
-        let mut more: Vec<HeaderName> = Vec::new();
-        let mut n = 0;
-        for v in headers.get_all(CONNECTION) {
-            let Ok(v) = v.to_str() else { continue };
-            for token in v.split(',').map(str::trim) {
-                if token.is_empty()
-                    || token.eq_ignore_ascii_case("keep-alive")
-                    || token.eq_ignore_ascii_case("close")
-                {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    if n < listed.len() {
-                        listed[n] = Some(name);
-                        n += 1;
-                    } else {
-                        more.push(name);
-                    }
-                }
+        // Most messages carry only `Connection: keep-alive` (or `close`): nothing else
+        // to remove, and no list to split.
+        let mut values = headers.get_all(CONNECTION).iter();
+        let framing_only = match (values.next(), values.next()) {
+            (Some(v), None) => {
+                let v = v.as_bytes();
+                v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
             }
-        }
-        for name in listed.iter().flatten().chain(more.iter()) {
-            headers.remove(name);
+            _ => false,
+        };
+        if !framing_only {
+            strip_connection_listed(headers);
         }
         headers.remove(CONNECTION);
     }
@@ -215,6 +203,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
         if !(keep_te_trailers && trailers_only) {
             headers.remove(TE);
         }
+    }
+}
+
+/// Removes the headers a `Connection` value lists (RFC 9110 7.6.1).
+fn strip_connection_listed(headers: &mut HeaderMap) {
+    let mut listed: [Option<HeaderName>; 8] = Default::default();
+    let mut more: Vec<HeaderName> = Vec::new();
+    let mut n = 0;
+    for v in headers.get_all(CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',').map(str::trim) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if n < listed.len() {
+                    listed[n] = Some(name);
+                    n += 1;
+                } else {
+                    more.push(name);
+                }
+            }
+        }
+    }
+    for name in listed.iter().flatten().chain(more.iter()) {
+        headers.remove(name);
     }
 }
 
@@ -547,5 +564,29 @@ mod tests {
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("50"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h[CONTENT_LENGTH], "50");
+    }
+
+    #[test]
+    fn a_lone_keep_alive_or_close_is_removed_and_a_list_still_strips() {
+        for v in ["keep-alive", "Keep-Alive", "close", "CLOSE"] {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_static(v));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h, false);
+            assert!(h.get(CONNECTION).is_none(), "{v}: {h:?}");
+            assert_eq!(h["x-keep"], "1", "{v}");
+        }
+        // Two values, each alone a framing word: the names after them still go.
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("s"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("s"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 }
