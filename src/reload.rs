@@ -138,7 +138,11 @@ pub fn keep_restart_only(
         };
     }
     keep!(n.address, r.address, "listener.address");
-    keep!(n.unix_mode, r.unix_mode, "listener.unix_mode");
+    // A TCP listener has no socket file: its `unix_mode` changes nothing, so a change
+    // of it is no setting left unapplied.
+    if matches!(r.address, crate::config::ListenAddr::Unix(_)) {
+        keep!(n.unix_mode, r.unix_mode, "listener.unix_mode");
+    }
     keep!(
         n.max_connections,
         r.max_connections,
@@ -382,5 +386,39 @@ mod tests {
         assert_eq!(kept, vec!["admin.address".to_string()]);
         let e = admin_token_in_force(&new).expect_err("refused");
         assert!(e.contains("0.0.0.0:9901") && e.contains("token_env"), "{e}");
+    }
+
+    /// `unix_mode` is kept (and named) only for a Unix-socket listener, whose socket
+    /// file it is; on TCP it has nothing to apply to.
+    #[test]
+    fn unix_mode_is_restart_only_for_a_unix_socket_listener() {
+        let tcp = |mode: &str| {
+            parse(
+                &format!(
+                    "[listener]\naddress = \"127.0.0.1:8080\"\nunix_mode = \"{mode}\"\n\n{ROUTES}"
+                ),
+                None,
+            )
+        };
+        let mut new = tcp("0600");
+        assert!(keep_restart_only(&mut new, &tcp("0660")).is_empty());
+        let unix = |mode: &str| {
+            parse(
+                &format!(
+                    "[listener]\naddress = \"unix:/tmp/fb.sock\"\nunix_mode = \"{mode}\"\n\n{ROUTES}"
+                ),
+                None,
+            )
+        };
+        let mut new = unix("0600");
+        let running = unix("0660");
+        assert_eq!(
+            keep_restart_only(&mut new, &running),
+            vec!["listener.unix_mode".to_string()]
+        );
+        assert_eq!(
+            new.listener.unix_mode, running.listener.unix_mode,
+            "in force"
+        );
     }
 }
