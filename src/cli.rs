@@ -43,7 +43,8 @@ pub struct RunArgs {
     /// Config file (TOML). Without it, `config/fusebox.toml` when that exists, else the
     /// embedded default config.
     /// (Given before or after `run`: `fusebox -c FILE run` and `fusebox run -c FILE`
-    /// are the same; it is not an option of `demo` and `demo-upstream`.)
+    /// are the same; `demo` and `demo-upstream` take none and refuse one typed before
+    /// them.)
     #[arg(long, short = 'c', env = "FUSEBOX_CONFIG")]
     pub config: Option<PathBuf>,
 }

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use fusebox::cli::{Cli, Command, RunArgs, ValidateArgs};
 use fusebox::{app, config, demo, telemetry};
 
@@ -19,9 +20,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 const DEFAULT_CONFIG_PATH: &str = "config/fusebox.toml";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // `-c FILE` given before the subcommand counts as the subcommand's own.
     let before = cli.run.config;
+    // Typed on the command line (not FUSEBOX_CONFIG from the environment, which a
+    // container may set for every command).
+    let config_typed = matches.value_source("config") == Some(ValueSource::CommandLine);
     let command = cli
         .command
         .unwrap_or(Command::Run(RunArgs { config: None }));
@@ -73,6 +78,13 @@ fn main() -> ExitCode {
                     },
                 ))
             }))
+        }
+        Command::Demo(_) | Command::DemoUpstream(_) if config_typed => {
+            eprintln!(
+                "fusebox: demo and demo-upstream take no config file (they build their own); \
+                 to serve a file: fusebox run -c FILE"
+            );
+            ExitCode::from(2)
         }
         Command::Demo(a) => exit(runtime().and_then(|rt| rt.block_on(demo::run(a)))),
         Command::DemoUpstream(a) => {

@@ -491,6 +491,14 @@ fn config_before_the_subcommand_counts_and_demo_offers_none() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a config file"));
     for sub in ["demo", "demo-upstream"] {
+        // A config file typed before the subcommand is refused, not ignored.
+        let out = run_binary(&["-c", example_path, sub], &[]);
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("take no config file"),
+            "{sub}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = run_binary(&[sub, "--help"], &[]);
         assert_eq!(out.status.code(), Some(0));
         let s = String::from_utf8_lossy(&out.stdout);
