@@ -124,12 +124,19 @@ pub fn from_toml(text: &str, origin: &str, err: &toml::de::Error) -> Problem {
     let offset = err.span().map_or(0, |s| s.start);
     let (line, column) = line_col(text, offset);
     let message = reword(&err.message().trim().replace('\n', "; "));
-    let path = ImDocument::parse(text)
-        .ok()
-        .and_then(|doc| err.span().and_then(|s| path_at(doc.as_table(), s.start)));
+    let path = match ImDocument::parse(text) {
+        Ok(doc) => err
+            .span()
+            .and_then(|s| path_at(doc.as_table(), s.start))
+            .filter(|p| !p.0.is_empty())
+            .map(|p| p.to_string()),
+        // Not even syntactically valid (an integer past i64 is a syntax error): the
+        // key is read off the line, the table off the nearest header above it.
+        Err(_) => err.span().and_then(|s| key_on_line(text, s.start)),
+    };
     let message = match path {
-        Some(p) if !p.0.is_empty() => format!("{p}: {message}"),
-        _ => message,
+        Some(p) => format!("{p}: {message}"),
+        None => message,
     };
     Problem {
         file: origin.to_owned(),
@@ -139,6 +146,66 @@ pub fn from_toml(text: &str, origin: &str, err: &toml::de::Error) -> Problem {
     }
 }
 
+/// The dotted path of the `key = value` whose value holds `offset`, from the text
+/// alone: the key left of the `=` on that line under the last `[table]` or
+/// `[[array]]` header above it (an array table's index counted from its headers).
+/// None when the line is no plain assignment or `offset` is not in its value.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[start..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let eq = line.find('=')?;
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | ' '))
+    };
+    let key = line[..eq].trim();
+    if start + eq >= offset || !bare(key) || key.starts_with('[') {
+        return None;
+    }
+    let key: String = key
+        .split('.')
+        .map(|k| k.trim().trim_matches('"'))
+        .collect::<Vec<_>>()
+        .join(".");
+    let mut table: Option<String> = None;
+    let above = &text[..start];
+    for l in above.lines().rev() {
+        let l = l.trim();
+        if let Some(name) = l
+            .strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .map(|(n, _)| n.trim())
+        {
+            let header = format!("[[{name}]]");
+            let index = above
+                .lines()
+                .filter(|x| x.trim().starts_with(&header))
+                .count()
+                .saturating_sub(1);
+            table = Some(format!("{name}[{index}]"));
+            break;
+        }
+        if let Some(name) = l
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|(n, _)| n.trim())
+        {
+            table = Some(name.to_owned());
+            break;
+        }
+    }
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    })
+}
+
 /// serde's names for what was expected, in the file's words (`i64` -> an integer,
 /// `struct ListenerFile` -> a table).
 fn reword(message: &str) -> String {
@@ -146,7 +213,15 @@ fn reword(message: &str) -> String {
         .replace("expected i64", "expected an integer")
         .replace("expected f64", "expected a number")
         .replace("expected a sequence", "expected an array")
-        .replace("expected a map", "expected a table");
+        .replace("expected a map", "expected a table")
+        .replace(
+            "number too large to fit in target type",
+            "integer too large (a TOML integer is at most 9223372036854775807)",
+        )
+        .replace(
+            "number too small to fit in target type",
+            "integer too small (a TOML integer is at least -9223372036854775808)",
+        );
     while let Some(at) = out.find("expected struct ") {
         let name_start = at + "expected struct ".len();
         let name_end = out[name_start..]

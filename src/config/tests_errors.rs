@@ -101,6 +101,43 @@ fn type_error_is_located_at_the_value() {
     assert_eq!((p.line, p.column), (2, 20));
 }
 
+/// An integer past i64 fails the TOML parse itself, so no parsed document can say
+/// whose value it is: the key path comes from the line and the headers above it.
+#[test]
+fn an_integer_too_large_for_toml_names_its_key() {
+    let p = one(
+        "[listener]\nmax_connections = 99999999999999999999\n",
+        "integer too large",
+    );
+    assert_eq!((p.line, p.column), (2, 19));
+    assert!(
+        p.message.starts_with("listener.max_connections: "),
+        "{}",
+        p.message
+    );
+    let text = format!(
+        "{MINIMAL}\n[[routes]]\npath_prefix = \"/b\"\nupstream = \"a\"\ntimeout = 1\n\
+         retry.max_attempts = 99999999999999999999\n"
+    );
+    let p = one(&text, "integer too large");
+    assert!(
+        p.message.starts_with("routes[1].retry.max_attempts: "),
+        "{}",
+        p.message
+    );
+    let p = one(
+        "[upstreams.a]\nendpoints = [\"127.0.0.1:9001\"]\n\n[upstreams.a.pool]\n\
+         max_idle_per_host = -99999999999999999999\n",
+        "integer too small",
+    );
+    assert!(
+        p.message
+            .starts_with("upstreams.a.pool.max_idle_per_host: "),
+        "{}",
+        p.message
+    );
+}
+
 #[test]
 fn syntax_error_is_located_and_on_one_line() {
     let p = one("[listener]\naddress = \"0.0.0.0:8080\n", "");
