@@ -559,3 +559,21 @@ fn zero_rate_thresholds_are_refused() {
         "must be greater than 0",
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Whatever the text (broken headers, keys and values, numbers past i64,
+    /// multi-byte characters), a file that does not parse is refused with a located
+    /// problem and never a panic.
+    #[test]
+    fn any_text_is_refused_or_accepted_without_panic(
+        text in "(\\[\\[?[a-z.]{0,6}\\]?\\]?|[a-z\"é.]{0,6} ?= ?(-?[0-9]{1,22}|\"[a-zé]{0,4}\"?|\\[[0-9, ]{0,6}\\]?)|\\n){0,12}"
+    ) {
+        if let Err(e) = parse_env(&text, &[]) {
+            for p in e.problems() {
+                proptest::prop_assert!(p.line >= 1 && p.column >= 1, "{p}");
+            }
+        }
+    }
+}
