@@ -506,6 +506,42 @@ shed_on_deadline = false
         assert!(config(&off)["tracing"].is_null());
     }
 
+    /// A value that a `${VAR:-default}` filled from the file's own default (the
+    /// variable unset or empty) is no secret and is shown; one the variable filled is
+    /// redacted.
+    #[test]
+    fn a_value_the_default_filled_is_shown() {
+        let text = r#"
+[listener]
+address = "${LISTEN:-127.0.0.1:18080}"
+
+[upstreams.yolo]
+endpoints = ["${HOST:-127.0.0.1}:9001", "${EMPTY:-127.0.0.2}:9001", "${SET:-127.0.0.3}:9001"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "yolo"
+"#;
+        let env = |n: &str| match n {
+            "EMPTY" => Some(String::new()),
+            "SET" => Some("10.0.0.9".to_owned()),
+            _ => None,
+        };
+        let cfg = crate::config::parse_with_env(text, "t.toml", None, &env).unwrap();
+        let mut v = config(&cfg);
+        let secrets = cfg
+            .interpolated
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        redact(&mut v, "", &secrets);
+        assert_eq!(v["listener"]["address"], "127.0.0.1:18080", "{v:#}");
+        let eps = &v["upstreams"]["yolo"]["endpoints"];
+        assert_eq!(eps[0]["address"], "127.0.0.1:9001", "{v:#}");
+        assert_eq!(eps[1]["address"], "127.0.0.2:9001", "{v:#}");
+        assert_eq!(eps[2]["address"], REDACTED, "{v:#}");
+    }
+
     /// DESIGN, `/config`: "secrets (tokens, values from `${VAR}`) redacted": every value
     /// that came from an environment variable is shown as `<redacted>`, wherever it is.
     #[test]

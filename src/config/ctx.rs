@@ -97,10 +97,14 @@ impl Ctx<'_> {
             v
         };
         let result = interpolate(raw, &recording);
-        self.secret_values.extend(seen.into_inner());
+        let seen = seen.into_inner();
+        // A value only the file's own `${VAR:-default}` filled (the variable unset or
+        // empty) holds nothing the file does not show: no secret.
+        let from_env = seen.iter().any(|v| !v.is_empty());
+        self.secret_values.extend(seen);
         match result {
             Ok(s) => {
-                if raw.contains("${") {
+                if from_env {
                     self.interpolated.push(path.clone());
                     self.secret_values.push(s.clone());
                 }
