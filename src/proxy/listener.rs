@@ -1,6 +1,7 @@
 //! The data listener: accepts TCP connections (at most `max_connections` at once; past
 //! that, new connections wait in the kernel's backlog), serves HTTP/1.1 and HTTP/2 prior
-//! knowledge on the same port (hyper-util's auto builder), and applies the connection
+//! knowledge on the same port (hyper-util's auto builder; HTTP/1 directly when the
+//! peeked first bytes of a TCP connection already show it), and applies the connection
 //! limits of the contract: header read timeout (slowloris guard), header size (431 from
 //! hyper), keep-alive idle timeout. On shutdown every connection is told to finish its
 //! in-flight requests and close.
@@ -125,8 +126,10 @@ trait Accepted:
     fn try_read_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R>;
 
     /// Resolves when the caller has sent its first bytes (or closed), without
-    /// consuming any: it peeks one byte.
-    fn first_bytes(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+    /// consuming any: it peeks one byte. `true` when those bytes show the connection
+    /// is HTTP/1 (they are not the start of HTTP/2's preface); `false` when they
+    /// cannot tell, and hyper-util's auto builder reads the version itself.
+    fn first_bytes(&self) -> impl std::future::Future<Output = std::io::Result<bool>> + Send + '_ {
         async move {
             loop {
                 self.readable().await?;
@@ -135,7 +138,7 @@ trait Accepted:
                     socket2::SockRef::from(self).peek(&mut one)
                 });
                 match peeked {
-                    Ok(_) => return Ok(()),
+                    Ok(_) => return Ok(false),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
                 }
@@ -144,9 +147,21 @@ trait Accepted:
     }
 }
 
+/// What an HTTP/2 caller with prior knowledge sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 impl Accepted for tokio::net::TcpStream {
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
         tokio::net::TcpStream::readable(self)
+    }
+
+    /// Peeks up to the preface's length: a first segment that is not a prefix of it
+    /// (any HTTP/1 request line) is served by hyper's HTTP/1 connection directly,
+    /// without the version sniffing read of the auto builder.
+    async fn first_bytes(&self) -> std::io::Result<bool> {
+        let mut head = [0u8; H2_PREFACE.len()];
+        let n = tokio::net::TcpStream::peek(self, &mut head).await?;
+        Ok(n > 0 && head[..n] != H2_PREFACE[..n])
     }
 
     fn try_read_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
@@ -169,6 +184,8 @@ impl Accepted for tokio::net::UnixStream {
 struct ConnCtx {
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// The same, HTTP/1 only: for a connection whose first bytes showed HTTP/1.
+    h1_builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnLimits,
     shutdown: watch::Receiver<bool>,
     /// Turns true when `shutdown_timeout` passed: connections still open are dropped
@@ -203,6 +220,7 @@ pub async fn serve(
         .keep_alive_interval(None);
     let cx = ConnCtx {
         proxy,
+        h1_builder: Arc::new(builder.clone().http1_only()),
         builder: Arc::new(builder),
         limits: limits.clone(),
         shutdown: shutdown.clone(),
@@ -253,6 +271,7 @@ async fn conn_task<S: Accepted>(
     let ConnCtx {
         proxy,
         builder,
+        h1_builder,
         limits,
         shutdown,
         mut cut,
@@ -263,17 +282,24 @@ async fn conn_task<S: Accepted>(
     // connection that sends nothing closes after `idle_timeout`, as an idle keep-alive
     // does.
     let mut early_shutdown = shutdown.clone();
-    let readable = tokio::select! {
-        r = tokio::time::timeout(limits.idle_timeout, stream.first_bytes()) => matches!(r, Ok(Ok(()))),
-        _ = early_shutdown.wait_for(|s| *s) => false,
+    let first = tokio::select! {
+        r = tokio::time::timeout(limits.idle_timeout, stream.first_bytes()) => r.ok().and_then(Result::ok),
+        _ = early_shutdown.wait_for(|s| *s) => None,
     };
-    if readable {
+    if let Some(http1) = first {
         // Boxed, each in a statement of its own: the connection's state (hyper's, and
         // rustls's during and after the handshake) is allocated only now, and none of
         // it is laid out in this task's future.
         let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match acceptor {
+            // Plain text whose first bytes showed HTTP/1: no version sniffing.
             None => Box::pin(serve_conn(
-                stream, peer, proxy, builder, limits, shutdown, permit,
+                stream,
+                peer,
+                proxy,
+                if http1 { h1_builder } else { builder },
+                limits,
+                shutdown,
+                permit,
             )),
             Some(acceptor) => Box::pin(serve_tls(
                 stream, acceptor, peer, proxy, builder, limits, shutdown, permit,
