@@ -345,8 +345,14 @@ async fn serve_conn<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    // A sidecar's callers are on loopback: that address needs no formatting.
+    let peer_ip = match peer.ip() {
+        std::net::IpAddr::V4(ip) if ip == std::net::Ipv4Addr::LOCALHOST => {
+            HeaderValue::from_static("127.0.0.1")
+        }
+        ip => HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+    };
     let state = Arc::new(ConnState {
         peer_ip,
         peer,
