@@ -213,25 +213,24 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// Appends the line (with its newline) to `s`.
     pub fn format_into(&self, s: &mut String, format: LogFormat) {
-        let ts = humantime::format_rfc3339_millis(SystemTime::now());
-        let duration_ms = self.duration.as_secs_f64() * 1000.0;
         match format {
             LogFormat::Json => {
-                let _ = write!(
-                    s,
-                    "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"access\""
-                );
+                // Written piece by piece, without `format_args!`: this runs per request.
+                s.push_str("{\"timestamp\":\"");
+                push_timestamp(s, SystemTime::now());
+                s.push_str("\",\"level\":\"INFO\",\"message\":\"access\"");
                 json_str(s, "service", Some(self.service));
                 json_str(s, "route", self.route);
                 json_str(s, "upstream", self.upstream);
                 json_str(s, "endpoint", self.endpoint);
                 json_str(s, "method", Some(self.method));
                 json_str(s, "path", Some(self.path));
-                let _ = write!(
-                    s,
-                    ",\"status\":{},\"duration_ms\":{:.3},\"attempts\":{}",
-                    self.status, duration_ms, self.attempts
-                );
+                s.push_str(",\"status\":");
+                push_u64(s, u64::from(self.status));
+                s.push_str(",\"duration_ms\":");
+                push_millis(s, self.duration);
+                s.push_str(",\"attempts\":");
+                push_u64(s, u64::from(self.attempts));
                 json_bytes(s, "correlation_id", Some(self.correlation_id));
                 json_bytes(s, "request_id", Some(self.request_id));
                 json_str(s, "trace_id", self.trace_id);
@@ -239,11 +238,10 @@ impl Entry<'_> {
                 json_bytes(s, "camera_id", self.camera_id);
                 json_str(s, "priority", Some(self.priority));
                 json_str(s, "error_code", self.error_code);
-                let _ = write!(
-                    s,
-                    ",\"bytes_in\":{},\"bytes_out\":{}",
-                    self.bytes_in, self.bytes_out
-                );
+                s.push_str(",\"bytes_in\":");
+                push_u64(s, self.bytes_in);
+                s.push_str(",\"bytes_out\":");
+                push_u64(s, self.bytes_out);
                 if self.body_error {
                     s.push_str(",\"body_error\":true");
                 }
@@ -265,6 +263,8 @@ impl Entry<'_> {
                 s.push_str("}\n");
             }
             LogFormat::Text => {
+                let ts = humantime::format_rfc3339_millis(SystemTime::now());
+                let duration_ms = self.duration.as_secs_f64() * 1000.0;
                 let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                 let _ = write!(
                     s,
@@ -307,7 +307,9 @@ pub fn trace_id_of(tp: &HeaderValue) -> Option<&str> {
 }
 
 fn json_str(s: &mut String, key: &str, v: Option<&str>) {
-    let _ = write!(s, ",\"{key}\":");
+    s.push_str(",\"");
+    s.push_str(key);
+    s.push_str("\":");
     match v {
         None => s.push_str("null"),
         Some(v) => json_escape(s, v),
@@ -317,26 +319,94 @@ fn json_str(s: &mut String, key: &str, v: Option<&str>) {
 fn json_bytes(s: &mut String, key: &str, v: Option<&[u8]>) {
     match v {
         None => json_str(s, key, None),
-        Some(v) => json_str(s, key, Some(&String::from_utf8_lossy(v))),
+        // Header values are ASCII almost always: validated, not copied.
+        Some(v) => match std::str::from_utf8(v) {
+            Ok(v) => json_str(s, key, Some(v)),
+            Err(_) => json_str(s, key, Some(&String::from_utf8_lossy(v))),
+        },
     }
 }
 
-/// Appends `v` as a JSON string literal.
-pub fn json_escape(s: &mut String, v: &str) {
-    s.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
-            }
-            c => s.push(c),
+/// `n` in decimal, without the formatting machinery.
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    // Only ASCII digits were written.
+    s.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+}
+
+/// `d` in milliseconds with three decimals (to the nearest microsecond), as
+/// `format!("{:.3}", ms)` writes it.
+fn push_millis(s: &mut String, d: Duration) {
+    let micros = (d.as_nanos() + 500) / 1000;
+    push_u64(s, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+    let frac = (micros % 1000) as u16;
+    s.push('.');
+    s.push(char::from(b'0' + (frac / 100) as u8));
+    s.push(char::from(b'0' + (frac / 10 % 10) as u8));
+    s.push(char::from(b'0' + (frac % 10) as u8));
+}
+
+/// `t` as RFC 3339 UTC with milliseconds (`2026-12-03T12:55:43.745Z`), as
+/// `humantime::format_rfc3339_millis` writes it. The date and time of day are
+/// formatted once per second per thread; each line adds only the milliseconds.
+fn push_timestamp(s: &mut String, t: SystemTime) {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            c.0 = secs;
+            c.1 = text.trim_end_matches('Z').to_owned();
+        }
+        s.push_str(&c.1);
+    });
+    s.push('.');
+    let m = millis as u16;
+    s.push(char::from(b'0' + (m / 100) as u8));
+    s.push(char::from(b'0' + (m / 10 % 10) as u8));
+    s.push(char::from(b'0' + (m % 10) as u8));
+    s.push('Z');
+}
+
+/// Appends `v` as a JSON string literal.
+/// Runs of bytes that need no escape are copied whole: the bytes that do are ASCII,
+/// never part of a multi-byte character, so the runs end on character boundaries.
+pub fn json_escape(s: &mut String, v: &str) {
+    s.push('"');
+    let mut run = 0;
+    for (i, b) in v.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        s.push_str(&v[run..i]);
+        if escaped.is_empty() {
+            let _ = write!(s, "\\u{:04x}", b);
+        } else {
+            s.push_str(escaped);
+        }
+        run = i + 1;
+    }
+    s.push_str(&v[run..]);
     s.push('"');
 }
 

@@ -170,3 +170,57 @@ fn lines_lost_to_a_closed_stdout_are_counted() {
     logger.flush_and_wait(Duration::from_secs(10));
     assert_eq!(dropped.get(), 5);
 }
+
+/// The hand-written pieces of a JSON line write what serde_json, humantime and
+/// `format!` would: strings escaped (quotes, backslashes, control characters, any
+/// Unicode kept), integers, milliseconds with three decimals, RFC 3339 timestamps.
+#[test]
+fn hand_written_pieces_match_the_libraries() {
+    for v in [
+        "",
+        "plain /path?q=1",
+        "quote \" backslash \\ nl \n cr \r tab \t",
+        "\u{1}\u{1f} ctl",
+        "é ü 中文 🚀 \"mixed\" \u{7f}",
+    ] {
+        let mut s = String::new();
+        json_escape(&mut s, v);
+        assert_eq!(s, serde_json::to_string(v).unwrap(), "{v:?}");
+        assert_eq!(serde_json::from_str::<String>(&s).unwrap(), v);
+    }
+    for n in [0u64, 7, 10, 404, 65_535, u64::MAX] {
+        let mut s = String::new();
+        push_u64(&mut s, n);
+        assert_eq!(s, n.to_string());
+    }
+    for nanos in [
+        0u64,
+        1,
+        499,
+        500,
+        999_499,
+        999_500,
+        1_234_567,
+        59_999_999_999,
+    ] {
+        let d = Duration::from_nanos(nanos);
+        let mut s = String::new();
+        push_millis(&mut s, d);
+        let micros = (nanos + 500) / 1000;
+        assert_eq!(
+            s,
+            format!("{}.{:03}", micros / 1000, micros % 1000),
+            "{nanos}"
+        );
+    }
+    let mut s = String::new();
+    push_millis(&mut s, Duration::from_micros(1_235));
+    assert_eq!(s, format!("{:.3}", 1.235f64));
+    let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_302_566);
+    for ms in [0u64, 7, 745, 999, 1_000, 86_400_123] {
+        let t = base + Duration::from_millis(ms);
+        let mut s = String::new();
+        push_timestamp(&mut s, t);
+        assert_eq!(s, humantime::format_rfc3339_millis(t).to_string(), "{ms}");
+    }
+}
