@@ -150,6 +150,13 @@ trait Accepted:
 /// What an HTTP/2 caller with prior knowledge sends first (RFC 9113, 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Whether a connection's first bytes (at most the preface's length) already rule out
+/// HTTP/2's preface. A prefix of it (a lone `P`, a preface cut short) cannot tell.
+fn shows_http1(head: &[u8]) -> bool {
+    let n = head.len().min(H2_PREFACE.len());
+    n > 0 && head[..n] != H2_PREFACE[..n]
+}
+
 impl Accepted for tokio::net::TcpStream {
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
         tokio::net::TcpStream::readable(self)
@@ -161,7 +168,7 @@ impl Accepted for tokio::net::TcpStream {
     async fn first_bytes(&self) -> std::io::Result<bool> {
         let mut head = [0u8; H2_PREFACE.len()];
         let n = tokio::net::TcpStream::peek(self, &mut head).await?;
-        Ok(n > 0 && head[..n] != H2_PREFACE[..n])
+        Ok(shows_http1(&head[..n]))
     }
 
     fn try_read_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
@@ -719,5 +726,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection goes to hyper's HTTP/1 connection directly only when its first
+    /// bytes cannot be the start of HTTP/2's preface; anything that could be (nothing
+    /// yet, a lone `P`, a preface cut short, the whole preface) goes to the auto
+    /// builder, which reads the version itself.
+    #[test]
+    fn only_bytes_that_rule_out_the_h2_preface_skip_version_sniffing() {
+        for h1 in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /v1/detect HTTP/1.1\r\nhost: x\r\n",
+            b"PO",
+            b"PRX",
+            b"PRI * HTTP/1.1\r\n",
+            b"\x16\x03\x01",
+        ] {
+            assert!(shows_http1(h1), "{:?}", String::from_utf8_lossy(h1));
+        }
+        for maybe_h2 in [
+            &b""[..],
+            b"P",
+            b"PRI",
+            b"PRI * HTTP/2.0\r\n",
+            &H2_PREFACE[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04",
+        ] {
+            assert!(
+                !shows_http1(maybe_h2),
+                "{:?}",
+                String::from_utf8_lossy(maybe_h2)
+            );
+        }
     }
 }
